@@ -1,0 +1,210 @@
+"""The Rollout API as Python sees it: constants, and a parsed, defaulted model of `spec`.
+
+The CRD in `crds/rollouts.yaml` is the source of truth for validation at apply time;
+`tests/test_api_schema.py` checks that every field parsed here exists in the CRD schema
+(and the reverse), so the two cannot drift apart silently.
+
+Parsing never raises on well-formed objects the apiserver accepted; `SpecError` is raised
+for what only the operator can see (for example a duration that the schema's pattern let
+through but that makes no sense), and ends up in a status condition.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from typing import Any, Mapping
+
+GROUP = "teal.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+PLURAL = "rollouts"
+KIND = "Rollout"
+
+LABEL_ROLLOUT = "teal.dev/rollout"
+LABEL_COLOR = "teal.dev/color"
+ANNOTATION_HASH = "teal.dev/template-hash"
+ANNOTATION_REVISION = "teal.dev/revision"
+ANNOTATION_MANAGED_SELECTOR = "teal.dev/managed-by-rollout"
+
+BLUE = "blue"
+GREEN = "green"
+COLORS = (BLUE, GREEN)
+
+
+def other(color: str) -> str:
+    return GREEN if color == BLUE else BLUE
+
+
+class SpecError(ValueError):
+    """A spec the apiserver accepted but the operator cannot act on."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any, field: str) -> float:
+    """'30s', '2m', '1h30m', '500ms' or a plain number of seconds -> seconds."""
+    if value is None:
+        raise SpecError(field, "a duration is required")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise SpecError(field, f"duration must not be negative, got {value}")
+        return float(value)
+    text = str(value).strip()
+    if not _DURATION.match(text):
+        raise SpecError(field, f"{text!r} is not a duration like 30s, 2m or 1h30m")
+    return sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(text))
+
+
+def template_hash(template: Mapping[str, Any]) -> str:
+    """A stable short hash of a pod template (key order does not matter)."""
+    blob = json.dumps(template, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+# ---------------------------------------------------------------- spec model
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    set_weight: int | None = None
+    pause: bool = False
+    pause_seconds: float | None = None  # None with pause=True: wait for promote
+
+    def describe(self) -> str:
+        if self.set_weight is not None:
+            return f"setWeight {self.set_weight}"
+        if self.pause_seconds is None:
+            return "pause until promoted"
+        return f"pause {self.pause_seconds:g}s"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrafficRouting:
+    kind: str  # "gatewayAPI" | "nginx" | "istio"
+    name: str  # HTTPRoute, Ingress or VirtualService name
+    routes: tuple[str, ...] = ()  # istio: named HTTP routes to manage (empty: all)
+    port: int | None = None  # backend port for the per-colour Services
+
+
+@dataclasses.dataclass(frozen=True)
+class BlueGreen:
+    active_services: tuple[str, ...]
+    preview_service: str | None = None
+    preview_replicas: int | None = None
+    auto_promote: bool = True
+    scale_down_delay_seconds: int = 30
+    abort_scale_down_delay_seconds: int = 30
+    progress_deadline_seconds: int = 600
+    traffic_routing: TrafficRouting | None = None
+    steps: tuple[Step, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkloadRef:
+    name: str
+    kind: str = "Deployment"
+    api_version: str = "apps/v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSpec:
+    replicas: int
+    match_labels: Mapping[str, str]
+    template: Mapping[str, Any] | None
+    workload_ref: WorkloadRef | None
+    blue_green: BlueGreen
+    paused: bool = False
+    revision_history_limit: int = 10
+    analysis: Mapping[str, Any] | None = None  # parsed by teal.analysis
+
+    @property
+    def weighted(self) -> bool:
+        return self.blue_green.traffic_routing is not None
+
+
+def _step(raw: Mapping[str, Any], i: int) -> Step:
+    field = f"spec.strategy.blueGreen.steps[{i}]"
+    if "setWeight" in raw:
+        return Step(set_weight=int(raw["setWeight"]))
+    if "pause" in raw:
+        pause = raw.get("pause") or {}
+        if pause.get("duration") is None:
+            return Step(pause=True)
+        return Step(pause=True, pause_seconds=parse_duration(pause["duration"], field + ".pause.duration"))
+    raise SpecError(field, "a step needs setWeight or pause")
+
+
+def _routing(raw: Mapping[str, Any] | None) -> TrafficRouting | None:
+    if not raw:
+        return None
+    field = "spec.strategy.blueGreen.trafficRouting"
+    kinds = [k for k in ("gatewayAPI", "nginx", "istio") if raw.get(k)]
+    if len(kinds) != 1:
+        raise SpecError(field, "set exactly one of gatewayAPI, nginx, istio")
+    kind = kinds[0]
+    body = raw[kind]
+    name = {"gatewayAPI": "httpRoute", "nginx": "ingress", "istio": "virtualService"}[kind]
+    if not body.get(name):
+        raise SpecError(f"{field}.{kind}.{name}", "is required")
+    return TrafficRouting(
+        kind=kind,
+        name=body[name],
+        routes=tuple(body.get("routes") or ()),
+        port=body.get("port"),
+    )
+
+
+def parse_spec(spec: Mapping[str, Any]) -> RolloutSpec:
+    strategy = (spec.get("strategy") or {}).get("blueGreen")
+    if not strategy:
+        raise SpecError("spec.strategy.blueGreen", "is required")
+    active = tuple(strategy.get("activeServices") or ())
+    if not active:
+        raise SpecError("spec.strategy.blueGreen.activeServices", "name at least one Service")
+    steps = tuple(_step(s, i) for i, s in enumerate(strategy.get("steps") or ()))
+    weights = [s.set_weight for s in steps if s.set_weight is not None]
+    if any(b < a for a, b in zip(weights, weights[1:])):
+        raise SpecError("spec.strategy.blueGreen.steps", f"setWeight values must not decrease, got {weights}")
+    routing = _routing(strategy.get("trafficRouting"))
+    if steps and any(s.set_weight not in (None, 0, 100) for s in steps) and routing is None:
+        raise SpecError(
+            "spec.strategy.blueGreen.steps",
+            "setWeight between 0 and 100 needs trafficRouting (a Service selector can only switch all at once)",
+        )
+    bg = BlueGreen(
+        active_services=active,
+        preview_service=strategy.get("previewService") or None,
+        preview_replicas=strategy.get("previewReplicas"),
+        auto_promote=bool(strategy.get("autoPromote", True)),
+        scale_down_delay_seconds=int(strategy.get("scaleDownDelaySeconds", 30)),
+        abort_scale_down_delay_seconds=int(strategy.get("abortScaleDownDelaySeconds", 30)),
+        progress_deadline_seconds=int(strategy.get("progressDeadlineSeconds", 600)),
+        traffic_routing=routing,
+        steps=steps,
+    )
+    ref = spec.get("workloadRef")
+    selector = spec.get("selector") or {}
+    return RolloutSpec(
+        replicas=int(spec.get("replicas", 1)),
+        match_labels=dict(selector.get("matchLabels") or {}),
+        template=spec.get("template"),
+        workload_ref=WorkloadRef(
+            name=ref["name"], kind=ref.get("kind", "Deployment"), api_version=ref.get("apiVersion", "apps/v1")
+        )
+        if ref
+        else None,
+        blue_green=bg,
+        paused=bool(spec.get("paused", False)),
+        revision_history_limit=int(spec.get("revisionHistoryLimit", 10)),
+        analysis=spec.get("analysis"),
+    )

@@ -1,0 +1,840 @@
+"""Teal's decision core: a pure function of (spec, previous status, observed world, now).
+
+`decide()` returns the new status, the actions that converge the cluster towards it, the
+Events to post, and when to look again. It does no I/O, keeps no memory between calls, and
+everything it needs to survive a restart lives in the status it returns.
+
+The safety rules it guarantees (property-tested in tests/test_core_properties.py):
+- a Service or route is only pointed at a colour that has ready pods (or when the
+  Rollout runs zero replicas, so nothing can be served either way);
+- an abort ends with every active Service and 100% of the weight on the stable colour;
+- a release always ends Healthy, Aborted or Degraded, or says what it waits for.
+
+Status layout (all of it is in the CRD schema):
+  activeColor/stableColor/stableHash/stableRevision  what serves traffic and what is proven
+  currentRevision/currentHash                         what spec asks for
+  release{...}                                        the release in progress, or absent
+  abort{revision,reason,message,at}                   an abort of `revision` (user or Teal)
+  promote{revision,step,full}                         a promote request (written by the CLI)
+  scaleDown{color,at}                                 the idle colour's pending scale-down
+  stats{...}                                          release statistics
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as dt
+from typing import Any, Mapping
+
+from .api import BLUE, COLORS, RolloutSpec, Step, other
+
+# ---------------------------------------------------------------- observed world
+
+
+@dataclasses.dataclass(frozen=True)
+class ColorObs:
+    """One colour's Deployment as read from the cluster."""
+
+    exists: bool = False
+    hash: str | None = None  # teal.dev/template-hash annotation
+    replicas: int = 0  # spec.replicas
+    ready: int = 0  # ready pods of any ReplicaSet (what a Service would route to)
+    updated_available: int = 0  # available pods of the newest template only
+    synced: bool = True  # the Deployment controller has seen the latest spec
+
+    def available(self, want_hash: str | None, n: int) -> bool:
+        return (
+            self.exists
+            and self.hash == want_hash
+            and self.synced
+            and self.replicas == n
+            and self.updated_available >= n
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceObs:
+    exists: bool = True
+    color: str | None = None  # the teal.dev/color value of its selector
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisRun:
+    """The state of one analysis run, as computed by teal.analysis for this tick."""
+
+    key: str
+    verdict: str  # Running | Successful | Failed | Inconclusive
+    message: str = ""
+    next_at: dt.datetime | None = None
+    error: str | None = None  # a configuration error (bad query, unknown template, ...)
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    template: Mapping[str, Any] | None
+    template_hash: str | None
+    colors: Mapping[str, ColorObs]
+    services: Mapping[str, ServiceObs]
+    weights: Mapping[str, int] | None = None  # read back from the router; None: no router
+    router_error: str | None = None
+    template_error: str | None = None  # e.g. the workloadRef Deployment is missing
+    analysis: AnalysisRun | None = None
+
+
+# ---------------------------------------------------------------- actions
+
+
+@dataclasses.dataclass(frozen=True)
+class DeployColor:
+    """Create or update `<name>-<color>` with this template and replica count."""
+
+    color: str
+    template: Mapping[str, Any]
+    hash: str
+    revision: str
+    replicas: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleColor:
+    color: str
+    replicas: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectColor:
+    """Point a Service's selector at a colour (an atomic switch of one object)."""
+
+    service: str
+    color: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SetWeights:
+    weights: tuple[tuple[str, int], ...]  # ((color, weight), ...) summing to 100
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.weights)
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+Action = DeployColor | ScaleColor | SelectColor | SetWeights
+
+
+@dataclasses.dataclass
+class Plan:
+    status: dict[str, Any]
+    actions: list[Action]
+    events: list[Event]
+    requeue_after: float | None  # seconds until the next timer is due
+
+    @property
+    def analysis_key(self) -> str | None:
+        return (self.status.get("release") or {}).get("analysisKey")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+PHASES = ("Healthy", "Progressing", "Paused", "Degraded", "Aborted")
+
+
+class _Tick:
+    """The working state of one decide() call."""
+
+    def __init__(self, spec: RolloutSpec, status: Mapping[str, Any], obs: Observed, now: dt.datetime):
+        self.spec = spec
+        self.old = status
+        self.st: dict[str, Any] = copy.deepcopy(dict(status))
+        self.obs = obs
+        self.now = now
+        self.actions: list[Action] = []
+        self.events: list[Event] = []
+        self.wakeups: list[dt.datetime] = []
+
+    # -- small utilities
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.events.append(Event("Warning" if warning else "Normal", reason, message))
+
+    def wake_at(self, t: dt.datetime | None) -> None:
+        if t is not None:
+            self.wakeups.append(t)
+
+    def set_phase(self, phase: str, message: str, reason: str) -> None:
+        self.st["phase"] = phase
+        self.st["message"] = message
+        self.st["reason"] = reason
+
+    def color(self, c: str) -> ColorObs:
+        return self.obs.colors.get(c) or ColorObs()
+
+    def servable(self, c: str) -> bool:
+        """May traffic go to colour c? Only if it has ready pods (or nothing runs at all)."""
+        return self.color(c).ready > 0 or self.spec.replicas == 0
+
+    def stats(self, key: str, at: bool = True) -> None:
+        stats = self.st.setdefault("stats", {})
+        stats[key] = int(stats.get(key, 0)) + 1
+        if at:
+            stats[f"last{key[0].upper()}{key[1:]}At"] = iso(self.now)
+
+    def abort_for(self, revision: str | None) -> Mapping[str, Any] | None:
+        abort = self.st.get("abort")
+        if abort and revision is not None and str(abort.get("revision")) == str(revision):
+            return abort
+        return None
+
+    def promote_for(self, revision: str, step: int | None) -> bool:
+        p = self.st.get("promote") or {}
+        if str(p.get("revision")) != str(revision):
+            return False
+        if p.get("full"):
+            return True
+        return step is None or p.get("step") is None or int(p["step"]) == step
+
+    def full_promote(self, revision: str) -> bool:
+        p = self.st.get("promote") or {}
+        return str(p.get("revision")) == str(revision) and bool(p.get("full"))
+
+
+# ---------------------------------------------------------------- the decision
+
+
+def decide(
+    spec: RolloutSpec, status: Mapping[str, Any], obs: Observed, now: dt.datetime, generation: int | None = None
+) -> Plan:
+    t = _Tick(spec, status, obs, now)
+    if generation is not None:
+        t.st["observedGeneration"] = generation
+    _decide(t)
+    _enforce_traffic(t)
+    _scale_down_idle(t)
+    _observed_fields(t)
+    _conditions(t)
+    requeue = None
+    if t.wakeups:
+        requeue = max(0.0, (min(t.wakeups) - now).total_seconds())
+    return Plan(status=t.st, actions=_dedupe(t.actions), events=t.events, requeue_after=requeue)
+
+
+def _dedupe(actions: list[Action]) -> list[Action]:
+    """Keep the last action per target, in first-seen order (later decisions win)."""
+    out: dict[tuple, Action] = {}
+    for a in actions:
+        key: tuple
+        if isinstance(a, (DeployColor, ScaleColor)):
+            key = ("deploy", a.color)
+            prev = out.get(key)
+            if isinstance(prev, DeployColor) and isinstance(a, ScaleColor):
+                a = dataclasses.replace(prev, replicas=a.replicas)
+        elif isinstance(a, SelectColor):
+            key = ("select", a.service)
+        else:
+            key = ("weights",)
+        out.pop(key, None)
+        out[key] = a
+    return list(out.values())
+
+
+def _decide(t: _Tick) -> None:
+    spec, obs, st = t.spec, t.obs, t.st
+    bg = spec.blue_green
+
+    # 1. Problems the operator cannot act around: say so, touch nothing.
+    missing = [s for s in _service_names(spec) if not (obs.services.get(s) or ServiceObs(False)).exists]
+    if missing:
+        names = ", ".join(missing)
+        t.set_phase("Degraded", f"Service {names} not found in the namespace; nothing was changed", "ServiceNotFound")
+        return
+    if obs.template_error or obs.template is None or obs.template_hash is None:
+        t.set_phase("Degraded", obs.template_error or "no pod template to run", "TemplateNotFound")
+        return
+    if obs.router_error:
+        t.set_phase("Degraded", obs.router_error, "TrafficRouterError")
+        # still keep traffic where it is and let a running abort finish below
+        if not st.get("stableHash"):
+            return
+
+    want = obs.template_hash
+    st["currentHash"] = want
+
+    # 2. No stable release yet: adopt what runs, or make the first release.
+    if not st.get("stableHash"):
+        _first_release(t, want)
+        return
+
+    stable_color = st["stableColor"]
+    release = st.get("release")
+
+    # 3. Spec asks for what is already stable: cancel whatever release runs.
+    if want == st["stableHash"]:
+        st["currentRevision"] = st["stableRevision"]
+        if release:
+            _cancel_release(t, release, f"the template is back to stable revision {st['stableRevision']}")
+        st.pop("abort", None)
+        _ensure_stable(t)
+        t.set_phase("Healthy", f"revision {st['stableRevision']} is live on {stable_color}", "Healthy")
+        return
+
+    # 4. A new template (or the first sight of this one): start or supersede a release.
+    if not release or release.get("hash") != want:
+        release = _start_release(t, release, want)
+    _ensure_stable(t)
+    _run_release(t, release)
+
+
+def _service_names(spec: RolloutSpec) -> list[str]:
+    names = list(spec.blue_green.active_services)
+    if spec.blue_green.preview_service:
+        names.append(spec.blue_green.preview_service)
+    return names
+
+
+def _first_release(t: _Tick, want: str) -> None:
+    spec, st = t.spec, t.st
+    # Adoption after a lost status: every active Service already selects a colour whose
+    # Deployment runs the wanted template.
+    colors = {(t.obs.services.get(s) or ServiceObs()).color for s in spec.blue_green.active_services}
+    if len(colors) == 1:
+        (c,) = colors
+        if c in COLORS and t.color(c).exists and t.color(c).hash == want:
+            st.update(stableColor=c, activeColor=c, stableHash=want, stableRevision=st.get("currentRevision") or "1")
+            st["currentRevision"] = st["stableRevision"]
+            st["revision"] = int(st["stableRevision"])
+            t.set_phase("Healthy", f"adopted {c} running revision {st['stableRevision']}", "Adopted")
+            return
+    color = st.get("firstColor") or BLUE
+    st["firstColor"] = color
+    if st.get("currentHash") != want or not st.get("currentRevision"):
+        st["revision"] = int(st.get("revision") or 0) + (0 if st.get("currentRevision") else 1)
+        st["currentRevision"] = str(st["revision"])
+    if not st.get("firstReleaseStartedAt") or st.get("firstReleaseHash") != want:
+        st["firstReleaseStartedAt"] = iso(t.now)
+        st["firstReleaseHash"] = want
+        t.event("FirstRelease", f"first release: revision {st['currentRevision']} on {color}")
+    rev = st["currentRevision"]
+    t.actions.append(DeployColor(color, t.obs.template, want, rev, spec.replicas))
+    if t.color(color).available(want, spec.replicas) and (spec.replicas == 0 or t.color(color).ready > 0):
+        st.update(stableColor=color, activeColor=color, stableHash=want, stableRevision=rev)
+        for k in ("firstColor", "firstReleaseStartedAt", "firstReleaseHash"):
+            st.pop(k, None)
+        t.stats("releases")
+        t.stats("promoted")
+        t.event("Promoted", f"revision {rev} is live on {color}")
+        t.set_phase("Healthy", f"revision {rev} is live on {color}", "Healthy")
+        return
+    started = parse_time(st["firstReleaseStartedAt"])
+    deadline = started + dt.timedelta(seconds=spec.blue_green.progress_deadline_seconds)
+    c = t.color(color)
+    detail = f"{c.updated_available}/{spec.replicas} available"
+    if t.now >= deadline:
+        t.set_phase(
+            "Degraded",
+            f"first release: {color} not available after {spec.blue_green.progress_deadline_seconds}s ({detail})",
+            "ProgressDeadlineExceeded",
+        )
+        return
+    t.wake_at(deadline)
+    t.set_phase("Progressing", f"first release: waiting for {color} to become available ({detail})", "Deploying")
+
+
+def _ensure_stable(t: _Tick) -> None:
+    """Keep the stable colour at full size (an HPA may change spec.replicas)."""
+    st, spec = t.st, t.spec
+    c = st["stableColor"]
+    obs = t.color(c)
+    if not obs.exists and t.obs.template_hash == st["stableHash"]:
+        t.actions.append(DeployColor(c, t.obs.template, st["stableHash"], st["stableRevision"], spec.replicas))
+    elif obs.exists and obs.replicas != spec.replicas:
+        t.actions.append(ScaleColor(c, spec.replicas))
+    if (st.get("scaleDown") or {}).get("color") == c:
+        st.pop("scaleDown", None)
+
+
+def _new_release(t: _Tick, want: str, color: str) -> dict[str, Any]:
+    st = t.st
+    st["revision"] = int(st.get("revision") or st.get("stableRevision") or 0) + 1
+    st["currentRevision"] = str(st["revision"])
+    now = iso(t.now)
+    return {
+        "revision": st["currentRevision"],
+        "hash": want,
+        "color": color,
+        "startedAt": now,
+        "progressAt": now,
+        "step": 0,
+    }
+
+
+def _start_release(t: _Tick, old: Mapping[str, Any] | None, want: str) -> dict[str, Any]:
+    st, spec = t.st, t.spec
+    stable = st["stableColor"]
+    if old and old.get("switchedAt") and not old.get("abortedAt"):
+        # The superseded release already serves all traffic: it becomes stable now.
+        _complete_release(t, old, superseded=True)
+        stable = st["stableColor"]
+    elif old:
+        t.event("Superseded", f"revision {old['revision']} superseded by a new template", warning=False)
+        if old.get("abortedAt") is None:
+            t.stats("superseded", at=False)
+    st.pop("abort", None)
+    st.pop("promote", None)
+    color = other(stable)
+    release = _new_release(t, want, color)
+    t.stats("releases")
+    idle = t.color(color)
+    if idle.available(want, spec.replicas) and idle.ready > 0:
+        # Fast rollback: the warm idle colour already runs this template.
+        release.update(fastRollback=True, promoted=True, prePromotionDone=True, step=len(spec.blue_green.steps))
+        t.stats("rollbacks")
+        t.event("FastRollback", f"{color} still runs this template: switching back at once (revision {release['revision']})")
+    else:
+        t.event("ReleaseStarted", f"revision {release['revision']} starts on {color}")
+    st["release"] = release
+    return release
+
+
+def _cancel_release(t: _Tick, release: Mapping[str, Any], why: str) -> None:
+    st = t.st
+    color = release["color"]
+    st["activeColor"] = st["stableColor"]
+    st["scaleDown"] = {
+        "color": color,
+        "at": iso(t.now + dt.timedelta(seconds=t.spec.blue_green.abort_scale_down_delay_seconds)),
+    }
+    st.pop("release", None)
+    st.pop("promote", None)
+    if release.get("switchedAt") and not release.get("abortedAt"):
+        t.stats("rollbacks")
+        t.event("RolledBack", f"traffic back on {st['stableColor']}: {why}", warning=True)
+    else:
+        t.event("ReleaseCancelled", f"revision {release['revision']} cancelled: {why}")
+
+
+def _complete_release(t: _Tick, release: Mapping[str, Any], superseded: bool = False) -> None:
+    st, bg = t.st, t.spec.blue_green
+    old_stable = st["stableColor"]
+    st.update(
+        stableColor=release["color"],
+        activeColor=release["color"],
+        stableHash=release["hash"],
+        stableRevision=release["revision"],
+    )
+    switched = parse_time(release.get("switchedAt")) or t.now
+    at = max(switched + dt.timedelta(seconds=bg.scale_down_delay_seconds), t.now)
+    st["scaleDown"] = {"color": old_stable, "at": iso(at)}
+    st.pop("release", None)
+    st.pop("promote", None)
+    st.pop("abort", None)
+    t.stats("promoted")
+    started = parse_time(release.get("startedAt"))
+    if started:
+        st.setdefault("stats", {})["lastReleaseSeconds"] = round((t.now - started).total_seconds(), 3)
+    how = " (superseded by a newer template while being verified)" if superseded else ""
+    t.event("Promoted", f"revision {release['revision']} is live on {release['color']}{how}")
+
+
+def _abort(t: _Tick, release: dict[str, Any], reason: str, message: str) -> None:
+    """Teal's own abort: recorded in status exactly like a user's."""
+    t.st["abort"] = {"revision": release["revision"], "reason": reason, "message": message, "at": iso(t.now)}
+
+
+def _handle_abort(t: _Tick, release: dict[str, Any], abort: Mapping[str, Any]) -> None:
+    st, bg = t.st, t.spec.blue_green
+    stable = st["stableColor"]
+    st["activeColor"] = stable
+    if not release.get("abortedAt"):
+        at = parse_time(abort.get("at")) or t.now
+        release.clear()
+        release.update(_reset_release(t, stable))
+        release["abortedAt"] = iso(t.now)
+        st["scaleDown"] = {
+            "color": other(stable),
+            "at": iso(max(at, t.now) + dt.timedelta(seconds=bg.abort_scale_down_delay_seconds)),
+        }
+        t.stats("aborted")
+        t.event(
+            "Aborted",
+            f"revision {release['revision']} aborted ({abort.get('reason', 'Aborted')}): "
+            f"{abort.get('message', '')}; all traffic on {stable}",
+            warning=True,
+        )
+    msg = f"revision {release['revision']} aborted: {abort.get('message') or abort.get('reason')}"
+    msg += f"; revision {st['stableRevision']} serves all traffic on {stable}"
+    t.set_phase("Aborted", msg, str(abort.get("reason") or "Aborted"))
+
+
+def _reset_release(t: _Tick, stable: str) -> dict[str, Any]:
+    """A release of the current revision back at its start (after an abort, for a retry)."""
+    st = t.st
+    now = iso(t.now)
+    return {
+        "revision": st["currentRevision"],
+        "hash": st["currentHash"],
+        "color": other(stable),
+        "startedAt": now,
+        "progressAt": now,
+        "step": 0,
+    }
+
+
+def _run_release(t: _Tick, release: dict[str, Any]) -> None:
+    st, spec, bg = t.st, t.spec, t.spec.blue_green
+    rev, want, color = release["revision"], release["hash"], release["color"]
+    stable = st["stableColor"]
+
+    abort = t.abort_for(rev)
+    if abort:
+        _handle_abort(t, release, abort)
+        return
+    if release.get("abortedAt"):
+        # Retry: the abort was withdrawn (kubectl teal retry). Start the same revision afresh.
+        release.clear()
+        release.update(_reset_release(t, stable))
+        st.pop("promote", None)
+        t.stats("retries", at=False)
+        t.event("Retry", f"revision {rev} starts again on {release['color']}")
+
+    def progressed(stage: str) -> None:
+        if release.get("stage") != stage:
+            release["stage"] = stage
+            release["progressAt"] = iso(t.now)
+
+    def deadline_passed(what: str) -> bool:
+        since = parse_time(release.get("progressAt")) or t.now
+        deadline = since + dt.timedelta(seconds=bg.progress_deadline_seconds)
+        if t.now >= deadline:
+            _abort(t, release, "ProgressDeadlineExceeded", f"{what} after {bg.progress_deadline_seconds}s")
+            _handle_abort(t, release, t.st["abort"])
+            return True
+        t.wake_at(deadline)
+        return False
+
+    def analysis_gate(run: str, step: int | None = None) -> bool:
+        """True when the analysis run `run` has passed (or none is configured)."""
+        names = _analysis_names(spec, run)
+        if not names:
+            return True
+        key = f"{rev}:{run}" if step is None else f"{rev}:{run}:{step}"
+        release["analysisKey"] = key
+        a = t.obs.analysis
+        if a is None or a.key != key:
+            progressed(f"Analysis:{run}")
+            t.set_phase("Progressing", f"revision {rev}: {run} analysis starting on {color}", "Analysis")
+            t.wake_at(t.now)
+            return False
+        if a.error:
+            _abort(t, release, "AnalysisError", a.error)
+            _handle_abort(t, release, t.st["abort"])
+            return False
+        if a.verdict == "Successful":
+            release.pop("analysisKey", None)
+            release.setdefault("passed", []).append(key)
+            t.event("AnalysisPassed", f"revision {rev}: {run} analysis passed: {a.message}")
+            return True
+        if a.verdict == "Failed":
+            _abort(t, release, "AnalysisFailed", f"{run} analysis failed: {a.message}")
+            _handle_abort(t, release, t.st["abort"])
+            return False
+        if a.verdict == "Inconclusive":
+            if t.promote_for(rev, step if step is not None else -1) or t.full_promote(rev):
+                release.pop("analysisKey", None)
+                release.setdefault("passed", []).append(key)
+                t.event("AnalysisOverridden", f"revision {rev}: inconclusive {run} analysis promoted by a user")
+                return True
+            progressed(f"Inconclusive:{run}")
+            t.set_phase(
+                "Paused",
+                f"revision {rev}: {run} analysis inconclusive ({a.message}); waiting for promote or abort",
+                "AnalysisInconclusive",
+            )
+            return False
+        progressed(f"Analysis:{run}")
+        t.wake_at(a.next_at)
+        t.set_phase("Progressing", f"revision {rev}: {run} analysis running on {color}: {a.message}", "Analysis")
+        return False
+
+    def passed(run: str, step: int | None = None) -> bool:
+        key = f"{rev}:{run}" if step is None else f"{rev}:{run}:{step}"
+        return key in (release.get("passed") or [])
+
+    # -- after the switch: verify, then make it stable
+    if release.get("switchedAt"):
+        st["activeColor"] = color
+        if not t.servable(color):
+            _abort(t, release, "NewColorUnavailable", f"{color} lost all ready pods after the switch")
+            _handle_abort(t, release, t.st["abort"])
+            return
+        if not passed("postPromotion") and not release.get("fastRollback"):
+            if not analysis_gate("postPromotion"):
+                return
+        _complete_release(t, release)
+        t.set_phase("Healthy", f"revision {rev} is live on {color}", "Healthy")
+        return
+
+    # -- deploy the new colour (at preview size until promoted)
+    full = spec.replicas
+    scaled = bool(release.get("promoted")) or bg.preview_replicas is None
+    target = full if scaled else min(bg.preview_replicas, full)
+    obs = t.color(color)
+    if not (obs.exists and obs.hash == want and obs.replicas == target):
+        t.actions.append(DeployColor(color, t.obs.template, want, rev, target))
+    if (st.get("scaleDown") or {}).get("color") == color:
+        st.pop("scaleDown", None)
+    if not obs.available(want, target) or (target > 0 and obs.ready == 0):
+        stage = "Deploying" if not scaled or not bg.preview_replicas else "ScalingUp"
+        progressed(stage)
+        what = f"{color} not available ({obs.updated_available}/{target} pods of revision {rev})"
+        if deadline_passed(what):
+            return
+        t.set_phase("Progressing", f"revision {rev}: waiting for {what}", stage)
+        return
+    release["previewReady"] = True
+
+    if spec.paused:
+        t.set_phase("Paused", f"revision {rev} on {color}: paused by spec.paused", "PausedBySpec")
+        return
+
+    # -- before any user traffic
+    if not release.get("prePromotionDone"):
+        if not analysis_gate("prePromotion"):
+            return
+        release["prePromotionDone"] = True
+
+    steps = bg.steps
+    if not steps and not release.get("promoted"):
+        if not (bg.auto_promote or t.promote_for(rev, None)):
+            progressed("AwaitingPromotion")
+            t.set_phase("Paused", f"revision {rev} ready on {color}; waiting for promote", "AwaitingPromotion")
+            return
+        release["promoted"] = True
+        if target != full:
+            return _run_release(t, release)  # scale up to full size first
+    elif steps and not release.get("promoted"):
+        release["promoted"] = True  # steps gate the traffic from here on
+        if target != full:
+            return _run_release(t, release)
+
+    # -- the steps (weights through a router; pauses)
+    if t.full_promote(rev):
+        release["step"] = len(steps)
+    while release.get("step", 0) < len(steps):
+        i = release["step"]
+        step: Step = steps[i]
+        st["currentStep"] = i + 1
+        if step.set_weight is not None:
+            w = step.set_weight
+            if bg.traffic_routing is None:
+                if w >= 100:
+                    release["step"] = len(steps)
+                    break
+                _next_step(t, release)
+                continue
+            release["weight"] = w
+            if not t.servable(color) and w > 0:
+                _abort(t, release, "NewColorUnavailable", f"{color} has no ready pods at step {i + 1}")
+                _handle_abort(t, release, t.st["abort"])
+                return
+            current = dict(t.obs.weights or {})
+            if current.get(color, 0) != w or current.get(stable, 0) != 100 - w:
+                progressed(f"Step{i + 1}")
+                t.set_phase(
+                    "Progressing", f"step {i + 1}/{len(steps)}: setting {w}% to {color}", "SettingWeights"
+                )
+                return
+            if not passed("steps", i) and not analysis_gate("steps", i):
+                return
+            _next_step(t, release)
+            continue
+        # a pause
+        if step.pause_seconds is None:
+            if t.promote_for(rev, i + 1):
+                _next_step(t, release)
+                continue
+            progressed(f"Step{i + 1}")
+            t.set_phase(
+                "Paused", f"step {i + 1}/{len(steps)}: paused until promoted; {_weight_text(t, release)}", "PausedAtStep"
+            )
+            return
+        started = parse_time(release.get("stepStartedAt")) or t.now
+        release.setdefault("stepStartedAt", iso(started))
+        end = started + dt.timedelta(seconds=step.pause_seconds)
+        if t.now >= end or t.promote_for(rev, i + 1):
+            _next_step(t, release)
+            continue
+        t.wake_at(end)
+        left = (end - t.now).total_seconds()
+        t.set_phase(
+            "Paused", f"step {i + 1}/{len(steps)}: pause {left:.0f}s left; {_weight_text(t, release)}", "PausedAtStep"
+        )
+        return
+
+    # -- the switch
+    release.pop("weight", None)
+    if not t.servable(color):
+        t.set_phase("Progressing", f"revision {rev}: {color} has no ready pods; not switching", "WaitingForPods")
+        return
+    release["switchedAt"] = iso(t.now)
+    release["stage"] = "Switched"
+    st["activeColor"] = color
+    t.event("Switched", f"all active Services now select {color} (revision {rev})")
+    if release.get("fastRollback") or not _analysis_names(spec, "postPromotion"):
+        _complete_release(t, release)
+        t.set_phase("Healthy", f"revision {rev} is live on {color}", "Healthy")
+        return
+    analysis_gate("postPromotion")
+
+
+def _next_step(t: _Tick, release: dict[str, Any]) -> None:
+    release["step"] = release.get("step", 0) + 1
+    release["stepStartedAt"] = iso(t.now)
+    release["progressAt"] = iso(t.now)
+
+
+def _weight_text(t: _Tick, release: Mapping[str, Any]) -> str:
+    if t.spec.blue_green.traffic_routing is None:
+        return f"{release['color']} gets no traffic yet"
+    w = release.get("weight", 0)
+    return f"{w}% to {release['color']}"
+
+
+def _analysis_names(spec: RolloutSpec, run: str) -> list[str]:
+    analysis = spec.analysis or {}
+    return list(analysis.get(run) or [])
+
+
+# ---------------------------------------------------------------- convergence
+
+
+def _desired_weights(t: _Tick) -> dict[str, int] | None:
+    st = t.st
+    active = st.get("activeColor")
+    if active is None:
+        return None
+    release = st.get("release") or {}
+    if "weight" in release and not release.get("abortedAt") and t.abort_for(release.get("revision")) is None:
+        w = int(release["weight"])
+        return {release["color"]: w, active: 100 - w}
+    return {active: 100, other(active): 0}
+
+
+def _enforce_traffic(t: _Tick) -> None:
+    """Point Services and routes where status says, but never at a colour without ready pods."""
+    st, spec = t.st, t.spec
+    if st.get("reason") in ("ServiceNotFound", "TemplateNotFound"):
+        return
+    active = st.get("activeColor")
+    if active is None:
+        return
+    if not t.servable(active):
+        # Nothing to switch to safely: leave every selector where it is.
+        stable = st.get("stableColor")
+        if stable and stable != active and t.servable(stable):
+            st["activeColor"] = active = stable
+        else:
+            return
+    for name in spec.blue_green.active_services:
+        if (t.obs.services.get(name) or ServiceObs()).color != active:
+            t.actions.append(SelectColor(name, active))
+    preview = spec.blue_green.preview_service
+    if preview:
+        release = st.get("release") or {}
+        target = release.get("color") if release and not release.get("abortedAt") else active
+        if target and t.servable(target) and (t.obs.services.get(preview) or ServiceObs()).color != target:
+            t.actions.append(SelectColor(preview, target))
+    if spec.blue_green.traffic_routing is not None and not t.obs.router_error:
+        want = _desired_weights(t)
+        if want is not None:
+            if any(w > 0 and not t.servable(c) for c, w in want.items()):
+                want = {active: 100, other(active): 0}
+            current = dict(t.obs.weights or {})
+            if any(current.get(c, 0) != w for c, w in want.items()):
+                t.actions.append(SetWeights(tuple(sorted(want.items()))))
+
+
+def _scale_down_idle(t: _Tick) -> None:
+    st = t.st
+    pending = st.get("scaleDown")
+    if not pending:
+        return
+    color = pending["color"]
+    release = st.get("release") or {}
+    if color == st.get("activeColor") or (release.get("color") == color and not release.get("abortedAt")):
+        st.pop("scaleDown", None)
+        return
+    at = parse_time(pending["at"]) or t.now
+    if t.now < at:
+        t.wake_at(at)
+        return
+    if t.color(color).replicas != 0:
+        t.actions.append(ScaleColor(color, 0))
+        if not pending.get("announced"):
+            pending["announced"] = True
+            t.event("ScaledDown", f"{color} scaled to zero")
+    else:
+        st.pop("scaleDown", None)
+
+
+def _observed_fields(t: _Tick) -> None:
+    st = t.st
+    release = st.get("release") or {}
+    st["previewColor"] = release.get("color") if release and not release.get("abortedAt") else None
+    if not release:
+        st.pop("currentStep", None)
+    if t.obs.weights is not None:
+        st["weights"] = {c: int(t.obs.weights.get(c, 0)) for c in COLORS}
+    active = st.get("activeColor")
+    st["replicas"] = t.spec.replicas
+    st["readyReplicas"] = t.color(active).ready if active else 0
+    sel = dict(t.spec.match_labels)
+    st["selector"] = ",".join(f"{k}={v}" for k, v in sorted(sel.items()))
+
+
+def _condition(t: _Tick, type_: str, status: bool, reason: str, message: str) -> dict[str, Any]:
+    value = "True" if status else "False"
+    old = next((c for c in (t.old.get("conditions") or []) if c.get("type") == type_), None)
+    changed = not old or old.get("status") != value
+    cond = {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": iso(t.now) if changed else old.get("lastTransitionTime", iso(t.now)),
+    }
+    if "observedGeneration" in t.st:
+        cond["observedGeneration"] = t.st["observedGeneration"]
+    return cond
+
+
+def _conditions(t: _Tick) -> None:
+    st = t.st
+    phase, reason, message = st.get("phase", "Progressing"), st.get("reason", ""), st.get("message", "")
+    ready = phase == "Healthy"
+    stalled = phase in ("Degraded", "Aborted")
+    reconciling = phase in ("Progressing", "Paused")
+    st["conditions"] = [
+        _condition(t, "Ready", ready, reason if not ready else "Healthy", message),
+        _condition(t, "Reconciling", reconciling, reason if reconciling else "Idle", message if reconciling else ""),
+        _condition(t, "Stalled", stalled, reason if stalled else "NotStalled", message if stalled else ""),
+    ]
+    if st.get("phase") != t.old.get("phase") and phase in PHASES:
+        if phase == "Degraded":
+            t.event(reason or "Degraded", message, warning=True)
+        elif phase == "Paused":
+            t.event(reason or "Paused", message)
