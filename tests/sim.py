@@ -60,6 +60,7 @@ class World:
     broken_hashes: set = dataclasses.field(default_factory=set)
     history: list = dataclasses.field(default_factory=list)
     events: list = dataclasses.field(default_factory=list)
+    last_observed: core.Observed | None = None
 
     def __post_init__(self) -> None:
         bg = self.spec["strategy"]["blueGreen"]
@@ -122,7 +123,8 @@ class World:
         self.now += dt.timedelta(seconds=seconds)
         self.ticks += 1
         self._settle()
-        plan = core.decide(parse_spec(self.spec), self.status, self.observe(), self.now, generation=1)
+        self.last_observed = self.observe()
+        plan = core.decide(parse_spec(self.spec), self.status, self.last_observed, self.now, generation=1)
         self.status = plan.status
         for a in plan.actions:
             self.apply(a)

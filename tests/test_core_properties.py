@@ -1,0 +1,152 @@
+"""Property tests of the core's safety rules over random histories of a simulated world."""
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sim import World, rollout_spec
+
+from teal import core
+from teal.api import other, template_hash
+
+IMAGES = ["v1", "v2", "v3", "v4"]
+
+
+@st.composite
+def configs(draw):
+    weighted = draw(st.booleans())
+    bg = {
+        "autoPromote": draw(st.booleans()),
+        "scaleDownDelaySeconds": draw(st.sampled_from([0, 5, 30])),
+        "abortScaleDownDelaySeconds": draw(st.sampled_from([0, 5])),
+        "progressDeadlineSeconds": draw(st.sampled_from([20, 120])),
+    }
+    if draw(st.booleans()):
+        bg["previewReplicas"] = draw(st.integers(0, 3))
+    if weighted:
+        bg["trafficRouting"] = {"gatewayAPI": {"httpRoute": "app"}}
+        weights = sorted(draw(st.lists(st.integers(0, 100), min_size=1, max_size=3)))
+        steps = []
+        for w in weights:
+            steps.append({"setWeight": w})
+            if draw(st.booleans()):
+                steps.append({"pause": draw(st.sampled_from([{}, {"duration": "15s"}]))})
+        bg["steps"] = steps
+    spec = rollout_spec(**bg)
+    if draw(st.booleans()):
+        run = draw(st.sampled_from(["prePromotion", "postPromotion", "steps"]))
+        spec["analysis"] = {run: ["m"], "metrics": [{"name": "m", "query": "up"}]}
+    spec["replicas"] = draw(st.integers(1, 3))
+    return spec
+
+
+ops = st.one_of(
+    st.tuples(st.just("tick"), st.sampled_from([0.5, 1, 5, 20, 60])),
+    st.tuples(st.just("image"), st.sampled_from(IMAGES)),
+    st.tuples(st.just("promote"), st.booleans()),
+    st.tuples(st.just("abort"), st.none()),
+    st.tuples(st.just("retry"), st.none()),
+    st.tuples(st.just("break"), st.sampled_from(IMAGES[1:])),
+    st.tuples(st.just("verdict"), st.sampled_from(["Running", "Successful", "Failed", "Inconclusive"])),
+    st.tuples(st.just("pause"), st.booleans()),
+)
+
+
+def check_plan(w: World, plan: core.Plan) -> None:
+    obs = w.last_observed
+    replicas = w.spec["replicas"]
+    for a in plan.actions:
+        if isinstance(a, core.SelectColor):
+            assert obs.colors[a.color].ready > 0 or replicas == 0, f"{a} to a colour without ready pods"
+        if isinstance(a, core.SetWeights):
+            ws = a.as_dict()
+            assert sum(ws.values()) == 100
+            for c, weight in ws.items():
+                if weight > 0:
+                    assert obs.colors[c].ready > 0, f"{a}: weight to a colour without ready pods"
+    status = plan.status
+    trues = [c["type"] for c in status["conditions"] if c["status"] == "True"]
+    assert len(trues) == 1, status["conditions"]
+    assert status.get("phase") in core.PHASES
+    if status.get("phase") == "Aborted":
+        stable = status["stableColor"]
+        if obs.colors[stable].ready > 0:
+            for name in w.spec["strategy"]["blueGreen"]["activeServices"]:
+                assert w.services[name] == stable
+            if w.weights is not None:
+                assert w.weights.get(stable) == 100 and w.weights.get(other(stable)) == 0
+
+
+def apply_op(w: World, op: str, arg) -> None:
+    st_ = w.status
+    if op == "tick":
+        check_plan(w, w.tick(arg))
+    elif op == "image":
+        w.set_image(arg)
+    elif op == "promote" and st_.get("currentRevision"):
+        st_["promote"] = {"revision": st_["currentRevision"], "step": st_.get("currentStep"), "full": arg}
+    elif op == "abort" and st_.get("currentRevision"):
+        st_["abort"] = {"revision": st_["currentRevision"], "reason": "AbortedByUser", "message": "test"}
+    elif op == "retry":
+        st_.pop("abort", None)
+    elif op == "break":
+        w.broken_hashes.add(template_hash({"metadata": {"labels": {"app": "demo"}}, "spec": {"containers": [{"name": "app", "image": arg}]}}))
+    elif op == "verdict":
+        key = (st_.get("release") or {}).get("analysisKey")
+        w.analysis = core.AnalysisRun(key=key, verdict=arg, message="sim") if key else None
+    elif op == "pause":
+        w.spec["paused"] = arg
+
+
+WAITING = {"AwaitingPromotion", "PausedAtStep", "AnalysisInconclusive", "PausedBySpec", "Analysis"}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs(), st.lists(ops, max_size=40))
+def test_safety_and_liveness(spec, history):
+    w = World(spec)
+    for op, arg in history:
+        apply_op(w, op, arg)
+        if w.status.get("stableColor") and not (set(w.broken_hashes) & {w.status.get("stableHash")}):
+            pass
+    # quiesce: no more input, time passes; the release must end or say what it waits for
+    w.spec["paused"] = False
+    for _ in range(30):
+        check_plan(w, w.tick(30))
+    phase, reason = w.status["phase"], w.status.get("reason")
+    assert phase in ("Healthy", "Aborted", "Degraded") or reason in WAITING, (phase, reason, w.status.get("message"))
+    assert w.status.get("message")
+
+
+@settings(max_examples=200, deadline=None)
+@given(configs(), st.lists(ops, max_size=30), st.integers(0, 30))
+def test_restart_anywhere_is_equivalent(spec, history, cut):
+    """Deciding again from persisted status gives the same decision: no hidden memory."""
+    w = World(spec)
+    for op, arg in history[:cut]:
+        apply_op(w, op, arg)
+    from teal.api import parse_spec
+
+    obs = w.observe()
+    a = core.decide(parse_spec(w.spec), w.status, obs, w.now, generation=1)
+    b = core.decide(parse_spec(w.spec), dict(w.status), obs, w.now, generation=1)
+    assert a.actions == b.actions and a.status == b.status
+
+
+@settings(max_examples=200, deadline=None)
+@given(configs(), st.lists(ops, max_size=30))
+def test_decide_is_idempotent_once_converged(spec, history):
+    """Applying a plan and deciding again at the same instant asks for nothing new."""
+    w = World(spec, ready_after=0)
+    for op, arg in history:
+        apply_op(w, op, arg)
+    from teal.api import parse_spec
+
+    for _ in range(4):
+        w._settle()
+        plan = core.decide(parse_spec(w.spec), w.status, w.observe(), w.now, generation=1)
+        w.status = plan.status
+        for act in plan.actions:
+            w.apply(act)
+    w._settle()
+    again = core.decide(parse_spec(w.spec), w.status, w.observe(), w.now, generation=1)
+    assert [a for a in again.actions if not isinstance(a, core.ScaleColor)] == []
