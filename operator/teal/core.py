@@ -233,6 +233,16 @@ def decide(
     return Plan(status=t.st, actions=_dedupe(t.actions), events=t.events, requeue_after=requeue)
 
 
+def invalid_spec(status: Mapping[str, Any], message: str, now: dt.datetime, generation: int | None) -> dict[str, Any]:
+    """The status for a spec the operator cannot act on: Degraded, nothing touched."""
+    t = _Tick(None, status, None, now)  # type: ignore[arg-type]
+    if generation is not None:
+        t.st["observedGeneration"] = generation
+    t.set_phase("Degraded", f"invalid spec: {message}", "InvalidSpec")
+    _conditions(t)
+    return t.st
+
+
 def _dedupe(actions: list[Action]) -> list[Action]:
     """Keep the last action per target, in first-seen order (later decisions win)."""
     out: dict[tuple, Action] = {}
@@ -600,10 +610,10 @@ def _run_release(t: _Tick, release: dict[str, Any]) -> None:
     if not obs.available(want, target) or (target > 0 and obs.ready == 0):
         stage = "Deploying" if not scaled or not bg.preview_replicas else "ScalingUp"
         progressed(stage)
-        what = f"{color} not available ({obs.updated_available}/{target} pods of revision {rev})"
-        if deadline_passed(what):
+        counts = f"{obs.updated_available}/{target} pods of revision {rev} available"
+        if deadline_passed(f"{color} not available ({counts})"):
             return
-        t.set_phase("Progressing", f"revision {rev}: waiting for {what}", stage)
+        t.set_phase("Progressing", f"revision {rev}: waiting for {color} to become available ({counts})", stage)
         return
     release["previewReady"] = True
 

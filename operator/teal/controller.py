@@ -1,0 +1,267 @@
+"""The operator: kopf watches, one reconcile loop per Rollout, and the glue to the adapters.
+
+Watches (no polling) wake a Rollout's loop within milliseconds:
+- every event of the Rollout itself (spec, status written by kubectl-teal, deletion),
+- every event of a Deployment Teal owns (label teal.dev/rollout), and of a Deployment
+  named by a workloadRef.
+A loop also wakes when the core asks for it (a timer is due) and at least every
+RESYNC_SECONDS, to repair drift of objects it does not watch (a Service selector edited
+by hand).
+
+One loop per Rollout means reconciles of one Rollout never overlap, and a slow call
+(Prometheus, a router) only delays its own Rollout. The loops are plain asyncio tasks
+rather than kopf daemons so that Rollouts get no finalizer: deleting a Rollout never waits
+for the operator, and garbage collection removes what Teal made.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from . import core, metrics
+from .api import GROUP, LABEL_ROLLOUT, PLURAL, VERSION, SpecError, parse_spec
+from .kube import Kube, merge_patch, owner_reference
+
+log = logging.getLogger("teal")
+
+RESYNC_SECONDS = 30.0
+MIN_REQUEUE = 0.05
+
+
+@dataclasses.dataclass
+class Settings:
+    namespaces: list[str] = dataclasses.field(default_factory=list)  # empty: all namespaces
+    prometheus_address: str | None = None
+    api_workers: int = 32  # threads for Kubernetes calls
+    query_workers: int = 32  # threads for Prometheus queries (kept apart: a dead Prometheus can't starve the API calls)
+
+
+SETTINGS = Settings()
+
+
+class Loop:
+    """The reconcile loop of one Rollout."""
+
+    def __init__(self, controller: "Controller", namespace: str, name: str):
+        self.controller = controller
+        self.namespace = namespace
+        self.name = name
+        self.poke = asyncio.Event()
+        self.task: asyncio.Task | None = None
+        self.failures = 0
+        self.workload_ref: str | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.run(), name=f"teal:{self.namespace}/{self.name}")
+
+    async def run(self) -> None:
+        while True:
+            self.poke.clear()
+            try:
+                delay = await self.controller.reconcile(self)
+                self.failures = 0
+            except asyncio.CancelledError:
+                raise
+            except ApiException as e:
+                self.failures += 1
+                delay = min(30.0, 0.2 * 2**self.failures)
+                if e.status == 409:
+                    delay = 0.0  # someone wrote in between: decide again on fresh data
+                else:
+                    log.warning("%s/%s: API error %s %s; retrying in %.1fs", self.namespace, self.name, e.status, e.reason, delay)
+            except Exception:
+                self.failures += 1
+                delay = min(30.0, 0.5 * 2**self.failures)
+                log.exception("%s/%s: reconcile failed; retrying in %.1fs", self.namespace, self.name, delay)
+            if delay is None:
+                return  # the Rollout is gone
+            try:
+                await asyncio.wait_for(self.poke.wait(), timeout=max(delay, 0.0) if delay < RESYNC_SECONDS else RESYNC_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+
+
+class Controller:
+    def __init__(self, kube: Kube | None = None):
+        self.kube = kube or Kube()
+        self.loops: dict[tuple[str, str], Loop] = {}
+        self.api_pool = concurrent.futures.ThreadPoolExecutor(SETTINGS.api_workers, thread_name_prefix="teal-api")
+        self.query_pool = concurrent.futures.ThreadPoolExecutor(SETTINGS.query_workers, thread_name_prefix="teal-query")
+
+    async def call(self, fn, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.api_pool, lambda: fn(*args, **kwargs))
+
+    # -- loops
+    def wake(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        loop = self.loops.get(key)
+        if loop is None or loop.task is None or loop.task.done():
+            loop = self.loops[key] = Loop(self, namespace, name)
+            loop.start()
+        loop.poke.set()
+
+    def forget(self, namespace: str, name: str) -> None:
+        loop = self.loops.pop((namespace, name), None)
+        if loop and loop.task:
+            loop.task.cancel()
+
+    def wake_by_workload(self, namespace: str, deployment: str) -> None:
+        for (ns, name), loop in list(self.loops.items()):
+            if ns == namespace and loop.workload_ref == deployment:
+                loop.poke.set()
+
+    async def stop(self) -> None:
+        for loop in list(self.loops.values()):
+            if loop.task:
+                loop.task.cancel()
+        await asyncio.gather(*(lp.task for lp in self.loops.values() if lp.task), return_exceptions=True)
+        self.loops.clear()
+        self.api_pool.shutdown(wait=False, cancel_futures=True)
+        self.query_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- one reconcile
+    async def reconcile(self, loop: Loop) -> float | None:
+        started = time.monotonic()
+        body = await self.call(self.kube.get_rollout, loop.namespace, loop.name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            self.forget(loop.namespace, loop.name)
+            return None
+        status = body.get("status") or {}
+        now = dt.datetime.now(dt.timezone.utc)
+        try:
+            spec = parse_spec(body.get("spec") or {})
+        except SpecError as e:
+            new = core.invalid_spec(status, str(e), now, body["metadata"].get("generation"))
+            await self._write(body, status, new, [])
+            return None if new == status else RESYNC_SECONDS
+        loop.workload_ref = spec.workload_ref.name if spec.workload_ref else None
+        observed = await self.call(self.kube.observe, body, spec)
+        router = None
+        if spec.blue_green.traffic_routing is not None:
+            router, observed = await self._observe_router(body, spec, observed)
+        extra_status: dict[str, Any] = {}
+        if spec.analysis:
+            observed, extra_status = await self._analysis(body, spec, status, observed, now)
+        plan = core.decide(spec, status, observed, now, body["metadata"].get("generation"))
+        plan.status.update(extra_status)
+        if not (plan.status.get("release") or {}).get("analysisKey"):
+            plan.status.pop("analysisRun", None)
+        await self._write(body, status, plan.status, plan.events)
+        await self._act(body, spec, plan, router)
+        metrics.observe_reconcile(time.monotonic() - started, body, status, plan.status)
+        if plan.actions:
+            return MIN_REQUEUE  # look again at once: read back what we changed
+        return plan.requeue_after if plan.requeue_after is not None else RESYNC_SECONDS
+
+    async def _write(self, body, old: dict, new: dict, events: list[core.Event]) -> None:
+        patch = merge_patch(old, new)
+        if patch:
+            await self.call(self.kube.patch_status, body, patch)
+        for ev in events:
+            log.info("%s/%s: %s: %s", body["metadata"]["namespace"], body["metadata"]["name"], ev.reason, ev.message)
+            await self.call(self.kube.post_event, body, ev)
+
+    async def _act(self, body, spec, plan: core.Plan, router) -> None:
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        for action in plan.actions:
+            if isinstance(action, core.DeployColor):
+                manifest = self.kube.deployment_manifest(body, spec, action)
+                await self.call(self.kube.apply_deployment, manifest)
+            elif isinstance(action, core.ScaleColor):
+                await self.call(self.kube.scale, ns, name, action.color, action.replicas)
+            elif isinstance(action, core.SelectColor):
+                await self.call(self.kube.select_color, ns, action.service, action.color)
+            elif isinstance(action, core.SetWeights) and router is not None:
+                await self.call(router.set_weights, action.as_dict())
+
+    async def _observe_router(self, body, spec, observed: core.Observed):
+        from . import routers
+
+        try:
+            router = routers.make_router(
+                self.kube.api_client,
+                body["metadata"]["namespace"],
+                body["metadata"]["name"],
+                owner_reference(body),
+                spec.blue_green.traffic_routing,
+                spec.blue_green.active_services[0],
+            )
+            await self.call(router.prepare)
+            weights = await self.call(router.get_weights)
+            return router, dataclasses.replace(observed, weights=weights)
+        except routers.RouterError as e:
+            return None, dataclasses.replace(observed, router_error=str(e))
+
+    async def _analysis(self, body, spec, status, observed, now):
+        from . import analysis_driver
+
+        return await analysis_driver.run(self, body, spec, status, observed, now)
+
+
+CONTROLLER: Controller | None = None
+
+
+def controller() -> Controller:
+    global CONTROLLER
+    if CONTROLLER is None:
+        CONTROLLER = Controller()
+    return CONTROLLER
+
+
+# ------------------------------------------------------------------ kopf wiring
+
+
+@kopf.on.startup()
+async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.batching.batch_window = 0.01  # act on an event within milliseconds
+    settings.batching.idle_timeout = 60
+    settings.execution.max_workers = 8
+    settings.posting.level = logging.ERROR  # Teal posts its own, explained, Events
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 30
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="teal.dev", key="last-handled")
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="teal.dev")
+    controller()
+
+
+@kopf.on.cleanup()
+async def _cleanup(**_: Any) -> None:
+    global CONTROLLER
+    if CONTROLLER is not None:
+        await CONTROLLER.stop()
+        CONTROLLER = None
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def _rollout_event(event: dict, name: str, namespace: str, **_: Any) -> None:
+    if event.get("type") == "DELETED":
+        controller().forget(namespace, name)
+    else:
+        controller().wake(namespace, name)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={LABEL_ROLLOUT: kopf.PRESENT})
+async def _owned_deployment_event(labels: dict, namespace: str, **_: Any) -> None:
+    owner = labels.get(LABEL_ROLLOUT)
+    if owner and (namespace, owner) in controller().loops:
+        controller().loops[(namespace, owner)].poke.set()
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={LABEL_ROLLOUT: kopf.ABSENT})
+async def _workload_event(name: str, namespace: str, **_: Any) -> None:
+    controller().wake_by_workload(namespace, name)
+
+
+@kopf.on.probe(id="rollouts")
+def _probe(**_: Any) -> int:
+    return len(controller().loops)

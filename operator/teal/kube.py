@@ -1,0 +1,242 @@
+"""The Kubernetes adapter: read the world for the core, and carry out its actions.
+
+Everything here is synchronous (the official client is); the operator calls it from a
+thread pool so that the event loop, and every other Rollout, never waits on it.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import logging
+from typing import Any, Mapping
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from . import core
+from .api import (
+    ANNOTATION_HASH,
+    ANNOTATION_REVISION,
+    API_VERSION,
+    COLORS,
+    GROUP,
+    KIND,
+    LABEL_COLOR,
+    LABEL_ROLLOUT,
+    PLURAL,
+    VERSION,
+    RolloutSpec,
+    template_hash,
+)
+
+log = logging.getLogger("teal.kube")
+FIELD_MANAGER = "teal"
+
+
+def deployment_name(rollout: str, color: str) -> str:
+    return f"{rollout}-{color}"
+
+
+def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _get(fn, *args, **kwargs):
+    """Call a read; None on 404."""
+    try:
+        return fn(*args, **kwargs)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+class Kube:
+    """Thin wrapper over the client APIs one Rollout reconcile needs."""
+
+    def __init__(self, api_client: client.ApiClient | None = None):
+        self.api_client = api_client or client.ApiClient()
+        self.core = client.CoreV1Api(self.api_client)
+        self.apps = client.AppsV1Api(self.api_client)
+        self.custom = client.CustomObjectsApi(self.api_client)
+
+    # ------------------------------------------------------------ reading
+
+    def get_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _get(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+
+    def desired_template(self, namespace: str, spec: RolloutSpec) -> tuple[dict | None, str | None]:
+        """The pod template to run: spec.template, or the template of the workloadRef Deployment."""
+        if spec.template is not None:
+            return dict(spec.template), None
+        ref = spec.workload_ref
+        if ref is None:
+            return None, "spec has neither template nor workloadRef"
+        dep = _get(self.apps.read_namespaced_deployment, ref.name, namespace)
+        if dep is None:
+            return None, f"workloadRef: Deployment {ref.name} not found in namespace {namespace}"
+        raw = self.api_client.sanitize_for_serialization(dep.spec.template)
+        return raw, None
+
+    def observe_color(self, namespace: str, rollout: str, color: str) -> core.ColorObs:
+        dep = _get(self.apps.read_namespaced_deployment, deployment_name(rollout, color), namespace)
+        if dep is None:
+            return core.ColorObs()
+        st = dep.status
+        meta = dep.metadata
+        replicas = dep.spec.replicas or 0
+        synced = (st.observed_generation or 0) >= (meta.generation or 0)
+        updated = st.updated_replicas or 0
+        available = st.available_replicas or 0
+        total = st.replicas or 0
+        # available pods of the newest template only: when old pods still run, count the
+        # updated ones that can be available at most.
+        fresh = min(updated, available) if total > updated else min(available, updated)
+        return core.ColorObs(
+            exists=True,
+            hash=(meta.annotations or {}).get(ANNOTATION_HASH),
+            replicas=replicas,
+            ready=st.ready_replicas or 0,
+            updated_available=fresh,
+            synced=synced,
+        )
+
+    def observe_service(self, namespace: str, name: str) -> core.ServiceObs:
+        svc = _get(self.core.read_namespaced_service, name, namespace)
+        if svc is None:
+            return core.ServiceObs(exists=False)
+        return core.ServiceObs(exists=True, color=(svc.spec.selector or {}).get(LABEL_COLOR))
+
+    def observe(self, body: Mapping[str, Any], spec: RolloutSpec) -> core.Observed:
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        template, error = self.desired_template(ns, spec)
+        services = {}
+        for svc in list(spec.blue_green.active_services) + (
+            [spec.blue_green.preview_service] if spec.blue_green.preview_service else []
+        ):
+            services[svc] = self.observe_service(ns, svc)
+        return core.Observed(
+            template=template,
+            template_hash=template_hash(template) if template is not None else None,
+            colors={c: self.observe_color(ns, name, c) for c in COLORS},
+            services=services,
+            template_error=error,
+        )
+
+    # ------------------------------------------------------------ writing
+
+    def deployment_manifest(
+        self, body: Mapping[str, Any], spec: RolloutSpec, action: core.DeployColor
+    ) -> dict[str, Any]:
+        name = body["metadata"]["name"]
+        template = copy.deepcopy(dict(action.template))
+        tmeta = template.setdefault("metadata", {})
+        labels = dict(tmeta.get("labels") or {})
+        labels.update({LABEL_ROLLOUT: name, LABEL_COLOR: action.color})
+        tmeta["labels"] = labels
+        for k in ("creationTimestamp", "name", "namespace", "uid", "resourceVersion"):
+            tmeta.pop(k, None)
+        selector = dict(spec.match_labels)
+        selector[LABEL_COLOR] = action.color
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": deployment_name(name, action.color),
+                "namespace": body["metadata"]["namespace"],
+                "labels": {LABEL_ROLLOUT: name, LABEL_COLOR: action.color},
+                "annotations": {ANNOTATION_HASH: action.hash, ANNOTATION_REVISION: str(action.revision)},
+                "ownerReferences": [owner_reference(body)],
+            },
+            "spec": {
+                "replicas": action.replicas,
+                "selector": {"matchLabels": selector},
+                "template": template,
+            },
+        }
+
+    def apply_deployment(self, manifest: Mapping[str, Any]) -> None:
+        meta = manifest["metadata"]
+        self.apps.patch_namespaced_deployment(
+            meta["name"],
+            meta["namespace"],
+            manifest,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+
+    def scale(self, namespace: str, rollout: str, color: str, replicas: int) -> None:
+        try:
+            self.apps.patch_namespaced_deployment_scale(
+                deployment_name(rollout, color), namespace, {"spec": {"replicas": replicas}}
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def select_color(self, namespace: str, service: str, color: str) -> None:
+        self.core.patch_namespaced_service(service, namespace, {"spec": {"selector": {LABEL_COLOR: color}}})
+
+    def patch_status(self, body: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge-patch status, guarded by resourceVersion (a 409 means: decide again)."""
+        meta = body["metadata"]
+        return self.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            PLURAL,
+            meta["name"],
+            {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": patch},
+        )
+
+    def post_event(self, body: Mapping[str, Any], event: core.Event) -> None:
+        meta = body["metadata"]
+        now = dt.datetime.now(dt.timezone.utc)
+        ev = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1000],
+            "source": {"component": "teal"},
+            "reportingComponent": "teal.dev/operator",
+            "reportingInstance": "teal",
+            "firstTimestamp": now.isoformat(),
+            "lastTimestamp": now.isoformat(),
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], ev)
+        except ApiException as e:  # events are best effort
+            log.warning("could not post event %s: %s", event.reason, e.reason)
+
+
+def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new` (lists are replaced)."""
+    old = old or {}
+    patch: dict[str, Any] = {k: None for k in old if k not in new}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            sub = merge_patch(before, value)
+            if sub:
+                patch[key] = sub
+        elif key not in old or value != before:
+            patch[key] = copy.deepcopy(value)
+    return patch

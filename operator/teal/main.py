@@ -1,0 +1,95 @@
+"""`teal run`: start the operator."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _env_list(name: str) -> list[str]:
+    return [x.strip() for x in os.environ.get(name, "").split(",") if x.strip()]
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="teal", description="Teal: blue/green releases for Kubernetes")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the operator")
+    run.add_argument("--namespace", "-n", action="append", default=_env_list("TEAL_NAMESPACES"),
+                     help="watch this namespace (repeat for more); default: all namespaces")
+    run.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
+    run.add_argument("--prometheus-address", default=os.environ.get("TEAL_PROMETHEUS_ADDRESS"),
+                     help="Prometheus used when a Rollout names none")
+    run.add_argument("--log-level", default=os.environ.get("TEAL_LOG_LEVEL", "info"),
+                     choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-format", default=os.environ.get("TEAL_LOG_FORMAT", "text"), choices=["text", "json"])
+    run.add_argument("--peering", default=os.environ.get("TEAL_PEERING"),
+                     help="kopf peering name: several replicas elect one active operator")
+    run.add_argument("--priority", type=int, default=int(os.environ.get("TEAL_PRIORITY", "0")))
+    run.add_argument("--liveness-port", type=int, default=int(os.environ.get("TEAL_LIVENESS_PORT", "8080")))
+    run.add_argument("--metrics-port", type=int, default=int(os.environ.get("TEAL_METRICS_PORT", "9090")),
+                     help="0 disables the metrics endpoint")
+    return p
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    if level != "debug":
+        logging.getLogger("kopf").setLevel(logging.WARNING)
+        logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def load_kube_credentials(pool_size: int = 32) -> None:
+    """In-cluster credentials, else the kubeconfig; shared by kopf and Teal's own client."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    cfg = client.Configuration.get_default_copy()
+    cfg.connection_pool_maxsize = pool_size
+    client.Configuration.set_default(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    import kopf
+
+    from . import controller, metrics
+
+    load_kube_credentials(controller.SETTINGS.api_workers)
+    controller.SETTINGS.namespaces = [] if args.all_namespaces else list(dict.fromkeys(args.namespace))
+    controller.SETTINGS.prometheus_address = args.prometheus_address
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    kopf.run(
+        clusterwide=not controller.SETTINGS.namespaces,
+        namespaces=controller.SETTINGS.namespaces,
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        priority=args.priority,
+        liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The operator's own Prometheus metrics: how often do we ship, and how often does it hurt?"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+RECONCILE_SECONDS = Histogram(
+    "teal_reconcile_duration_seconds",
+    "Time of one reconcile of one Rollout (read, decide, write, act)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RELEASES = Counter(
+    "teal_releases_total",
+    "Releases by outcome: started, promoted, aborted, rollbacks, retries, superseded",
+    ["namespace", "rollout", "outcome"],
+)
+RELEASE_SECONDS = Histogram(
+    "teal_release_duration_seconds",
+    "From a release's start to its promotion",
+    ["namespace"],
+    buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 3600),
+)
+PHASE = Gauge("teal_rollout_phase", "1 for the phase each Rollout is in", ["namespace", "rollout", "phase"])
+
+_OUTCOMES = {"releases": "started", "promoted": "promoted", "aborted": "aborted", "rollbacks": "rollbacks",
+             "retries": "retries", "superseded": "superseded"}
+_PHASES = ("Healthy", "Progressing", "Paused", "Degraded", "Aborted")
+
+
+def observe_reconcile(seconds: float, body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    RECONCILE_SECONDS.observe(seconds)
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    before, after = old.get("stats") or {}, new.get("stats") or {}
+    for key, outcome in _OUTCOMES.items():
+        delta = int(after.get(key, 0)) - int(before.get(key, 0))
+        if delta > 0:
+            RELEASES.labels(ns, name, outcome).inc(delta)
+    if after.get("lastReleaseSeconds") is not None and after.get("lastPromotedAt") != before.get("lastPromotedAt"):
+        RELEASE_SECONDS.labels(ns).observe(float(after["lastReleaseSeconds"]))
+    for phase in _PHASES:
+        PHASE.labels(ns, name, phase).set(1 if new.get("phase") == phase else 0)
+
+
+def serve(port: int) -> None:
+    start_http_server(port)
