@@ -1,0 +1,179 @@
+"""Child-process plumbing shared by the local cluster, Prometheus and fakeapp.
+
+Each child runs in its own session/process group (so ``killpg`` reaches
+anything it forks), logs to a file, and -- when started from the main thread
+and ``setpriv`` exists -- gets ``PDEATHSIG=SIGKILL`` so it dies even if the
+Python parent is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def tail(path: str | os.PathLike, lines: int = 40) -> str:
+    """The last ``lines`` lines of a text file ("" if absent)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs of live processes (not zombies) whose command line contains ``text``."""
+    pids = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmd and state != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+def rss_kib(pid: int) -> int | None:
+    """Resident memory of a process in KiB (VmRSS), or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+@dataclasses.dataclass
+class Component:
+    """One child process: its command, log file and Popen handle."""
+
+    name: str
+    args: list[str]
+    log_path: Path
+    env: dict[str, str]
+    proc: subprocess.Popen | None = None
+    _log: Any = None
+
+    def start(self, pdeathsig: bool) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab", buffering=0)
+        self._log.write(f"### {time.strftime('%H:%M:%S')} starting: {' '.join(self.args)}\n".encode())
+        argv = list(self.args)
+        # Die with the parent even if it is SIGKILLed (only valid from the main
+        # thread: PDEATHSIG fires when the *thread* that forked exits).
+        if pdeathsig and shutil.which("setpriv"):
+            argv = ["setpriv", "--pdeathsig", "KILL", "--", *argv]
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,  # own process group: killpg reaches any child
+            close_fds=True,
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def close_log(self) -> None:
+        if self._log is not None:
+            try:
+                self._log.close()
+            except OSError:
+                pass
+            self._log = None
+
+    def tail(self, lines: int = 40) -> str:
+        return tail(self.log_path, lines)
+
+
+def sweep_stale_dirs(parent: str | os.PathLike, prefix: str, min_age: float = 600.0) -> list[str]:
+    """Remove ``parent/prefix*`` folders left by killed runs.
+
+    A folder goes only when it is older than ``min_age`` seconds and no live
+    process mentions it on its command line (so other running clusters keep
+    theirs). Returns the removed paths.
+    """
+    removed = []
+    try:
+        entries = list(Path(parent).iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for p in entries:
+        if not p.name.startswith(prefix) or not p.is_dir():
+            continue
+        try:
+            if now - p.stat().st_mtime < min_age:
+                continue
+        except OSError:
+            continue
+        if processes_mentioning(str(p) + "/"):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(str(p))
+    return removed
+
+
+def live_children(pid: int | None = None) -> list[tuple[int, str]]:
+    """(pid, command line) of live, non-zombie child processes of ``pid`` (default: this process)."""
+    pid = os.getpid() if pid is None else pid
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) != pid or fields[0] == "Z":
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        except (OSError, IndexError, ValueError):
+            continue
+        out.append((int(entry), cmd))
+    return out

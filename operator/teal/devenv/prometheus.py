@@ -1,0 +1,392 @@
+"""A real Prometheus server on a free loopback port, for tests.
+
+Usage::
+
+    from teal.devenv.prometheus import LocalPrometheus
+
+    with LocalPrometheus() as prom:                     # start()/stop()
+        prom.set_targets({"fakeapp": ["127.0.0.1:8081"]})
+        prom.wait_for('sum(up{job="fakeapp"})', lambda v: v == 1, timeout=20)
+        print(prom.url)                                  # e.g. http://127.0.0.1:40123
+
+The scrape and evaluation intervals are 1 s; ``--web.enable-lifecycle`` lets
+:meth:`LocalPrometheus.set_targets` swap the scrape configs at run time.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import weakref
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import yaml
+
+from teal.devenv.procs import Component, free_port, main_thread, processes_mentioning, sweep_stale_dirs, tail
+from teal.devenv.wait import WaitTimeout
+
+DEFAULT_BINARY = "/usr/bin/prometheus"
+
+
+class PrometheusError(RuntimeError):
+    """Prometheus failed to start, reload or answer."""
+
+
+_LIVE: "weakref.WeakSet[LocalPrometheus]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    for p in list(_LIVE):
+        try:
+            p.stop()
+        except Exception:  # pragma: no cover
+            pass
+
+
+def _binary() -> str:
+    env = os.environ.get("TEAL_PROMETHEUS")
+    if env:
+        return env
+    if os.access(DEFAULT_BINARY, os.X_OK):
+        return DEFAULT_BINARY
+    found = shutil.which("prometheus")
+    if found:
+        return found
+    from teal.devenv.binaries import find_binaries
+
+    return find_binaries().prometheus
+
+
+class LocalPrometheus:
+    """A Prometheus process with a temporary TSDB; see the module docstring.
+
+    Attributes: ``url`` (``http://127.0.0.1:PORT``), ``port``, ``workdir``,
+    ``config_file``, ``log_path``, ``pid`` and ``startup_seconds``.
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike | None = None,
+        *,
+        binary: str | None = None,
+        scrape_interval: str = "1s",
+        evaluation_interval: str = "1s",
+        start_timeout: float = 30.0,
+        keep_logs: bool = False,
+        retention: str = "2h",
+    ) -> None:
+        self.binary = binary
+        self.scrape_interval = scrape_interval
+        self.evaluation_interval = evaluation_interval
+        self.start_timeout = start_timeout
+        self.keep_logs = keep_logs
+        self.retention = retention
+        self._own_workdir = workdir is None
+        self.workdir: Path | None = Path(workdir) if workdir is not None else None
+        self.url: str | None = None
+        self.port: int | None = None
+        self.config_file: Path | None = None
+        self.log_path: Path | None = None
+        self.startup_seconds: float | None = None
+        self.scrape_configs: list[dict[str, Any]] = []
+        self._component: Component | None = None
+        self._tsdb: Path | None = None
+        self._lock = threading.RLock()
+        self._started = False
+        self._stopped = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> "LocalPrometheus":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        return self._component.pid if self._component else None
+
+    def start(self) -> "LocalPrometheus":
+        with self._lock:
+            if self._started:
+                return self
+            if self._stopped:
+                raise PrometheusError("a stopped LocalPrometheus cannot be started again")
+            self._started = True
+            _LIVE.add(self)
+        t0 = time.monotonic()
+        try:
+            self._start()
+        except BaseException as exc:
+            log = tail(self.log_path) if self.log_path else ""
+            self.stop()
+            if isinstance(exc, (PrometheusError, KeyboardInterrupt, SystemExit)):
+                raise
+            raise PrometheusError(f"Prometheus failed to start: {exc!r}\n{log}") from exc
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
+    def _start(self) -> None:
+        binary = self.binary or _binary()
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="teal-prometheus-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = self.workdir.resolve()
+        shm = Path("/dev/shm")
+        base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+        if base is not None:
+            sweep_stale_dirs(base, "teal-prom-tsdb-")
+        self._tsdb = Path(tempfile.mkdtemp(prefix="teal-prom-tsdb-", dir=base))
+        self.config_file = self.workdir / "prometheus.yml"
+        self.log_path = self.workdir / "logs" / "prometheus.log"
+        self._write_config()
+        env = {k: v for k, v in os.environ.items()}
+        for attempt in range(3):
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            comp = Component(
+                "prometheus",
+                [
+                    binary,
+                    f"--config.file={self.config_file}",
+                    f"--storage.tsdb.path={self._tsdb}",
+                    f"--storage.tsdb.retention.time={self.retention}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    f"--web.external-url={self.url}",
+                    "--web.enable-lifecycle",
+                    "--log.level=warn",
+                ],
+                self.log_path,
+                env,
+            )
+            self._component = comp
+            comp.start(pdeathsig=main_thread())
+            deadline = time.monotonic() + self.start_timeout
+            while time.monotonic() < deadline:
+                if not comp.alive():
+                    break
+                try:
+                    with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
+                        if r.status == 200:
+                            return
+                except (OSError, urllib.error.URLError):
+                    pass
+                time.sleep(0.1)
+            if comp.alive():
+                raise PrometheusError(f"Prometheus not ready after {self.start_timeout}s:\n{comp.tail()}")
+            if "address already in use" not in comp.tail(100):
+                raise PrometheusError(f"Prometheus exited with code {comp.proc.returncode}:\n{comp.tail()}")
+            comp.close_log()
+        raise PrometheusError("Prometheus could not bind a free port after 3 attempts")
+
+    def stop(self) -> None:
+        """Stop Prometheus (SIGTERM, then SIGKILL) and remove its data. Idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        comp = self._component
+        if comp is not None and comp.proc is not None:
+            comp.signal_group(signal.SIGTERM)
+            try:
+                comp.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                comp.signal_group(signal.SIGKILL)
+                try:
+                    comp.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:  # pragma: no cover
+                    pass
+            comp.signal_group(signal.SIGKILL)
+            comp.close_log()
+        if self._tsdb is not None:
+            shutil.rmtree(self._tsdb, ignore_errors=True)
+        if self.workdir is not None and self.workdir.exists():
+            if self.keep_logs:
+                for child in self.workdir.iterdir():
+                    if child.name != "logs":
+                        shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+            elif self._own_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            else:
+                shutil.rmtree(self.workdir / "logs", ignore_errors=True)
+                if self.config_file is not None:
+                    self.config_file.unlink(missing_ok=True)
+        _LIVE.discard(self)
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._stopped and self._component is not None and self._component.alive()
+
+    def leftover_processes(self) -> list[int]:
+        left = [self.pid] if self._component is not None and self._component.alive() and self.pid else []
+        for marker in (self._tsdb, self.workdir):
+            if marker is not None:
+                left += processes_mentioning(str(marker).rstrip("/") + "/")
+        return sorted(set(left))
+
+    # ------------------------------------------------------------ config
+
+    def _write_config(self) -> None:
+        assert self.config_file is not None
+        config = {
+            "global": {
+                "scrape_interval": self.scrape_interval,
+                "scrape_timeout": self.scrape_interval,
+                "evaluation_interval": self.evaluation_interval,
+            },
+            "scrape_configs": self.scrape_configs,
+        }
+        tmp = self.config_file.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+        tmp.replace(self.config_file)
+
+    @staticmethod
+    def _normalise(jobs: Mapping[str, Sequence[str]] | Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        if isinstance(jobs, Mapping):
+            return [
+                {"job_name": job, "static_configs": [{"targets": list(targets)}]}
+                for job, targets in jobs.items()
+            ]
+        return [dict(sc) for sc in jobs]
+
+    def set_targets(
+        self,
+        jobs: Mapping[str, Sequence[str]] | Iterable[Mapping[str, Any]],
+        *,
+        timeout: float = 20.0,
+        wait_up: bool = False,
+    ) -> None:
+        """Replace every scrape config, reload, and wait until Prometheus knows the targets.
+
+        ``jobs`` is either ``{"job": ["127.0.0.1:8080", ...]}`` or a list of
+        full ``scrape_config`` dicts. ``wait_up=True`` also waits for every
+        target to be scraped successfully once (``health == "up"``).
+
+        Prometheus 2.42 hands new targets to its scrapers at most every 5 s,
+        so this takes up to ~5 s.
+        """
+        self.scrape_configs = self._normalise(jobs)
+        self._write_config()
+        self.reload()
+        expected: dict[str, set[str]] = {}
+        for sc in self.scrape_configs:
+            targets = {t for st in sc.get("static_configs", []) for t in st.get("targets", [])}
+            expected[sc["job_name"]] = targets
+
+        def known() -> bool:
+            active = self.api("/api/v1/targets", {"state": "active"})["activeTargets"]
+            seen: dict[str, dict[str, str]] = {}
+            for t in active:
+                seen.setdefault(t["scrapePool"], {})[t["labels"].get("instance", "")] = t["health"]
+            if set(seen) - set(expected):
+                return False  # old jobs still listed: reload not applied yet
+            for job, targets in expected.items():
+                got = seen.get(job, {})
+                if not targets <= set(got):
+                    return False
+                if wait_up and any(got[t] != "up" for t in targets):
+                    return False
+            return True
+
+        self._wait(known, timeout, f"Prometheus to know targets {expected}")
+
+    def reload(self) -> None:
+        """POST ``/-/reload`` (config re-read); raises if Prometheus refuses it."""
+        req = urllib.request.Request(f"{self.url}/-/reload", data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                r.read()
+        except urllib.error.HTTPError as e:
+            raise PrometheusError(f"reload failed: {e.code} {e.read()[:500]!r}\n{tail(self.log_path or '')}") from e
+
+    # ------------------------------------------------------------ queries
+
+    def api(self, path: str, params: Mapping[str, Any] | None = None, timeout: float = 10.0) -> Any:
+        """GET a Prometheus HTTP API path and return its ``data`` member."""
+        url = f"{self.url}{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                answer = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise PrometheusError(f"GET {path} -> {e.code}: {e.read()[:500]!r}") from e
+        if answer.get("status") != "success":
+            raise PrometheusError(f"GET {path}: {answer}")
+        return answer["data"]
+
+    def query(self, promql: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Instant query; returns the ``result`` list (vector samples)."""
+        data = self.api("/api/v1/query", {"query": promql}, timeout=timeout)
+        return data["result"]
+
+    def query_value(self, promql: str) -> float | None:
+        """The value of a single-sample instant query (None when empty)."""
+        result = self.query(promql)
+        if not result:
+            return None
+        if isinstance(result, list) and result and "value" in result[0]:
+            return float(result[0]["value"][1])
+        raise PrometheusError(f"unexpected result for {promql!r}: {result!r}")
+
+    def wait_for(
+        self,
+        query: str,
+        predicate: Callable[[float], bool] | None = None,
+        timeout: float = 30.0,
+        interval: float = 0.5,
+    ) -> float:
+        """Evaluate ``query`` until its single value satisfies ``predicate``.
+
+        Without a predicate, waits for any non-empty result. Returns the value.
+        """
+        holder: dict[str, float | None] = {}
+
+        def ok() -> bool:
+            value = self.query_value(query)
+            holder["value"] = value
+            if value is None:
+                return False
+            return True if predicate is None else bool(predicate(value))
+
+        try:
+            self._wait(ok, timeout, repr(query), interval)
+        except WaitTimeout as exc:
+            raise WaitTimeout(f"{exc} -- last value: {holder.get('value')!r}") from None
+        value = holder["value"]
+        assert value is not None
+        return value
+
+    def _wait(self, fn: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
+        deadline = time.monotonic() + timeout
+        last: BaseException | None = None
+        while True:
+            if self._component is not None and not self._component.alive():
+                raise PrometheusError(f"Prometheus exited while waiting for {what}:\n{self._component.tail()}")
+            try:
+                if fn():
+                    return
+                last = None
+            except (OSError, PrometheusError, ValueError, KeyError) as exc:
+                last = exc
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(
+                    f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last!r})" if last else "")
+                )
+            time.sleep(interval)
+
+    def __repr__(self) -> str:
+        return f"<LocalPrometheus url={self.url} running={self.running}>"
