@@ -412,7 +412,7 @@ def test_judge_threshold_total(value, lo, hi, policy):
 @given(
     v=st.floats(0, 1),
     b=st.floats(0, 1),
-    ratio=st.floats(0, 3),
+    ratio=st.floats(0.01, 3),
     floor=st.floats(0, 0.1),
 )
 def test_judge_baseline_formula(v, b, ratio, floor):

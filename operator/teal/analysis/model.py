@@ -164,8 +164,8 @@ class Metric:
                 raise err(_camel(f), f"{v!r} is not a number")
         if (self.max_ratio is not None or self.floor) and not ratio:
             raise err("maxRatio", "maxRatio and floor need a baseline query (and no conditions)")
-        if self.max_ratio is not None and self.max_ratio < 0:
-            raise err("maxRatio", f"must not be negative, got {self.max_ratio:g}")
+        if self.max_ratio is not None and self.max_ratio <= 0:
+            raise err("maxRatio", f"must be greater than 0, got {self.max_ratio:g}")
         if self.floor < 0:
             raise err("floor", f"must not be negative, got {self.floor:g}")
         for field, source in (("successCondition", self.success_condition), ("failureCondition", self.failure_condition)):

@@ -330,8 +330,8 @@ def _settings(
             raise AnalysisConfigError("set bearerTokenSecretRef or basicAuthSecretRef, not both", field=field)
         ref = spec["basicAuthSecretRef"]
         name, _ = _ref(ref, field, None)
-        user = _secret(read_secret, name, ref.get("usernameKey") or "username", field)
-        password = _secret(read_secret, name, ref.get("passwordKey") or "password", field)
+        user = _secret(read_secret, name, "username", field)
+        password = _secret(read_secret, name, "password", field)
         basic = (user.strip(), password.strip("\r\n"))
     if (token or basic) and any(k.lower() == "authorization" for k in headers):
         raise AnalysisConfigError(
