@@ -1,0 +1,792 @@
+"""kubectl-teal: the kubectl plugin for Teal Rollouts (`kubectl teal ...`).
+
+Installed as the console script `kubectl-teal`, so kubectl finds it as a plugin. Talks
+to the cluster with the kubernetes client and the usual kubeconfig (`--kubeconfig`,
+`$KUBECONFIG`, `--context`, `-n/--namespace`; in a pod, the ServiceAccount).
+
+Exit codes (see docs/kubectl-teal.md):
+  0  done / healthy / manifests valid
+  1  `status`: the release ended Aborted or Degraded;  `lint`: invalid manifests
+  2  `status`: timed out
+  3  the Rollout (or a revision asked for) was not found
+  4  refused: the command does not apply in the Rollout's current state
+  5  error talking to the cluster (unreachable, forbidden, conflict after retries)
+  64 usage error (bad flags or arguments)
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import os
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from .api import (
+    ANNOTATION_HASH,
+    ANNOTATION_REVISION,
+    COLORS,
+    GROUP,
+    LABEL_COLOR,
+    LABEL_ROLLOUT,
+    PLURAL,
+    VERSION,
+    SpecError,
+    parse_duration,
+    template_hash,
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_TIMEOUT = 2
+EXIT_NOT_FOUND = 3
+EXIT_REFUSED = 4
+EXIT_API = 5
+EXIT_USAGE = 64
+
+PROG = "kubectl teal"
+FIELD_MANAGER = "kubectl-teal"
+TEAL_FIELD_MANAGER = "teal"  # the operator's server-side-apply manager (teal.kube.FIELD_MANAGER)
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class ApiError(CliError):
+    def __init__(self, status: int, message: str, reason: str = ""):
+        code = EXIT_NOT_FOUND if status == 404 else EXIT_API
+        super().__init__(message, code)
+        self.status = status
+        self.reason = reason
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+class Cluster:
+    """JSON over the kubernetes client's connection (dicts in, dicts out)."""
+
+    def __init__(self, api_client: Any, namespace: str, timeout: float = 30.0):
+        self.api = api_client
+        self.namespace = namespace
+        self.timeout = timeout
+
+    # -- plumbing
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: Mapping[str, Any] | None = None,
+        content_type: str | None = None,
+    ) -> dict[str, Any]:
+        if query:
+            path = f"{path}?{urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})}"
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+        try:
+            method_, url, header_params, body_, _ = self.api.param_serialize(
+                method=method, resource_path=path, header_params=headers, body=body, auth_settings=["BearerToken"]
+            )
+            resp = self.api.call_api(method_, url, header_params=header_params, body=body_,
+                                     _request_timeout=self.timeout)
+            raw = resp.read()
+        except CliError:
+            raise
+        except Exception as exc:  # urllib3 / SSL / connection errors
+            raise CliError(f"cannot reach the Kubernetes API at {self.api.configuration.host}: {exc}", EXIT_API)
+        if resp.status >= 400:
+            try:
+                status = json.loads(raw)
+                message = status.get("message") or raw.decode(errors="replace")
+                reason = status.get("reason", "")
+            except (ValueError, AttributeError):
+                message, reason = raw.decode(errors="replace")[:500], ""
+            raise ApiError(resp.status, message, reason)
+        return json.loads(raw) if raw else {}
+
+    def _rollout_path(self, name: str | None = None, namespace: str | None = None, sub: str = "") -> str:
+        ns = namespace or self.namespace
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}"
+        if name:
+            path += f"/{name}"
+        return path + (f"/{sub}" if sub else "")
+
+    # -- rollouts
+    def get_rollout(self, name: str) -> dict[str, Any]:
+        try:
+            return self.request("GET", self._rollout_path(name))
+        except ApiError as exc:
+            if exc.status == 404:
+                if "the server could not find the requested resource" in exc.message:
+                    raise CliError(
+                        "the Rollout API (rollouts.teal.dev) is not installed in this cluster; install Teal's CRDs",
+                        EXIT_NOT_FOUND,
+                    )
+                raise CliError(f'Rollout "{name}" not found in namespace "{self.namespace}"', EXIT_NOT_FOUND)
+            raise
+
+    def list_rollouts(self, all_namespaces: bool = False) -> list[dict[str, Any]]:
+        path = f"/apis/{GROUP}/{VERSION}/{PLURAL}" if all_namespaces else self._rollout_path()
+        try:
+            items = self.request("GET", path).get("items") or []
+        except ApiError as exc:
+            if exc.status == 404:
+                raise CliError(
+                    "the Rollout API (rollouts.teal.dev) is not installed in this cluster; install Teal's CRDs",
+                    EXIT_NOT_FOUND,
+                )
+            raise
+        return sorted(items, key=lambda r: (r["metadata"].get("namespace", ""), r["metadata"]["name"]))
+
+    def patch_rollout(self, name: str, patch: Any, status: bool = False, json_patch: bool = False) -> dict[str, Any]:
+        ctype = "application/json-patch+json" if json_patch else "application/merge-patch+json"
+        return self.request(
+            "PATCH", self._rollout_path(name, sub="status" if status else ""), patch,
+            query={"fieldManager": FIELD_MANAGER}, content_type=ctype,
+        )
+
+    # -- what a Rollout owns or points at
+    def get_optional(self, path: str) -> dict[str, Any] | None:
+        try:
+            return self.request("GET", path)
+        except ApiError as exc:
+            if exc.status in (404, 403):
+                return None
+            raise
+
+    def deployment(self, name: str) -> dict[str, Any] | None:
+        return self.get_optional(f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}")
+
+    def service(self, name: str) -> dict[str, Any] | None:
+        return self.get_optional(f"/api/v1/namespaces/{self.namespace}/services/{name}")
+
+    def controller_revisions(self, rollout: str) -> list[dict[str, Any]]:
+        try:
+            answer = self.request(
+                "GET", f"/apis/apps/v1/namespaces/{self.namespace}/controllerrevisions",
+                query={"labelSelector": f"{LABEL_ROLLOUT}={rollout}"},
+            )
+        except ApiError as exc:
+            if exc.status in (403, 404):
+                return []
+            raise
+        return answer.get("items") or []
+
+    def whoami(self) -> str | None:
+        """The user name as the apiserver sees it (SelfSubjectReview), if it says."""
+        try:
+            answer = self.request(
+                "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+            )
+        except CliError:
+            return None
+        return ((answer.get("status") or {}).get("userInfo") or {}).get("username")
+
+
+# ---------------------------------------------------------------- kubeconfig
+
+
+def _kubeconfig_paths(explicit: str | None) -> list[str]:
+    if explicit:
+        return [explicit]
+    env = os.environ.get("KUBECONFIG")
+    if env:
+        return [p for p in env.split(os.pathsep) if p]
+    return [str(Path.home() / ".kube" / "config")]
+
+
+def connect(args: argparse.Namespace) -> Cluster:
+    """A Cluster for the kubeconfig/context/namespace flags (or the in-cluster ServiceAccount)."""
+    from kubernetes import client, config
+
+    paths = _kubeconfig_paths(args.kubeconfig)
+    existing = [p for p in paths if Path(p).exists()]
+    namespace = args.namespace
+    if args.kubeconfig and not existing:
+        raise CliError(f"kubeconfig {args.kubeconfig} not found", EXIT_USAGE)
+    if existing:
+        cfg_file = os.pathsep.join(existing) if len(existing) > 1 else existing[0]
+        try:
+            api_client = config.new_client_from_config(config_file=cfg_file, context=args.context)
+            if not namespace:
+                contexts, active = config.list_kube_config_contexts(config_file=cfg_file)
+                chosen = active
+                if args.context:
+                    chosen = next((c for c in contexts if c.get("name") == args.context), active)
+                namespace = ((chosen or {}).get("context") or {}).get("namespace")
+        except config.ConfigException as exc:
+            raise CliError(f"invalid kubeconfig: {exc}", EXIT_USAGE)
+    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        cfg = client.Configuration()
+        config.load_incluster_config(client_configuration=cfg)
+        api_client = client.ApiClient(cfg)
+        if not namespace:
+            sa_ns = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+            namespace = sa_ns.read_text().strip() if sa_ns.exists() else None
+    else:
+        raise CliError(f"no kubeconfig found (looked at {', '.join(paths)}) and not running in a cluster", EXIT_USAGE)
+    return Cluster(api_client, namespace or "default", timeout=args.request_timeout)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _err(text: str) -> None:
+    print(f"error: {text}", file=sys.stderr, flush=True)
+
+
+def in_release(ro: Mapping[str, Any]) -> bool:
+    st = ro.get("status") or {}
+    return bool(st.get("release")) or (
+        st.get("currentRevision") is not None and st.get("currentRevision") != st.get("stableRevision")
+    )
+
+
+def retry_conflicts(fn: Callable[[], int], attempts: int = 5) -> int:
+    """Re-read and re-apply on 409 Conflict (a patch guarded by resourceVersion)."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except ApiError as exc:
+            if exc.status != 409 or i == attempts - 1:
+                raise
+            time.sleep(0.2 * (i + 1))
+    return EXIT_API  # pragma: no cover
+
+
+def parse_timeout(text: str) -> float:
+    try:
+        return parse_duration(text if not text.isdigit() else int(text), "--timeout")
+    except SpecError as exc:
+        raise CliError(f"--timeout: {exc.message}", EXIT_USAGE)
+
+
+# ---------------------------------------------------------------- get / list
+
+
+def gather(cluster: Cluster, ro: Mapping[str, Any]) -> tuple[dict, dict]:
+    name = ro["metadata"]["name"]
+    deployments = {c: cluster.deployment(f"{name}-{c}") for c in COLORS}
+    bg = ((ro.get("spec") or {}).get("strategy") or {}).get("blueGreen") or {}
+    names = list(bg.get("activeServices") or []) + ([bg["previewService"]] if bg.get("previewService") else [])
+    services = {s: cluster.service(s) for s in names}
+    return deployments, services
+
+
+def cmd_get(cluster: Cluster, args: argparse.Namespace) -> int:
+    from .cli_render import rollout_tree
+
+    if args.output in ("yaml", "json"):
+        ro = cluster.get_rollout(args.name)
+        if args.output == "json":
+            _out(json.dumps(ro, indent=2))
+        else:
+            import yaml
+
+            _out(yaml.safe_dump(ro, sort_keys=False).rstrip())
+        return EXIT_OK
+
+    def render() -> str:
+        ro = cluster.get_rollout(args.name)
+        deployments, services = gather(cluster, ro)
+        return rollout_tree(ro, deployments, services, measurements=args.measurements)
+
+    text = render()
+    _out(text)
+    if not args.watch:
+        return EXIT_OK
+    last = text
+    try:
+        while True:
+            time.sleep(args.interval)
+            try:
+                text = render()
+            except CliError as exc:
+                if exc.code == EXIT_NOT_FOUND:
+                    _out(f"\n[{dt.datetime.now():%H:%M:%S}] {exc.message}")
+                    return EXIT_NOT_FOUND
+                raise
+            if text != last:
+                _out(f"\n[{dt.datetime.now():%H:%M:%S}]")
+                _out(text)
+                last = text
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def cmd_list(cluster: Cluster, args: argparse.Namespace) -> int:
+    from .cli_render import list_table
+
+    items = cluster.list_rollouts(args.all_namespaces)
+    if args.output == "name":
+        for ro in items:
+            _out(f"rollout.teal.dev/{ro['metadata']['name']}")
+        return EXIT_OK
+    if not items:
+        where = "any namespace" if args.all_namespaces else f"namespace {cluster.namespace}"
+        print(f"No Rollouts found in {where}.", file=sys.stderr)
+        return EXIT_OK
+    _out(list_table(items, all_namespaces=args.all_namespaces, wide=args.output == "wide"))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- promote / abort / retry
+
+
+def cmd_promote(cluster: Cluster, args: argparse.Namespace) -> int:
+    def attempt() -> int:
+        ro = cluster.get_rollout(args.name)
+        st = ro.get("status") or {}
+        rev = st.get("currentRevision")
+        if rev is None or not in_release(ro):
+            raise CliError(
+                f"rollout {args.name} has no release in progress to promote"
+                + (f" (revision {rev} is stable)" if rev is not None else " (no status yet: is Teal running?)"),
+                EXIT_REFUSED,
+            )
+        if st.get("phase") == "Aborted":
+            raise CliError(
+                f"revision {rev} of {args.name} was aborted; `{PROG} retry {args.name}` starts it again", EXIT_REFUSED
+            )
+        step = st.get("currentStep")
+        promote = {"revision": str(rev), "step": int(step) if step is not None else None, "full": bool(args.full)}
+        cluster.patch_rollout(
+            args.name,
+            {"metadata": {"resourceVersion": ro["metadata"]["resourceVersion"]}, "status": {"promote": promote}},
+            status=True,
+        )
+        what = "fully (skipping the remaining steps and analysis)" if args.full else (
+            f"past step {step}" if step is not None else "")
+        _out(f"rollout {args.name} revision {rev} promoted {what}".rstrip())
+        return EXIT_OK
+
+    return retry_conflicts(attempt)
+
+
+def cmd_abort(cluster: Cluster, args: argparse.Namespace) -> int:
+    user = cluster.whoami() or os.environ.get("USER") or "unknown user"
+
+    def attempt() -> int:
+        ro = cluster.get_rollout(args.name)
+        st = ro.get("status") or {}
+        rev = st.get("currentRevision")
+        if rev is None or not in_release(ro):
+            raise CliError(f"rollout {args.name} has no release in progress to abort", EXIT_REFUSED)
+        if st.get("phase") == "Aborted" or str((st.get("abort") or {}).get("revision")) == str(rev):
+            _out(f"rollout {args.name} revision {rev} is already aborted")
+            return EXIT_OK
+        message = f"aborted by {user} with kubectl teal"
+        if args.message:
+            message += f": {args.message}"
+        abort = {"revision": str(rev), "reason": "AbortedByUser", "message": message, "at": now_iso()}
+        cluster.patch_rollout(
+            args.name,
+            {"metadata": {"resourceVersion": ro["metadata"]["resourceVersion"]}, "status": {"abort": abort}},
+            status=True,
+        )
+        _out(f"rollout {args.name} revision {rev} aborted: traffic goes back to the stable colour")
+        return EXIT_OK
+
+    return retry_conflicts(attempt)
+
+
+def cmd_retry(cluster: Cluster, args: argparse.Namespace) -> int:
+    def attempt() -> int:
+        ro = cluster.get_rollout(args.name)
+        st = ro.get("status") or {}
+        if st.get("phase") != "Aborted":
+            raise CliError(
+                f"rollout {args.name} is {st.get('phase') or 'without status'}, not Aborted; only an aborted release can be retried",
+                EXIT_REFUSED,
+            )
+        cluster.patch_rollout(
+            args.name,
+            {"metadata": {"resourceVersion": ro["metadata"]["resourceVersion"]}, "status": {"abort": None}},
+            status=True,
+        )
+        _out(f"rollout {args.name} revision {st.get('currentRevision', '?')} retried")
+        return EXIT_OK
+
+    return retry_conflicts(attempt)
+
+
+# ---------------------------------------------------------------- pause / resume
+
+
+def cmd_pause(cluster: Cluster, args: argparse.Namespace, paused: bool) -> int:
+    ro = cluster.get_rollout(args.name)
+    if bool((ro.get("spec") or {}).get("paused")) == paused:
+        _out(f"rollout {args.name} is already {'paused' if paused else 'resumed'}")
+        return EXIT_OK
+    cluster.patch_rollout(args.name, {"spec": {"paused": paused}})
+    _out(f"rollout {args.name} {'paused' if paused else 'resumed'}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- undo
+
+
+def filter_managed(obj: Any, fields: Mapping[str, Any]) -> Any:
+    """The part of `obj` listed in a managedFields fieldsV1 set (what one manager applied)."""
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            sub = fields.get(f"f:{key}")
+            if sub is None:
+                continue
+            if not isinstance(value, (dict, list)) or not _has_children(sub):
+                out[key] = copy.deepcopy(value)
+            else:
+                out[key] = filter_managed(value, sub)
+        return out
+    if isinstance(obj, list):
+        keyed = [k for k in fields if k.startswith(("k:", "v:", "i:"))]
+        if not keyed:
+            return copy.deepcopy(obj)
+        out_list = []
+        for i, item in enumerate(obj):
+            for k in keyed:
+                if k.startswith("k:"):
+                    want = json.loads(k[2:])
+                    if isinstance(item, dict) and all(item.get(a) == b for a, b in want.items()):
+                        out_list.append(filter_managed(item, fields[k]) if _has_children(fields[k]) else item)
+                        break
+                elif k.startswith("v:"):
+                    if item == json.loads(k[2:]):
+                        out_list.append(copy.deepcopy(item))
+                        break
+                elif k == f"i:{i}":
+                    out_list.append(filter_managed(item, fields[k]) if _has_children(fields[k]) else item)
+                    break
+        return out_list
+    return obj
+
+
+def _has_children(fields: Mapping[str, Any]) -> bool:
+    return any(k != "." for k in fields)
+
+
+def strip_teal_labels(template: Mapping[str, Any]) -> dict[str, Any]:
+    tmpl = copy.deepcopy(dict(template))
+    meta = tmpl.get("metadata")
+    if isinstance(meta, dict):
+        for k in ("creationTimestamp", "name", "namespace", "uid", "resourceVersion"):
+            meta.pop(k, None)
+        labels = meta.get("labels")
+        if isinstance(labels, dict):
+            labels.pop(LABEL_COLOR, None)
+            labels.pop(LABEL_ROLLOUT, None)
+        if not meta:
+            tmpl.pop("metadata")
+    return tmpl
+
+
+def deployment_template(dep: Mapping[str, Any]) -> dict[str, Any]:
+    """The pod template Teal applied to a colour Deployment, without the apiserver's defaults.
+
+    Teal applies Deployments with server-side apply, so its managedFields entry lists
+    exactly the fields it wrote; when the result hashes to the Deployment's
+    teal.dev/template-hash it is the Rollout's template of that revision, byte for byte.
+    """
+    full = strip_teal_labels(((dep.get("spec") or {}).get("template")) or {})
+    want = ((dep.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_HASH)
+    candidates = []
+    for entry in (dep.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("operation") != "Apply":
+            continue
+        tfields = (((entry.get("fieldsV1") or {}).get("f:spec") or {}).get("f:template"))
+        if not tfields:
+            continue
+        cand = strip_teal_labels(filter_managed(dep["spec"]["template"], tfields))
+        if entry.get("manager") == TEAL_FIELD_MANAGER:
+            candidates.insert(0, cand)
+        else:
+            candidates.append(cand)
+    for cand in candidates:
+        if want and template_hash(cand) == want:
+            return cand
+    if want and template_hash(full) == want:
+        return full
+    return candidates[0] if candidates else full
+
+
+def revision_template(cr: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The pod template stored in a ControllerRevision's data (a few shapes are accepted)."""
+    data = cr.get("data")
+    if not isinstance(data, dict):
+        return None
+    for candidate in (data.get("template"), (data.get("spec") or {}).get("template"), data):
+        if isinstance(candidate, dict) and isinstance(candidate.get("spec"), dict) and "containers" in candidate["spec"]:
+            return strip_teal_labels(candidate)
+    return None
+
+
+def _int(v: Any) -> int | None:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def revisions_of(cluster: Cluster, name: str) -> list[tuple[int, str, dict[str, Any]]]:
+    """(revision, where, template) from the colour Deployments, then ControllerRevisions."""
+    found: list[tuple[int, str, dict[str, Any]]] = []
+    for c in COLORS:
+        dep = cluster.deployment(f"{name}-{c}")
+        if not dep:
+            continue
+        labels = (dep.get("metadata") or {}).get("labels") or {}
+        if labels.get(LABEL_ROLLOUT) not in (None, name):
+            continue
+        rev = _int(((dep.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_REVISION))
+        if rev is not None:
+            found.append((rev, f"deployment/{name}-{c}", deployment_template(dep)))
+    seen = {r for r, _, _ in found}
+    for cr in cluster.controller_revisions(name):
+        rev = _int(cr.get("revision"))
+        tmpl = revision_template(cr)
+        if rev is not None and tmpl is not None and rev not in seen:
+            found.append((rev, f"controllerrevision/{cr['metadata']['name']}", tmpl))
+            seen.add(rev)
+    return sorted(found, key=lambda x: -x[0])
+
+
+def cmd_undo(cluster: Cluster, args: argparse.Namespace) -> int:
+    ro = cluster.get_rollout(args.name)
+    spec, st = ro.get("spec") or {}, ro.get("status") or {}
+    if spec.get("workloadRef"):
+        ref = spec["workloadRef"].get("name", "?")
+        raise CliError(
+            f"rollout {args.name} takes its template from deployment/{ref}: undo that change where the "
+            f"Deployment is managed (Git), or `kubectl rollout undo deployment/{ref}`",
+            EXIT_REFUSED,
+        )
+    current = spec.get("template") or {}
+    current_hash = template_hash(current)
+    current_rev = _int(st.get("currentRevision"))
+    revisions = revisions_of(cluster, args.name)
+    if args.to_revision is not None:
+        match = [r for r in revisions if r[0] == args.to_revision]
+        if not match:
+            known = ", ".join(str(r[0]) for r in revisions) or "none"
+            raise CliError(f"revision {args.to_revision} of {args.name} not found (known revisions: {known})",
+                           EXIT_NOT_FOUND)
+        rev, where, tmpl = match[0]
+    else:
+        earlier = [r for r in revisions if r[0] != current_rev and template_hash(r[2]) != current_hash]
+        if not earlier:
+            raise CliError(f"rollout {args.name} has no earlier revision to go back to", EXIT_REFUSED)
+        rev, where, tmpl = earlier[0]
+    if template_hash(tmpl) == current_hash:
+        _out(f"rollout {args.name} already runs the template of revision {rev}")
+        return EXIT_OK
+    patch = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": ro["metadata"]["resourceVersion"]},
+        {"op": "replace" if "template" in spec else "add", "path": "/spec/template", "value": tmpl},
+    ]
+    try:
+        cluster.patch_rollout(args.name, patch, json_patch=True)
+    except ApiError as exc:
+        if exc.status in (409, 422) and "test" in exc.message.lower():
+            raise CliError(f"rollout {args.name} changed while undoing; run the command again", EXIT_API)
+        raise
+    _out(f"rollout {args.name} rolled back to the template of revision {rev} (from {where})")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- status
+
+
+def judge(ro: Mapping[str, Any]) -> tuple[str, str]:
+    """('done'|'failed'|'waiting', line) for `status`."""
+    meta, st = ro.get("metadata") or {}, ro.get("status") or {}
+    phase = st.get("phase")
+    msg = st.get("message") or ""
+    if not st:
+        return "waiting", "waiting for Teal to report a status"
+    if st.get("observedGeneration") != meta.get("generation"):
+        return "waiting", (f"waiting for Teal to see generation {meta.get('generation')} "
+                           f"(status is for {st.get('observedGeneration')})")
+    cur, stable = st.get("currentRevision"), st.get("stableRevision")
+    if phase == "Healthy" and cur is not None and str(cur) == str(stable):
+        return "done", f"Healthy: revision {cur} is live on {st.get('activeColor') or st.get('stableColor') or '?'}"
+    if phase in ("Aborted", "Degraded"):
+        reason = f" ({st['reason']})" if st.get("reason") else ""
+        return "failed", f"{phase}{reason}: {msg}"
+    step = f" step {st['currentStep']}" if st.get("currentStep") else ""
+    return "waiting", f"{phase or 'Unknown'}{step}: {msg}"
+
+
+def cmd_status(cluster: Cluster, args: argparse.Namespace) -> int:
+    timeout = parse_timeout(args.timeout)
+    t0 = time.monotonic()
+    last = None
+    while True:
+        ro = cluster.get_rollout(args.name)
+        verdict, line = judge(ro)
+        if line != last:
+            elapsed = int(time.monotonic() - t0)
+            _out(f"[{elapsed:>4}s] {line}")
+            last = line
+        if verdict == "done":
+            return EXIT_OK
+        if verdict == "failed":
+            return EXIT_FAILED
+        left = timeout - (time.monotonic() - t0)
+        if left <= 0:
+            _out(f"timed out after {args.timeout} waiting for rollout {args.name} to become Healthy")
+            return EXIT_TIMEOUT
+        time.sleep(min(args.interval, max(0.05, left)))
+
+
+# ---------------------------------------------------------------- lint
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    from .cli_lint import CrdIndex, default_crd_dirs, lint_paths
+
+    dirs = [Path(p) for p in args.crds] if args.crds else default_crd_dirs()
+    if not dirs:
+        raise CliError("no CRDs found (the package's teal/crds is empty); pass --crds DIR", EXIT_USAGE)
+    index = CrdIndex.from_paths(dirs)
+    if not len(index):
+        raise CliError(f"no CustomResourceDefinitions in {', '.join(map(str, dirs))}", EXIT_USAGE)
+    result = lint_paths(args.filename, index, recursive=args.recursive)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    for p in result.problems:
+        _out(p.line())
+    if not args.quiet:
+        summary = (f"{result.files} file(s), {result.checked} Teal object(s) checked, "
+                   f"{result.skipped} other object(s) skipped: ")
+        summary += f"{len(result.problems)} error(s)" if result.problems else "valid"
+        print(summary, file=sys.stderr)
+    return EXIT_FAILED if result.problems else EXIT_OK
+
+
+# ---------------------------------------------------------------- arguments
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors exit 64, not argparse's 2 (= status timeout)
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _connection_flags(p: argparse.ArgumentParser, suppress: bool) -> None:
+    d = argparse.SUPPRESS if suppress else None
+    p.add_argument("--kubeconfig", default=d, help="path to the kubeconfig file (default $KUBECONFIG, ~/.kube/config)")
+    p.add_argument("--context", default=d, help="the kubeconfig context to use")
+    p.add_argument("-n", "--namespace", default=d, help="namespace of the Rollout (default: the context's)")
+    p.add_argument("--request-timeout", type=float, default=argparse.SUPPRESS if suppress else 30.0,
+                   help="seconds to wait for one API request (default 30)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Inspect and steer Teal blue/green Rollouts.",
+        epilog="Exit codes: 0 ok, 1 failed (status: Aborted/Degraded; lint: invalid), 2 status timed out, "
+               "3 not found, 4 refused in this state, 5 API error, 64 usage. See docs/kubectl-teal.md.",
+    )
+    _connection_flags(p, suppress=False)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, help: str, with_name: bool = True) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        _connection_flags(c, suppress=True)
+        if with_name:
+            c.add_argument("name", metavar="NAME", help="the Rollout's name")
+        return c
+
+    g = command("get", "show a Rollout as a tree: phase, colours, Services, weights, step, measurements")
+    g.add_argument("-w", "--watch", action="store_true", help="keep printing the tree when it changes")
+    g.add_argument("--interval", type=float, default=1.0, help="seconds between checks with --watch (default 1)")
+    g.add_argument("--measurements", type=int, default=5, help="how many recent measurements to show (default 5)")
+    g.add_argument("-o", "--output", choices=["tree", "yaml", "json"], default="tree")
+
+    ls = command("list", "list Rollouts", with_name=False)
+    ls.add_argument("-A", "--all-namespaces", action="store_true", help="Rollouts of every namespace")
+    ls.add_argument("-o", "--output", choices=["table", "wide", "name"], default="table")
+
+    pr = command("promote", "let the release in progress go on (past a pause, a preview or an inconclusive analysis)")
+    pr.add_argument("--full", action="store_true", help="skip the remaining steps and analysis: switch now")
+
+    ab = command("abort", "abort the release in progress: all traffic back to the stable colour")
+    ab.add_argument("--message", default="", help="a note added to the abort message")
+    command("retry", "start an aborted release again")
+    command("pause", "hold the release in progress where it is (spec.paused=true)")
+    command("resume", "let a paused Rollout go on (spec.paused=false)")
+
+    un = command("undo", "go back to an earlier revision's pod template")
+    un.add_argument("--to-revision", type=int, default=None, metavar="N",
+                    help="the revision to go back to (default: the previous one)")
+
+    s = command("status", "wait for the release to end; exit 0 healthy, 1 aborted/degraded, 2 timeout")
+    s.add_argument("--timeout", default="10m", help="how long to wait, like 30s, 10m, 1h (default 10m)")
+    s.add_argument("--interval", type=float, default=1.0, help="seconds between checks (default 1)")
+
+    li = command("lint", "validate manifests offline against Teal's CRD schemas and rules", with_name=False)
+    li.add_argument("-f", "--filename", action="append", required=True, metavar="FILE",
+                    help="a manifest file, a directory of them, or - for stdin (repeatable)")
+    li.add_argument("-R", "--recursive", action="store_true", help="walk directories recursively")
+    li.add_argument("--crds", action="append", metavar="PATH",
+                    help="CRD files or directories to validate against (default: the ones shipped with Teal)")
+    li.add_argument("-q", "--quiet", action="store_true", help="no summary line")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
+    try:
+        args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    if not args.command:
+        p.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.command == "lint":
+            return cmd_lint(args)
+        cluster = connect(args)
+        handlers: dict[str, Callable[[Cluster, argparse.Namespace], int]] = {
+            "get": cmd_get,
+            "list": cmd_list,
+            "promote": cmd_promote,
+            "abort": cmd_abort,
+            "retry": cmd_retry,
+            "pause": lambda c, a: cmd_pause(c, a, True),
+            "resume": lambda c, a: cmd_pause(c, a, False),
+            "undo": cmd_undo,
+            "status": cmd_status,
+        }
+        return handlers[args.command](cluster, args)
+    except CliError as exc:
+        _err(exc.message)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""Text views of Rollouts for `kubectl teal get` and `list` (pure functions of dicts)."""
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from typing import Any, Mapping, Sequence
+
+from .api import ANNOTATION_HASH, ANNOTATION_REVISION, COLORS
+
+
+def _utf8() -> bool:
+    enc = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
+    return enc in ("utf8", "utf16", "utf32")
+
+
+class Glyphs:
+    def __init__(self, unicode: bool):
+        if unicode:
+            self.tee, self.last, self.pipe, self.space, self.arrow, self.dot = "├─ ", "└─ ", "│  ", "   ", "→", "·"
+        else:
+            self.tee, self.last, self.pipe, self.space, self.arrow, self.dot = "|- ", "`- ", "|  ", "   ", "->", "-"
+
+
+def parse_time(value: Any) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def age(value: Any, now: dt.datetime | None = None) -> str:
+    """'5s', '3m', '2h', '4d' like kubectl."""
+    t = parse_time(value)
+    if t is None:
+        return "-"
+    now = now or dt.datetime.now(dt.timezone.utc)
+    s = max(0, int((now - t).total_seconds()))
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    if s < 172800:
+        return f"{s // 3600}h"
+    return f"{s // 86400}d"
+
+
+def fmt_number(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def weights_text(weights: Mapping[str, Any] | None) -> str:
+    if not weights:
+        return "-"
+    return "/".join(f"{c}:{weights[c]}" for c in COLORS if c in weights)
+
+
+def table(rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded like kubectl's (3 spaces between columns)."""
+    if not rows:
+        return ""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for r in rows:
+        cells = [c.ljust(widths[i]) if i < len(r) - 1 else c for i, c in enumerate(r)]
+        out.append("   ".join(cells).rstrip())
+    return "\n".join(out)
+
+
+def list_table(rollouts: Sequence[Mapping[str, Any]], all_namespaces: bool = False, wide: bool = False,
+               now: dt.datetime | None = None) -> str:
+    header = ["NAME", "PHASE", "ACTIVE", "PREVIEW", "STABLE", "CURRENT", "STEP", "WEIGHTS", "AGE"]
+    if all_namespaces:
+        header.insert(0, "NAMESPACE")
+    if wide:
+        header.append("MESSAGE")
+    rows = [header]
+    for ro in rollouts:
+        meta, st = ro.get("metadata") or {}, ro.get("status") or {}
+        steps = ((ro.get("spec") or {}).get("strategy") or {}).get("blueGreen", {}).get("steps") or []
+        step = f"{st['currentStep']}/{len(steps)}" if st.get("currentStep") else "-"
+        row = [
+            meta.get("name", "?"),
+            st.get("phase") or "Unknown",
+            st.get("activeColor") or "-",
+            st.get("previewColor") or "-",
+            str(st.get("stableRevision") or "-"),
+            str(st.get("currentRevision") or "-"),
+            step,
+            weights_text(st.get("weights")),
+            age(meta.get("creationTimestamp"), now),
+        ]
+        if all_namespaces:
+            row.insert(0, meta.get("namespace", "?"))
+        if wide:
+            row.append(st.get("message") or "")
+        rows.append(row)
+    return table(rows)
+
+
+def _ready(dep: Mapping[str, Any] | None) -> str:
+    if not dep:
+        return "missing"
+    spec, st = dep.get("spec") or {}, dep.get("status") or {}
+    return f"{int(st.get('readyReplicas') or 0)}/{int(spec.get('replicas', 1) or 0)} ready"
+
+
+def _images(dep_or_template: Mapping[str, Any] | None) -> str:
+    if not dep_or_template:
+        return ""
+    tmpl = dep_or_template.get("spec", {}).get("template") if "template" in (dep_or_template.get("spec") or {}) \
+        else dep_or_template
+    containers = ((tmpl or {}).get("spec") or {}).get("containers") or []
+    return ", ".join(str(c.get("image", "?")) for c in containers)
+
+
+def _step_text(spec_steps: Sequence[Mapping[str, Any]], n: int) -> str:
+    if not 1 <= n <= len(spec_steps):
+        return ""
+    s = spec_steps[n - 1]
+    if "setWeight" in s:
+        return f"setWeight {s['setWeight']}"
+    dur = (s.get("pause") or {}).get("duration")
+    return f"pause {dur}" if dur else "pause until promoted"
+
+
+def _router_text(bg: Mapping[str, Any]) -> str:
+    tr = bg.get("trafficRouting") or {}
+    if tr.get("gatewayAPI"):
+        return f"weighted via Gateway API httproute/{tr['gatewayAPI'].get('httpRoute', '?')}"
+    if tr.get("nginx"):
+        return f"weighted via ingress-nginx ingress/{tr['nginx'].get('ingress', '?')}"
+    if tr.get("istio"):
+        routes = tr["istio"].get("routes") or []
+        extra = f" routes {','.join(routes)}" if routes else ""
+        return f"weighted via Istio virtualservice/{tr['istio'].get('virtualService', '?')}{extra}"
+    return "atomic switch of Service selectors"
+
+
+def rollout_tree(
+    ro: Mapping[str, Any],
+    deployments: Mapping[str, Mapping[str, Any] | None],
+    services: Mapping[str, Mapping[str, Any] | None],
+    measurements: int = 5,
+    now: dt.datetime | None = None,
+    unicode: bool | None = None,
+) -> str:
+    """The readable tree of `kubectl teal get`."""
+    g = Glyphs(_utf8() if unicode is None else unicode)
+    meta, spec, st = ro.get("metadata") or {}, ro.get("spec") or {}, ro.get("status") or {}
+    bg = (spec.get("strategy") or {}).get("blueGreen") or {}
+    name = meta.get("name", "?")
+    lines = [f"Rollout {meta.get('namespace', '?')}/{name}"]
+
+    sections: list[tuple[str, list[str]]] = []  # (title line, child lines)
+
+    phase = st.get("phase") or "Unknown"
+    reason = f" ({st['reason']})" if st.get("reason") and st.get("reason") != phase else ""
+    stale = ""
+    if st.get("observedGeneration") is not None and st.get("observedGeneration") != meta.get("generation"):
+        stale = f"  [status is for generation {st.get('observedGeneration')}, spec is {meta.get('generation')}]"
+    if not st:
+        stale = "  [no status yet: is the Teal operator running?]"
+    phase_children = [st["message"]] if st.get("message") else []
+    if spec.get("paused"):
+        phase_children.append("spec.paused is true (kubectl teal resume)")
+    sections.append((f"Phase      {phase}{reason}{stale}", phase_children))
+
+    cur, stable = st.get("currentRevision"), st.get("stableRevision")
+    rev = f"current {cur or '-'}"
+    if st.get("currentHash"):
+        rev += f" ({st['currentHash']})"
+    rev += f" {g.dot} stable {stable or '-'}"
+    if st.get("stableHash"):
+        rev += f" ({st['stableHash']})"
+    if st.get("stableColor"):
+        rev += f" on {st['stableColor']}"
+    sections.append((f"Revisions  {rev}", []))
+
+    steps = bg.get("steps") or []
+    strat = [_router_text(bg)]
+    strat.append("autoPromote" if bg.get("autoPromote", True) else "manual promote")
+    if steps:
+        strat.append(f"{len(steps)} steps")
+    if spec.get("workloadRef"):
+        strat.append(f"template from deployment/{spec['workloadRef'].get('name', '?')}")
+    sections.append((f"Strategy   {f' {g.dot} '.join(strat)}", []))
+
+    if st.get("currentStep"):
+        n = int(st["currentStep"])
+        sections.append((f"Step       {n}/{len(steps)} {_step_text(steps, n)}".rstrip(), []))
+    if st.get("weights"):
+        w = st["weights"]
+        sections.append((f"Weights    {f' {g.dot} '.join(f'{c} {w[c]}%' for c in COLORS if c in w)}", []))
+
+    # colours
+    colour_rows = []
+    for c in COLORS:
+        dep = deployments.get(c)
+        roles = []
+        if st.get("activeColor") == c:
+            roles.append("active")
+        if st.get("stableColor") == c:
+            roles.append("stable")
+        if st.get("previewColor") == c:
+            roles.append("preview")
+        if (st.get("scaleDown") or {}).get("color") == c:
+            roles.append(f"scale-down at {st['scaleDown'].get('at', '?')}")
+        ann = ((dep or {}).get("metadata") or {}).get("annotations") or {}
+        revision = ann.get(ANNOTATION_REVISION)
+        colour_rows.append([
+            c,
+            ", ".join(roles) or "idle",
+            f"revision {revision}" if revision else "revision -",
+            _ready(dep),
+            f"deployment/{name}-{c}",
+            _images(dep) if dep else "",
+        ])
+    sections.append(("Colours", table(colour_rows).splitlines()))
+
+    # services
+    svc_rows = []
+    for role, names in (("active", bg.get("activeServices") or []), ("preview", [bg["previewService"]] if bg.get("previewService") else [])):
+        for s in names:
+            svc = services.get(s)
+            if svc is None:
+                svc_rows.append([s, role, "missing"])
+                continue
+            sel = ((svc.get("spec") or {}).get("selector") or {}).get("teal.dev/color")
+            svc_rows.append([s, role, f"{g.arrow} {sel}" if sel else f"{g.arrow} (no teal.dev/color yet)"])
+    if svc_rows:
+        sections.append(("Services", table(svc_rows).splitlines()))
+
+    # measurements
+    analysis = st.get("analysis") or []
+    if analysis:
+        shown = list(analysis)[-measurements:] if measurements > 0 else []
+        rows = []
+        for m in shown:
+            t = parse_time(m.get("at"))
+            value = fmt_number(m.get("value"))
+            if m.get("baseline") is not None:
+                value += f" (baseline {fmt_number(m.get('baseline'))})"
+            rows.append([
+                t.strftime("%H:%M:%S") if t else "-",
+                str(m.get("metric", "?")),
+                str(m.get("color") or ""),
+                value,
+                str(m.get("verdict") or "") + (" (dry run)" if m.get("dryRun") else ""),
+                str(m.get("phase") or ""),
+                str(m.get("message") or ""),
+            ])
+        title = f"Analysis   last {len(shown)} of {len(analysis)} measurements"
+        sections.append((title, table(rows).splitlines() if rows else []))
+    run = st.get("analysisRun")
+    if isinstance(run, Mapping) and run:
+        desc = ", ".join(f"{k}={v}" for k, v in run.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool))
+        if desc:
+            sections.append((f"Analysis run  {desc}", []))
+
+    abort = st.get("abort")
+    if abort:
+        sections.append((
+            f"Abort      revision {abort.get('revision', '?')}: {abort.get('reason', '?')}"
+            + (f": {abort['message']}" if abort.get("message") else ""),
+            [],
+        ))
+    promote = st.get("promote")
+    if promote:
+        what = "full" if promote.get("full") else (f"step {promote['step']}" if promote.get("step") else "current step")
+        sections.append((f"Promote    revision {promote.get('revision', '?')} ({what}) requested", []))
+
+    conds = st.get("conditions") or []
+    if conds:
+        rows = [[str(c.get("type", "?")), str(c.get("status", "?")), str(c.get("reason") or ""),
+                 age(c.get("lastTransitionTime"), now), str(c.get("message") or "")] for c in conds]
+        sections.append(("Conditions", table(rows).splitlines()))
+
+    for i, (title, children) in enumerate(sections):
+        last = i == len(sections) - 1
+        lines.append((g.last if last else g.tee) + title)
+        prefix = g.space if last else g.pipe
+        for j, child in enumerate(children):
+            lines.append(prefix + (g.last if j == len(children) - 1 else g.tee) + child)
+    return "\n".join(lines)
