@@ -11,6 +11,9 @@ Where they are looked up, in order:
 3. Otherwise ``hack/build-binaries.sh`` is run (when the repository is found;
    it builds what is missing -- minutes on a cold cache -- and prints the bin
    folders), under a file lock so two Python callers never build at once.
+   Beware: that script also runs ``pkill -x etcd`` and ``pkill -x prometheus``
+   (for Debian's services), which is why LocalCluster and LocalPrometheus run
+   those two under the names ``teal-etcd`` and ``teal-prometheus``.
 
 A :class:`BinariesNotFound` error names every missing program and the
 folders searched.

@@ -50,7 +50,15 @@ from typing import Any, Callable
 import yaml
 
 from teal.devenv.binaries import Binaries, find_binaries
-from teal.devenv.procs import Component, free_port, main_thread, processes_mentioning, rss_kib, sweep_stale_dirs
+from teal.devenv.procs import (
+    Component,
+    aliased_binary,
+    free_port,
+    main_thread,
+    processes_mentioning,
+    rss_kib,
+    sweep_stale_dirs,
+)
 
 NOT_READY_ANNOTATION = "teal.dev/fake-not-ready"
 NODE_LABEL = ("type", "kwok")
@@ -450,7 +458,7 @@ class LocalCluster:
         elif self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         else:
-            for name in ("pki", "etcd", "kwok-home", "kubeconfigs", "logs", "kubeconfig", "kwok.yaml", "tokens.csv"):
+            for name in ("pki", "bin", "kwok-home", "kubeconfigs", "logs", "kubeconfig", "kwok.yaml"):
                 p = self.workdir / name
                 if p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
@@ -627,10 +635,12 @@ class LocalCluster:
         shutil.rmtree(data, ignore_errors=True)
         b = self._binaries
         assert b is not None
+        assert self.workdir is not None
+        etcd = aliased_binary(b.etcd, "teal-etcd", self.workdir / "bin")  # survives `pkill -x etcd`
         return self._spawn(
             "etcd",
             [
-                b.etcd,
+                etcd,
                 f"--name={self.name}",
                 f"--data-dir={data}",
                 f"--listen-client-urls={self.etcd_url}",

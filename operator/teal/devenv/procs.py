@@ -177,3 +177,19 @@ def live_children(pid: int | None = None) -> list[tuple[int, str]]:
             continue
         out.append((int(entry), cmd))
     return out
+
+
+def aliased_binary(binary: str, alias: str, folder: str | os.PathLike) -> str:
+    """A symlink ``folder/alias`` to ``binary``; running it gives the process the name ``alias``.
+
+    ``hack/build-binaries.sh`` runs ``pkill -x etcd`` and ``pkill -x prometheus``
+    (to stop Debian's services) every time it is run; under another name our
+    processes survive that, and so do other sessions' test clusters.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / alias
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(os.path.realpath(binary))
+    return str(link)

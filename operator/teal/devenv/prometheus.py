@@ -33,7 +33,15 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-from teal.devenv.procs import Component, free_port, main_thread, processes_mentioning, sweep_stale_dirs, tail
+from teal.devenv.procs import (
+    Component,
+    aliased_binary,
+    free_port,
+    main_thread,
+    processes_mentioning,
+    sweep_stale_dirs,
+    tail,
+)
 from teal.devenv.wait import WaitTimeout
 
 DEFAULT_BINARY = "/usr/bin/prometheus"
@@ -153,6 +161,8 @@ class LocalPrometheus:
         self.config_file = self.workdir / "prometheus.yml"
         self.log_path = self.workdir / "logs" / "prometheus.log"
         self._write_config()
+        # under another name it survives the `pkill -x prometheus` of hack/build-binaries.sh
+        binary = aliased_binary(binary, "teal-prometheus", self.workdir / "bin")
         env = {k: v for k, v in os.environ.items()}
         for attempt in range(3):
             self.port = free_port()
@@ -222,6 +232,7 @@ class LocalPrometheus:
                 shutil.rmtree(self.workdir, ignore_errors=True)
             else:
                 shutil.rmtree(self.workdir / "logs", ignore_errors=True)
+                shutil.rmtree(self.workdir / "bin", ignore_errors=True)
                 if self.config_file is not None:
                     self.config_file.unlink(missing_ok=True)
         _LIVE.discard(self)
