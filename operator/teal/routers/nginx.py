@@ -240,7 +240,8 @@ class NginxRouter:
                       weight: int) -> _Canary:
         body = self._canary_body(primary, paths, color, weight, canary.obj)
         if canary.obj is None:
-            self.raw.net.create_namespaced_ingress(self.namespace, body)
+            resp = self.raw.net.create_namespaced_ingress(self.namespace, body, _preload_content=False)
+            body = Raw._json(resp)
         else:
             old = canary.obj
             same = (
@@ -251,7 +252,12 @@ class NginxRouter:
                 and (old.get("metadata") or {}).get("ownerReferences") == body["metadata"]["ownerReferences"]
             )
             if not same:  # replace guarded by the resourceVersion read (409 -> retry)
-                self.raw.net.replace_namespaced_ingress(self.canary_name, self.namespace, body)
+                resp = self.raw.net.replace_namespaced_ingress(
+                    self.canary_name, self.namespace, body, _preload_content=False
+                )
+                body = Raw._json(resp)
+            else:
+                body = old
         return _Canary(body, color, weight, True, {p.key for p in paths})
 
     def _patch_primary(self, primary: dict[str, Any], paths: list[_Path], color: str | None,
@@ -305,18 +311,20 @@ class NginxRouter:
         want = normalize_weights(weights)
         record = weights_annotation(want)
         drift: list[str | None] = [None]
+        wrote = [False]  # after Teal's own first write, what it reads is no longer drift
 
         def once(attempt: int) -> None:
             primary, paths = self._read_primary()
             canary = self._read_canary()
-            found = self._weights(paths, canary)
-            recorded = recorded_weights(primary)
-            detail = ""
-            if canary.obj is None and recorded is not None:
-                detail = f"canary Ingress {self.canary_name} was missing"
-            elif canary.obj is not None and not canary.valid:
-                detail = f"canary Ingress {self.canary_name} was not a valid canary"
-            drift[0] = drift_message("Ingress", self.name, recorded, found, detail)
+            if not wrote[0]:
+                found = self._weights(paths, canary)
+                recorded = recorded_weights(primary)
+                detail = ""
+                if canary.obj is None and recorded is not None:
+                    detail = f"canary Ingress {self.canary_name} was missing"
+                elif canary.obj is not None and not canary.valid:
+                    detail = f"canary Ingress {self.canary_name} was not a valid canary"
+                drift[0] = drift[0] or drift_message("Ingress", self.name, recorded, found, detail)
 
             served = {p.color for p in paths}
             foldable = all(p.switchable for p in paths)  # Teal may move every managed path
@@ -327,6 +335,7 @@ class NginxRouter:
                     final = (other(full), 0)
                 elif foldable:  # make before break: the canary takes all, then the primary moves
                     canary = self._write_canary(primary, paths, canary, full, 100)
+                    wrote[0] = True
                     move_to, final = full, (other(full), 0)
                 else:  # the primary follows the active Service's selector, not Teal's router
                     final = (full, 100)
@@ -340,9 +349,11 @@ class NginxRouter:
                 final = (other(p), want[other(p)])
             if move_to is not None:
                 self._patch_primary(primary, paths, move_to, record)
+                wrote[0] = True
                 self._write_canary(primary, paths, canary, *final)
             else:
                 self._write_canary(primary, paths, canary, *final)
+                wrote[0] = True
                 self._patch_primary(primary, paths, None, record)
 
         retry_writes(once, f"Ingress {self.name}")
