@@ -242,6 +242,18 @@ def test_every_key_parse_spec_reads_is_a_crd_field():
     assert not unknown, f"teal.api reads keys that the CRD does not define (the apiserver prunes them): {unknown}"
 
 
+def test_every_key_teal_analysis_reads_is_a_crd_field():
+    """spec.analysis is parsed by teal.analysis: the keys it reads must exist in the schema too."""
+    model = pytest.importorskip("teal.analysis.model")
+    prom = pytest.importorskip("teal.analysis.prometheus")
+    source = "\n".join(inspect.getsource(f) for f in (model._metric_from, model.parse_metrics, prom._settings))
+    keys = {k for k in _keys_read_by(source) if "_" not in k}  # snake_case keys are its own dicts
+    assert {"thresholdRange", "noData", "bearerTokenSecretRef", "insecureSkipVerify"} <= keys  # the collector works
+    names = {p.rsplit(".", 1)[-1].rstrip("[]{}") for p, _ in walk(node("spec.analysis"), "analysis")}
+    unknown = sorted(keys - names)
+    assert not unknown, f"teal.analysis reads keys that spec.analysis in the CRD does not define: {unknown}"
+
+
 def test_crd_defaults_match_api_fallbacks():
     for path, value in DEFAULTS.items():
         assert node(path).get("default") == value, path
