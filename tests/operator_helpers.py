@@ -163,7 +163,9 @@ class Env:
         return self.custom.create_namespaced_custom_object("teal.dev", "v1alpha1", self.ns, "rollouts", body)
 
     def get(self, name: str = "app") -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object("teal.dev", "v1alpha1", self.ns, "rollouts", name)
+        return self.custom.get_namespaced_custom_object(
+            "teal.dev", "v1alpha1", self.ns, "rollouts", name, _request_timeout=(5, 15)
+        )
 
     def status(self, name: str = "app") -> dict[str, Any]:
         return self.get(name).get("status") or {}

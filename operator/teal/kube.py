@@ -31,6 +31,7 @@ from .api import (
 
 log = logging.getLogger("teal.kube")
 FIELD_MANAGER = "teal"
+TIMEOUT = (5, 20)  # connect, read: no call may hang a Rollout's loop
 
 
 def deployment_name(rollout: str, color: str) -> str:
@@ -71,7 +72,7 @@ class Kube:
     # ------------------------------------------------------------ reading
 
     def get_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return _get(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+        return _get(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, _request_timeout=TIMEOUT)
 
     def desired_template(self, namespace: str, spec: RolloutSpec) -> tuple[dict | None, str | None]:
         """The pod template to run: spec.template, or the template of the workloadRef Deployment."""
@@ -80,14 +81,14 @@ class Kube:
         ref = spec.workload_ref
         if ref is None:
             return None, "spec has neither template nor workloadRef"
-        dep = _get(self.apps.read_namespaced_deployment, ref.name, namespace)
+        dep = _get(self.apps.read_namespaced_deployment, ref.name, namespace, _request_timeout=TIMEOUT)
         if dep is None:
             return None, f"workloadRef: Deployment {ref.name} not found in namespace {namespace}"
         raw = self.api_client.sanitize_for_serialization(dep.spec.template)
         return raw, None
 
     def observe_color(self, namespace: str, rollout: str, color: str) -> core.ColorObs:
-        dep = _get(self.apps.read_namespaced_deployment, deployment_name(rollout, color), namespace)
+        dep = _get(self.apps.read_namespaced_deployment, deployment_name(rollout, color), namespace, _request_timeout=TIMEOUT)
         if dep is None:
             return core.ColorObs()
         st = dep.status
@@ -110,7 +111,7 @@ class Kube:
         )
 
     def observe_service(self, namespace: str, name: str) -> core.ServiceObs:
-        svc = _get(self.core.read_namespaced_service, name, namespace)
+        svc = _get(self.core.read_namespaced_service, name, namespace, _request_timeout=TIMEOUT)
         if svc is None:
             return core.ServiceObs(exists=False)
         return core.ServiceObs(exists=True, color=(svc.spec.selector or {}).get(LABEL_COLOR))
@@ -172,19 +173,22 @@ class Kube:
             field_manager=FIELD_MANAGER,
             force=True,
             _content_type="application/apply-patch+yaml",
+            _request_timeout=TIMEOUT,
         )
 
     def scale(self, namespace: str, rollout: str, color: str, replicas: int) -> None:
         try:
             self.apps.patch_namespaced_deployment_scale(
-                deployment_name(rollout, color), namespace, {"spec": {"replicas": replicas}}
+                deployment_name(rollout, color), namespace, {"spec": {"replicas": replicas}}, _request_timeout=TIMEOUT
             )
         except ApiException as e:
             if e.status != 404:
                 raise
 
     def select_color(self, namespace: str, service: str, color: str) -> None:
-        self.core.patch_namespaced_service(service, namespace, {"spec": {"selector": {LABEL_COLOR: color}}})
+        self.core.patch_namespaced_service(
+            service, namespace, {"spec": {"selector": {LABEL_COLOR: color}}}, _request_timeout=TIMEOUT
+        )
 
     def patch_status(self, body: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
         """Merge-patch status, guarded by resourceVersion (a 409 means: decide again)."""
@@ -196,6 +200,7 @@ class Kube:
             PLURAL,
             meta["name"],
             {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": patch},
+            _request_timeout=TIMEOUT,
         )
 
     def post_event(self, body: Mapping[str, Any], event: core.Event) -> None:
@@ -222,7 +227,7 @@ class Kube:
             "count": 1,
         }
         try:
-            self.core.create_namespaced_event(meta["namespace"], ev)
+            self.core.create_namespaced_event(meta["namespace"], ev, _request_timeout=TIMEOUT)
         except ApiException as e:  # events are best effort
             log.warning("could not post event %s: %s", event.reason, e.reason)
 
