@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 
 import kubernetes.client as k
 import pytest
 from kubernetes.client.rest import ApiException
 
 from teal import api, core
+from teal.devenv.binaries import find_binaries
 from teal.devenv.wait import wait_for
 
 import sim
-from crd_helpers import apply_defaults, docs, example_files, expectation, invalid_files, node, rollout_crd, rollouts
+from crd_helpers import (
+    ROLLOUT_CRD, apply_defaults, docs, example_files, expectation, invalid_files, node, rollout_crd, rollouts,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -82,6 +86,14 @@ def test_crd_is_established_with_its_names(crd):
     assert crd["status"]["acceptedNames"]["shortNames"] == ["tro"]
     assert crd["status"]["acceptedNames"]["categories"] == ["all", "teal"]
     assert [v["name"] for v in crd["spec"]["versions"]] == [api.VERSION]
+
+
+def test_kubectl_reads_the_crd_file_as_python_does(cluster):
+    """The file uses YAML anchors and merge keys: Go's YAML (kubectl, Helm) must resolve them like PyYAML."""
+    kubectl = find_binaries().kubectl
+    out = subprocess.run([kubectl, "--kubeconfig", cluster.kubeconfig, "create", "--dry-run=client", "--validate=false",
+                          "-o", "json", "-f", str(ROLLOUT_CRD)], capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(out.stdout)["spec"] == rollout_crd()["spec"]
 
 
 # ---------------------------------------------------------------- examples
