@@ -36,7 +36,10 @@ log() { echo "fetch-router-crds: $*" >&2; }
 # go mod download -json MODULE@VERSION -> the module's folder in the module cache.
 module_dir() {
   local mod="$1" out dir err
-  command -v go >/dev/null 2>&1 || die "the 'go' command is not on PATH (needed to fetch $mod from the Go module proxy)"
+  if ! command -v go >/dev/null 2>&1; then
+    [ -x /usr/local/go/bin/go ] && PATH="$PATH:/usr/local/go/bin" \
+      || die "the 'go' command is not on PATH (needed to fetch $mod from the Go module proxy)"
+  fi
   # Run outside any module so a go.mod nearby cannot interfere.
   if ! out="$(cd / && GO111MODULE=on timeout "${TEAL_FETCH_TIMEOUT:-300}" go mod download -json "$mod" 2>&1)"; then
     err="$(printf '%s\n' "$out" | sed -n 's/.*"Error": "\(.*\)".*/\1/p' | head -1)"

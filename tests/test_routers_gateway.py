@@ -190,6 +190,7 @@ def test_the_api_not_being_served_is_a_clear_error(routing):
     routing.active_service()
     router = routing.router("gatewayAPI")
     router.version = "v0alpha0"  # as if the Gateway API CRDs were not installed
+    router.fallback_versions = ("v0beta0",)
     with pytest.raises(RouterError, match=r"the HTTPRoute API \(gateway.networking.k8s.io/v0alpha0\) is not served"):
         router.get_weights()
 
@@ -204,3 +205,15 @@ def test_weights_written_are_honoured_when_the_user_scales_them(routing):
     route["spec"]["rules"][0]["backendRefs"] = [_ref(BLUE, 0), _ref(GREEN, 0)]
     routing.replace_httproute(route)
     assert router.get_weights() == {"blue": 0, "green": 0}  # nobody gets traffic: never equals a wanted split
+
+
+def test_an_older_served_version_is_used(routing):
+    routing.active_service()
+    routing.httproute()
+    router = routing.router("gatewayAPI")
+    router.version = "v0alpha0"  # not served; v1 is
+    router.fallback_versions = ("v1",)
+    router.prepare()
+    router.set_weights({"blue": 40, "green": 60})
+    assert router.version == "v1"
+    assert router.get_weights() == {"blue": 40, "green": 60}

@@ -20,6 +20,7 @@ import json
 import time
 from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -258,6 +259,10 @@ def type_missing(exc: ApiException) -> bool:
         return True
 
 
+def unreachable(exc: Exception, what: str) -> RouterError:
+    return RouterError(f"{what}: cannot reach the apiserver: {exc}", "APIError", transient=True)
+
+
 def retry_writes(fn: Callable[[int], bool | None], what: str, attempts: int = WRITE_ATTEMPTS) -> bool | None:
     """Run fn(attempt) until it does not raise a write conflict; fn re-reads each time."""
     for attempt in range(attempts):
@@ -267,6 +272,8 @@ def retry_writes(fn: Callable[[int], bool | None], what: str, attempts: int = WR
             if not is_patch_conflict(exc):
                 raise api_error(exc, what) from exc
             time.sleep(min(0.02 * (2**attempt), 0.5))
+        except urllib3.exceptions.HTTPError as exc:
+            raise unreachable(exc, what) from exc
     raise RouterError(
         f"{what}: gave up after {attempts} attempts, the object kept changing under Teal",
         "Conflict",
@@ -291,6 +298,8 @@ class Raw:
     def get_service(self, ns: str, name: str) -> dict[str, Any] | None:
         try:
             return self._json(self.core.read_namespaced_service(name, ns, _preload_content=False))
+        except urllib3.exceptions.HTTPError as exc:
+            raise unreachable(exc, f"reading Service {name}") from exc
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -300,6 +309,8 @@ class Raw:
     def get_ingress(self, ns: str, name: str) -> dict[str, Any] | None:
         try:
             return self._json(self.net.read_namespaced_ingress(name, ns, _preload_content=False))
+        except urllib3.exceptions.HTTPError as exc:
+            raise unreachable(exc, f"reading Ingress {name}") from exc
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -311,6 +322,8 @@ class Raw:
             return self._json(
                 self.custom.get_namespaced_custom_object(group, version, ns, plural, name, _preload_content=False)
             )
+        except urllib3.exceptions.HTTPError as exc:
+            raise unreachable(exc, f"reading {kind} {name}") from exc
         except ApiException as exc:
             if type_missing(exc):
                 raise RouterError(

@@ -28,6 +28,7 @@ class GatewayAPIRouter(ListRouter):
     kind = "HTTPRoute"
     group = "gateway.networking.k8s.io"
     version = "v1"
+    fallback_versions = ("v1beta1",)
     plural = "httproutes"
     entry_word = "backendRef"
 

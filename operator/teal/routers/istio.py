@@ -31,6 +31,7 @@ class IstioRouter(ListRouter):
     kind = "VirtualService"
     group = "networking.istio.io"
     version = "v1"
+    fallback_versions = ("v1beta1", "v1alpha3")
     plural = "virtualservices"
     entry_word = "destination"
 

@@ -58,6 +58,7 @@ class ListRouter:
     kind = ""
     group = ""
     version = ""
+    fallback_versions: tuple[str, ...] = ()  # older API versions to try when `version` is not served
     plural = ""
     entry_word = "entry"
 
@@ -112,7 +113,23 @@ class ListRouter:
         return Place(label, path, items, index, list(guards or []))
 
     def read(self) -> dict[str, Any]:
-        obj = self.raw.get_custom(self.group, self.version, self.plural, self.namespace, self.name, self.kind)
+        try:
+            obj = self.raw.get_custom(self.group, self.version, self.plural, self.namespace, self.name, self.kind)
+        except RouterError as err:
+            older = [v for v in self.fallback_versions if v != self.version]
+            if err.reason != "APINotFound" or not older:
+                raise
+            for version in older:  # e.g. a cluster with an older Gateway API or Istio
+                try:
+                    obj = self.raw.get_custom(self.group, version, self.plural, self.namespace, self.name, self.kind)
+                except RouterError as again:
+                    if again.reason != "APINotFound":
+                        raise
+                    continue
+                self.version = version  # write with the version that is served
+                break
+            else:
+                raise
         if obj is None:
             raise RouterError(f"{self.kind} {self.name} not found in namespace {self.namespace}", "RouteNotFound")
         return obj
