@@ -181,25 +181,35 @@ class Controller:
             elif isinstance(action, core.SelectColor):
                 await self.call(self.kube.select_color, ns, action.service, action.color)
             elif isinstance(action, core.SetWeights) and router is not None:
-                await self.call(router.set_weights, action.as_dict())
+                drifted = await self.call(router.set_weights, action.as_dict())
+                if drifted:
+                    await self.call(
+                        self.kube.post_event,
+                        body,
+                        core.Event("Warning", "WeightsReapplied",
+                                   f"{router.kind} {router.name}: {router.last_drift}; Teal's weights re-applied"),
+                    )
 
     async def _observe_router(self, body, spec, observed: core.Observed):
         from . import routers
 
+        name = body["metadata"]["name"]
         try:
             router = routers.make_router(
                 self.kube.api_client,
                 body["metadata"]["namespace"],
-                body["metadata"]["name"],
+                name,
                 owner_reference(body),
                 spec.blue_green.traffic_routing,
-                spec.blue_green.active_services[0],
+                routers.ColorServices.for_rollout(name, spec.blue_green.active_services),
             )
             await self.call(router.prepare)
             weights = await self.call(router.get_weights)
             return router, dataclasses.replace(observed, weights=weights)
         except routers.RouterError as e:
-            return None, dataclasses.replace(observed, router_error=str(e))
+            if e.transient:
+                raise  # the loop retries with backoff; nothing is wrong with the spec
+            return None, dataclasses.replace(observed, router_error=f"{e.reason}: {e}")
 
     async def _analysis(self, body, spec, status, observed, now):
         from . import analysis_driver

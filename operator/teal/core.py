@@ -610,7 +610,8 @@ def _run_release(t: _Tick, release: dict[str, Any]) -> None:
     if not obs.available(want, target) or (target > 0 and obs.ready == 0):
         stage = "Deploying" if not scaled or not bg.preview_replicas else "ScalingUp"
         progressed(stage)
-        counts = f"{obs.updated_available}/{target} pods of revision {rev} available"
+        fresh = obs.updated_available if obs.hash == want else 0
+        counts = f"{fresh}/{target} pods of revision {rev} available"
         if deadline_passed(f"{color} not available ({counts})"):
             return
         t.set_phase("Progressing", f"revision {rev}: waiting for {color} to become available ({counts})", stage)

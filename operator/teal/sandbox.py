@@ -1,0 +1,233 @@
+"""`teal-sandbox`: Teal's main job on a local default, in a few minutes, without a cluster.
+
+It starts a real local control plane (etcd, kube-apiserver, controller-manager, scheduler,
+kwok fake nodes) and a real Prometheus, runs the operator against them, and walks a demo
+Rollout through a release, printing what happens. Pods on fake nodes run nothing, so two
+local processes play the blue and green versions: they serve requests and export
+`http_requests_total`, a load generator sends them traffic split exactly as the cluster's
+Services say, and Prometheus scrapes them every second. The Rollout's analysis queries
+that Prometheus, so its verdicts are real.
+
+    teal-sandbox                 # first release, then a good release: analysed and promoted
+    teal-sandbox --bad-release   # ... then a bad release: caught by analysis, traffic stays on stable
+    teal-sandbox --keep          # leave everything running (prints KUBECONFIG) until Ctrl-C
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+NS = "demo"
+NAME = "checkout"
+
+
+def _crd_files() -> list[Path]:
+    here = Path(__file__).resolve().parent
+    for folder in (here / "crds", here.parent.parent / "crds"):
+        files = sorted(folder.glob("*.yaml"))
+        if files:
+            return files
+    raise SystemExit("no CRD files found (teal/crds or crds/)")
+
+
+def _say(msg: str) -> None:
+    stamp = dt.datetime.now().strftime("%H:%M:%S")
+    print(f"{stamp}  {msg}", flush=True)
+
+
+def rollout_manifest(image: str, prometheus: str) -> dict[str, Any]:
+    error_rate = (
+        'sum(rate(http_requests_total{namespace="{{namespace}}",teal_color="{{color}}",code=~"5.."}[10s]))'
+        ' / sum(rate(http_requests_total{namespace="{{namespace}}",teal_color="{{color}}"}[10s]))'
+    )
+    return {
+        "apiVersion": "teal.dev/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": NAME, "namespace": NS},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": NAME}},
+            "template": {
+                "metadata": {"labels": {"app": NAME}},
+                "spec": {"containers": [{"name": "app", "image": f"registry.example.com/checkout:{image}"}]},
+            },
+            "strategy": {
+                "blueGreen": {
+                    "activeServices": [NAME],
+                    "previewService": f"{NAME}-preview",
+                    "autoPromote": True,
+                    "scaleDownDelaySeconds": 20,
+                    "abortScaleDownDelaySeconds": 5,
+                    "progressDeadlineSeconds": 300,
+                }
+            },
+            "analysis": {
+                "prometheus": {"address": prometheus, "timeout": "5s"},
+                "interval": "3s",
+                "count": 3,
+                "initialDelay": "4s",
+                "prePromotion": ["error-rate"],
+                "postPromotion": ["error-rate"],
+                "metrics": [
+                    {"name": "error-rate", "query": error_rate, "thresholdRange": {"max": 0.05},
+                     "noData": "inconclusive"},
+                ],
+            },
+        },
+    }
+
+
+class Watcher(threading.Thread):
+    """Prints each change of the Rollout's phase/message and each new Event."""
+
+    def __init__(self, api_client):
+        super().__init__(daemon=True, name="sandbox-watch")
+        import kubernetes
+
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.stop_flag = threading.Event()
+        self.seen_events: set[str] = set()
+        self.last = None
+        self.status: dict[str, Any] = {}
+
+    def run(self) -> None:
+        while not self.stop_flag.is_set():
+            with contextlib.suppress(Exception):
+                body = self.custom.get_namespaced_custom_object("teal.dev", "v1alpha1", NS, "rollouts", NAME,
+                                                                _request_timeout=(2, 5))
+                st = body.get("status") or {}
+                self.status = st
+                key = (st.get("phase"), st.get("message"))
+                if key != self.last and st.get("phase"):
+                    self.last = key
+                    _say(f"[{st['phase']:<11}] {st.get('message', '')}")
+                evs = self.core.list_namespaced_event(NS, field_selector=f"involvedObject.name={NAME}",
+                                                      _request_timeout=(2, 5))
+                for ev in sorted(evs.items, key=lambda e: e.metadata.creation_timestamp):
+                    if ev.metadata.name not in self.seen_events:
+                        self.seen_events.add(ev.metadata.name)
+                        _say(f"  event {ev.type:<7} {ev.reason}: {ev.message}")
+            self.stop_flag.wait(0.25)
+
+    def wait(self, pred, timeout: float, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.status and pred(self.status):
+                return self.status
+            time.sleep(0.2)
+        raise SystemExit(f"sandbox: timed out after {timeout:.0f}s waiting for {what}; last status: {self.status}")
+
+
+def run(args: argparse.Namespace) -> int:
+    import kubernetes
+    import yaml
+
+    from .devenv.cluster import LocalCluster
+    from .devenv.fakeapp import run_fakeapp
+    from .devenv.prometheus import LocalPrometheus
+    from .devenv.traffic import ClusterTraffic
+
+    workdir = Path(args.dir).resolve()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    stack = contextlib.ExitStack()
+    with stack:
+        t0 = time.monotonic()
+        _say("starting a local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok) ...")
+        cluster = stack.enter_context(LocalCluster(workdir / "cluster", keep_logs=True))
+        _say(f"control plane ready in {time.monotonic() - t0:.1f}s at {cluster.server}")
+        prom = stack.enter_context(LocalPrometheus(workdir / "prometheus", keep_logs=True))
+        _say(f"Prometheus ready at {prom.url}")
+        api = cluster.api_client()
+        ext = kubernetes.client.ApiextensionsV1Api(api)
+        for path in _crd_files():
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc and doc.get("kind") == "CustomResourceDefinition":
+                    ext.create_custom_resource_definition(doc)
+        core = kubernetes.client.CoreV1Api(api)
+        core.create_namespace({"metadata": {"name": NS}})
+        apps = {c: stack.enter_context(run_fakeapp(c, NS)) for c in ("blue", "green")}
+        prom.set_targets({"checkout": [a.target for a in apps.values()]})
+        _say(f"the blue and green versions run as local processes: {apps['blue'].url}, {apps['green'].url}")
+
+        env = dict(os.environ, KUBECONFIG=cluster.kubeconfig, PYTHONUNBUFFERED="1")
+        op_log = open(workdir / "operator.log", "wb")
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "teal.main", "run", "--all-namespaces", "--prometheus-address", prom.url,
+             "--liveness-port", "0", "--metrics-port", "0"],
+            stdout=op_log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        stack.callback(lambda: (operator.poll() is None and os.killpg(operator.pid, signal.SIGTERM), operator.wait(15)))
+        _say(f"operator started (pid {operator.pid}, log {workdir / 'operator.log'})")
+
+        for svc in (NAME, f"{NAME}-preview"):
+            core.create_namespaced_service(NS, {"metadata": {"name": svc}, "spec": {
+                "selector": {"app": NAME}, "ports": [{"port": 80, "targetPort": 8080}]}})
+        custom = kubernetes.client.CustomObjectsApi(api)
+        watcher = Watcher(api)
+        watcher.start()
+        stack.callback(watcher.stop_flag.set)
+        traffic = stack.enter_context(ClusterTraffic(api, NS, apps, NAME, f"{NAME}-preview", rps=40, duration=1200))
+
+        _say("== release 1: the first version simply becomes active")
+        custom.create_namespaced_custom_object("teal.dev", "v1alpha1", NS, "rollouts", rollout_manifest("1.0.0", prom.url))
+        watcher.wait(lambda s: s.get("phase") == "Healthy" and s.get("stableRevision") == "1", 180, "release 1")
+
+        def release(image: str) -> None:
+            custom.patch_namespaced_custom_object("teal.dev", "v1alpha1", NS, "rollouts", NAME,
+                                                  {"spec": {"template": {"metadata": {"labels": {"app": NAME}}, "spec": {
+                                                      "containers": [{"name": "app", "image": f"registry.example.com/checkout:{image}"}]}}}})
+
+        _say("== release 2: a good version; analysed before any traffic, switched atomically, analysed again")
+        release("1.1.0")
+        st = watcher.wait(lambda s: s.get("phase") == "Healthy" and s.get("stableRevision") == "2", 300, "release 2")
+        _say(f"release 2 is live on {st['activeColor']}; traffic now {traffic.split}")
+        if args.bad_release:
+            bad = "blue" if st["activeColor"] == "green" else "green"
+            apps[bad].set(error_rate=0.3)
+            _say(f"== release 3: a bad version ({bad} fails 30% of requests)")
+            release("1.2.0-bad")
+            st = watcher.wait(lambda s: s.get("phase") in ("Aborted", "Healthy") and s.get("currentRevision") == "3",
+                              300, "release 3 to end")
+            if st["phase"] != "Aborted":
+                _say("UNEXPECTED: the bad release was promoted")
+                return 1
+            _say(f"the bad release was aborted; all traffic on {st['activeColor']} (traffic now {traffic.split})")
+            for m in (st.get("analysis") or [])[-3:]:
+                _say(f"  measured {m.get('metric')} on {m.get('color')}: {m.get('value')} -> {m.get('verdict')}"
+                     f" ({m.get('message', '')})")
+        totals = traffic.load.totals()
+        stats = watcher.status.get("stats", {})
+        _say(f"summary: releases {stats.get('releases', 0)}, promoted {stats.get('promoted', 0)}, "
+             f"aborted {stats.get('aborted', 0)}; requests sent {sum(totals.values())} {dict(totals)}")
+        _say(f"done in {time.monotonic() - t0:.0f}s")
+        if args.keep:
+            _say(f"everything keeps running: export KUBECONFIG={cluster.kubeconfig}; Ctrl-C stops it")
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        _say("stopping the operator, Prometheus and the control plane")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="teal-sandbox", description=__doc__.split("\n\n")[0])
+    p.add_argument("--bad-release", action="store_true", help="also release a bad version and watch it get reverted")
+    p.add_argument("--keep", action="store_true", help="leave everything running until Ctrl-C")
+    p.add_argument("--dir", default=os.environ.get("TEAL_SANDBOX_DIR", ".teal/sandbox"), help="work folder")
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
