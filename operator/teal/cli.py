@@ -662,12 +662,20 @@ def cmd_status(cluster: Cluster, args: argparse.Namespace) -> int:
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
+    import yaml
+
     from .cli_lint import CrdIndex, default_crd_dirs, lint_paths
 
     dirs = [Path(p) for p in args.crds] if args.crds else default_crd_dirs()
     if not dirs:
         raise CliError("no CRDs found (the package's teal/crds is empty); pass --crds DIR", EXIT_USAGE)
-    index = CrdIndex.from_paths(dirs)
+    missing = [str(d) for d in dirs if not d.exists()]
+    if missing:
+        raise CliError(f"--crds: {', '.join(missing)} not found", EXIT_USAGE)
+    try:
+        index = CrdIndex.from_paths(dirs)
+    except (OSError, yaml.YAMLError) as exc:
+        raise CliError(f"cannot read the CRDs: {exc}", EXIT_USAGE)
     if not len(index):
         raise CliError(f"no CustomResourceDefinitions in {', '.join(map(str, dirs))}", EXIT_USAGE)
     result = lint_paths(args.filename, index, recursive=args.recursive)

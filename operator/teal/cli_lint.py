@@ -190,6 +190,13 @@ def unknown_fields(obj: Any, schema: Mapping[str, Any], path: list[str | int]) -
             known_extra = set()
         props = schema.get("properties")
         addl = schema.get("additionalProperties")
+        if schema.get("type") not in (None, "object") or schema.get("x-kubernetes-int-or-string"):
+            # an object where the schema wants a scalar or a list: the decoder prunes every
+            # field of it, and strict validation reports them as unknown
+            if not _preserves(schema):
+                for key in obj:
+                    yield _fmt_path([*path, key])
+            return
         if props is None and addl is None:
             return  # an object without a structure below it (or preserved)
         for key, value in obj.items():
@@ -301,7 +308,8 @@ def _schema_problem(err: Any) -> list[tuple[str, str]]:
         return [(path, f"Invalid value: {_go_value(got)}: {body} must be of type {want}: {_go_value(got)}")]
     if v == "enum":
         supported = ", ".join(_go_value(x) for x in val)
-        return [(path, f"Unsupported value: {_go_value(inst)}: supported values: {supported}")]
+        shown = json.dumps(inst, separators=(",", ":")) if isinstance(inst, (dict, list)) else _go_value(inst)
+        return [(path, f"Unsupported value: {shown}: supported values: {supported}")]
     if v == "minimum":
         exclusive = err.schema.get("exclusiveMinimum") is True
         rel = "greater than" if exclusive else "greater than or equal to"
@@ -621,9 +629,12 @@ def validate_object(obj: Mapping[str, Any], crd: CrdVersion, warnings: list[str]
             k: v for k, v in (crd.schema.get("properties") or {}).items() if k != "metadata"}}
     )
     problems.extend(schema_problems)
-    # 4. CEL (the apiserver evaluates rules only on values that passed the schema's type checks;
-    # a rule that cannot be evaluated on a malformed value is reported as a warning, not an error)
-    problems.extend(cel_problems(obj, crd.schema, [], warnings, root=True))
+    # 4. CEL. Like the apiserver, only on an object that passed the OpenAPI checks (it says
+    # "some validation rules were not checked because the object was invalid").
+    if schema_problems:
+        warnings.append("the CEL validation rules were not checked because the object is invalid")
+    else:
+        problems.extend(cel_problems(obj, crd.schema, [], warnings, root=True))
     seen: set[tuple[str, str]] = set()
     unique = []
     for p in problems:

@@ -1,0 +1,220 @@
+"""`kubectl teal lint`: offline validation that rejects what the apiserver rejects.
+
+The offline tests check lint against the example manifests (examples/*.yaml are valid,
+each examples/invalid/*.yaml names the apiserver's reason in a `# expect:` comment).
+The cluster tests send the same files, and a few hundred mutations of a valid Rollout,
+to the real apiserver (dry run, strict field validation) and require the same verdict.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cli_helpers import CRDS, EXAMPLES, binaries, kubectl, run, teal, teal_crds  # noqa: F401  (fixtures)
+
+from teal import cli_lint
+
+VALID = sorted(EXAMPLES.glob("*.yaml"))
+INVALID = sorted((EXAMPLES / "invalid").glob("*.yaml"))
+
+
+def expectation(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("# expect:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"{path} has no '# expect:' comment")
+
+
+@pytest.fixture(scope="module")
+def index() -> cli_lint.CrdIndex:
+    return cli_lint.CrdIndex.from_paths(cli_lint.default_crd_dirs())
+
+
+def test_the_examples_exist():
+    assert VALID and INVALID, "examples/*.yaml and examples/invalid/*.yaml are needed"
+
+
+def test_crds_load_from_the_package(index):
+    assert index.lookup("teal.dev/v1alpha1", "Rollout") is not None
+    shipped = {p.name for d in cli_lint.default_crd_dirs() for p in d.glob("*.yaml")}
+    assert {p.name for p in CRDS.glob("*.yaml")} <= shipped
+
+
+@pytest.mark.parametrize("path", VALID, ids=lambda p: p.name)
+def test_valid_examples_pass(path):
+    r = teal("lint", "-f", str(path))
+    assert r.code == 0, r
+    assert r.out == ""
+    assert "valid" in r.err
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
+def test_invalid_examples_fail_with_the_apiservers_reason(path):
+    r = teal("lint", "-f", str(path))
+    assert r.code == 1, r
+    lines = r.out.splitlines()
+    assert lines, r
+    for line in lines:  # FILE: <kind>/<name>: <path>: <message>
+        file, kind_name, field, message = line.split(": ", 3)
+        assert file == str(path)
+        assert kind_name.startswith("Rollout/")
+        assert field and message
+    assert any(expectation(path) in line for line in lines), (expectation(path), lines)
+
+
+def test_many_files_one_line_per_error_and_directories(tmp_path):
+    r = teal("lint", "-f", str(EXAMPLES / "invalid"), "-f", str(VALID[0]))
+    assert r.code == 1
+    files = {line.split(": ", 1)[0] for line in r.out.splitlines()}
+    assert files == {str(p) for p in INVALID}
+    assert f"{len(INVALID) + 1} file(s)" in r.err
+
+
+def test_stdin_multi_document_and_other_kinds_skipped(monkeypatch):
+    import io
+
+    text = (EXAMPLES / "invalid" / "negative-replicas.yaml").read_text()
+    doc = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b}\n---\n" + text
+    monkeypatch.setattr("sys.stdin", io.StringIO(doc))
+    r = teal("lint", "-f", "-")
+    assert r.code == 1
+    assert r.out.startswith("<stdin>: Rollout/")
+    assert "1 other object(s) skipped" in r.err
+
+
+def test_unreadable_and_unparsable_files(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: teal.dev/v1alpha1\nkind: Rollout\nmetadata: {name: [\n")
+    r = teal("lint", "-f", str(bad), "-f", str(tmp_path / "missing.yaml"))
+    assert r.code == 1
+    assert "cannot parse" in r.out and "cannot read" in r.out
+
+
+def test_unknown_kind_of_our_group(tmp_path):
+    f = tmp_path / "x.yaml"
+    f.write_text("apiVersion: teal.dev/v1alpha1\nkind: Rolout\nmetadata: {name: x}\nspec: {}\n")
+    r = teal("lint", "-f", str(f))
+    assert r.code == 1 and 'no matches for kind "Rolout"' in r.out
+
+
+def test_defaults_are_applied_before_the_rules(index):
+    # previewReplicas 2 > the default replicas (1): the CEL rule must see the default
+    ro = yaml.safe_load((EXAMPLES / "invalid" / "negative-replicas.yaml").read_text())
+    ro["spec"].pop("replicas")
+    ro["spec"]["strategy"]["blueGreen"]["previewReplicas"] = 2
+    problems = cli_lint.validate_object(ro, index.lookup("teal.dev/v1alpha1", "Rollout"))
+    assert any("previewReplicas must not be larger" in m for _, m in problems), problems
+
+
+def test_usage_errors_exit_64():
+    assert teal("lint").code == 64
+    assert teal("lint", "-f", "x", "--crds", "/nonexistent").code == 64
+
+
+# ---------------------------------------------------------------- against the apiserver
+
+
+def _rollout_docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "Rollout"]
+
+
+def _server_verdict(custom, namespace: str, obj: dict[str, Any]) -> str | None:
+    """None if the apiserver accepts a create of obj (dry run, strict fields), else its message."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        custom.create_namespaced_custom_object(
+            "teal.dev", "v1alpha1", namespace, "rollouts", obj, dry_run="All", field_validation="Strict"
+        )
+        return None
+    except ApiException as exc:
+        try:
+            return json.loads(exc.body).get("message", exc.body)
+        except (TypeError, ValueError):
+            return str(exc.body)
+
+
+@pytest.mark.cluster
+def test_apiserver_and_lint_agree_on_the_examples(k8s, namespace, teal_crds, kubectl, cluster):  # noqa: F811
+    for path in VALID:
+        run([kubectl, "--kubeconfig", cluster.kubeconfig, "apply", "--dry-run=server", "-n", namespace, "-f", str(path)])
+    for path in INVALID:
+        proc = run([kubectl, "--kubeconfig", cluster.kubeconfig, "apply", "--dry-run=server", "-n", namespace,
+                    "-f", str(path)], check=False)
+        assert proc.returncode != 0, f"the apiserver accepted {path.name}"
+        assert expectation(path) in proc.stderr, (path.name, proc.stderr)
+        lint = teal("lint", "-f", str(path))
+        assert lint.code == 1 and expectation(path) in lint.out, (path.name, lint)
+
+
+# Mutations of a valid Rollout: lint must accept exactly what the apiserver accepts.
+_VALUES: list[Any] = [
+    None, -1, 0, 1, 2, 100, 101, 1.5, "", "x", "30", "30s", "1h30m", "2 minutes", True, [], ["a"], ["a", "a"],
+    {}, {"x": 1}, "Deployment", "StatefulSet", "inconclusive", "maybe", "http://p:9090", "p:9090",
+]
+
+
+def _paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
+    out = [prefix] if prefix else []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.extend(_paths(v, (*prefix, k)))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out.extend(_paths(v, (*prefix, i)))
+    return out
+
+
+def _mutate(base: dict[str, Any], rng: random.Random) -> tuple[dict[str, Any], str]:
+    obj = copy.deepcopy(base)
+    spec_paths = [p for p in _paths(obj["spec"])]
+    path = ("spec", *rng.choice(spec_paths))
+    parent = obj
+    for key in path[:-1]:
+        parent = parent[key]
+    leaf = path[-1]
+    op = rng.choice(["set", "set", "set", "delete", "unknown"])
+    if op == "delete":
+        del parent[leaf]
+        what = f"delete {path}"
+    elif op == "unknown" and isinstance(parent, dict):
+        parent[f"{leaf}X"] = 1
+        what = f"add unknown {path}X"
+    else:
+        value = copy.deepcopy(rng.choice(_VALUES))
+        parent[leaf] = value
+        what = f"set {path} = {value!r}"
+    return obj, what
+
+
+@pytest.mark.cluster
+def test_apiserver_and_lint_agree_on_mutations(k8s, namespace, teal_crds, index):  # noqa: F811
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(k8s)
+    crd = index.lookup("teal.dev/v1alpha1", "Rollout")
+    bases = [d for p in VALID for d in _rollout_docs(p)]
+    assert bases
+    rng = random.Random(20240611)
+    disagreements = []
+    rejected = accepted = 0
+    for i in range(300):
+        base = bases[i % len(bases)]
+        obj, what = _mutate(base, rng)
+        obj["metadata"] = {"name": f"m{i}"}
+        server = _server_verdict(custom, namespace, obj)
+        problems = cli_lint.validate_object(obj, crd)
+        if (server is None) != (not problems):
+            disagreements.append(f"{what}: apiserver={server!r} lint={problems!r}")
+        if server is None:
+            accepted += 1
+        else:
+            rejected += 1
+    assert not disagreements, "\n".join(disagreements[:20])
+    assert rejected > 50 and accepted > 30, (rejected, accepted)  # the mutations exercise both sides
