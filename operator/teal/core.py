@@ -339,7 +339,9 @@ def _first_release(t: _Tick, want: str) -> None:
         st["firstReleaseHash"] = want
         t.event("FirstRelease", f"first release: revision {st['currentRevision']} on {color}")
     rev = st["currentRevision"]
-    t.actions.append(DeployColor(color, t.obs.template, want, rev, spec.replicas))
+    obs = t.color(color)
+    if not (obs.exists and obs.hash == want and obs.replicas == spec.replicas):
+        t.actions.append(DeployColor(color, t.obs.template, want, rev, spec.replicas))
     if t.color(color).available(want, spec.replicas) and (spec.replicas == 0 or t.color(color).ready > 0):
         st.update(stableColor=color, activeColor=color, stableHash=want, stableRevision=rev)
         for k in ("firstColor", "firstReleaseStartedAt", "firstReleaseHash"):
