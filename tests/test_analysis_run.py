@@ -15,6 +15,7 @@ from teal.analysis import (
     SUCCESSFUL,
     Measurement,
     Metric,
+    QueryResult,
     advance,
     due,
     record,
@@ -310,3 +311,57 @@ def test_runs_end_and_failed_is_immediate(sc):
         if over:
             assert verdict == FAILED
             break
+
+
+BAD_DATA = st.sampled_from(
+    [
+        QueryResult.nothing(),
+        QueryResult(value=float("nan")),
+        QueryResult.failure("unavailable", "cannot reach http://prom: refused"),
+        QueryResult.failure("timeout", "no answer within 10s"),
+        QueryResult.failure("multiple_series", "the query returned 2 series"),
+    ]
+)
+
+
+@st.composite
+def judged_metric(draw):
+    mode = draw(st.sampled_from(["threshold", "conditions", "baseline"]))
+    count = draw(st.integers(1, 3))
+    common = dict(
+        name="m",
+        query="q",
+        count=count,
+        failure_limit=draw(st.integers(0, count - 1)),
+        inconclusive_limit=draw(st.integers(0, 3)),
+        consecutive_error_limit=draw(st.integers(0, 3)),
+        no_data=draw(st.sampled_from(["inconclusive", "fail"])),
+        interval_s=1.0,
+    )
+    if mode == "threshold":
+        return Metric(threshold_max=draw(st.floats(-1, 1)), **common)
+    if mode == "conditions":
+        return Metric(success_condition="result < 1", failure_condition="result > 5", **common)
+    return Metric(baseline="b", max_ratio=1.2, floor=0.01, **common)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(judged_metric(), st.lists(BAD_DATA, min_size=1, max_size=6), st.lists(BAD_DATA | st.none(), min_size=1, max_size=6))
+def test_missing_or_errored_data_never_makes_a_successful_run(metric, values, baselines):
+    """judge + advance end to end: with noData inconclusive/fail, no data is never a pass."""
+    from teal.analysis import judge
+
+    state, now = None, T0
+    for i in range(40):
+        new = []
+        for m in due(state, KEY, [metric], now):
+            value = values[i % len(values)]
+            base = baselines[i % len(baselines)] if metric.baseline else None
+            new.append(judge(m, value, base, "q", KEY, "green", now))
+            assert new[-1].verdict != SUCCESSFUL
+        state, run = advance(state, KEY, [metric], new, now)
+        assert run.verdict != SUCCESSFUL
+        if run.next_at is None:
+            break
+        now = max(run.next_at, now + dt.timedelta(seconds=1))
+    assert run.verdict in (FAILED, INCONCLUSIVE)  # and it ends: missing data never stalls a run
