@@ -200,3 +200,31 @@ def test_concurrent_writers_to_other_fields_are_kept(routing, kind):
     assert obj["metadata"]["labels"]["edit"] == str(n)
     key = "hostnames" if kind == "gatewayAPI" else "hosts"
     assert obj["spec"][key] == [f"h{i}.example" for i in range(n % 5 + 1)]
+
+
+def _versions(routing, kind: str) -> dict[str, str]:
+    """resourceVersion of every object a router reads or writes."""
+    out = {f"svc/{n}": routing.service(n)["metadata"]["resource_version"]
+           for n in ("checkout", "checkout-blue", "checkout-green")}
+    if kind == "gatewayAPI":
+        out["route"] = routing.get_httproute()["metadata"]["resourceVersion"]
+    elif kind == "istio":
+        out["route"] = routing.get_virtualservice()["metadata"]["resourceVersion"]
+    else:
+        out["route"] = routing.get_ingress()["metadata"]["resourceVersion"]
+        out["canary"] = routing.get_ingress("checkout-teal-canary")["metadata"]["resourceVersion"]
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_steady_state_writes_nothing(routing, kind):
+    """The operator calls prepare/get/set every reconcile: when nothing changed, no object
+    is written (no watch events, no resourceVersion churn)."""
+    router = setup(routing, kind)
+    router.set_weights({"blue": 70, "green": 30})
+    before = _versions(routing, kind)
+    for _ in range(3):
+        router.prepare()
+        assert router.get_weights() == {"blue": 70, "green": 30}
+        assert router.set_weights({"blue": 70, "green": 30}) is False
+    assert _versions(routing, kind) == before
