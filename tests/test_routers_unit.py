@@ -79,10 +79,10 @@ def test_recorded_weights_and_drift_message():
     obj = {"metadata": {"annotations": {"teal.dev/weights": '{"blue":90,"green":10}'}}}
     assert recorded_weights(obj) == {"blue": 90, "green": 10}
     assert recorded_weights({"metadata": {"annotations": {"teal.dev/weights": "garbage"}}}) is None
-    assert drift_message("HTTPRoute", "r", None, {"blue": 1, "green": 99}) is None
-    assert drift_message("HTTPRoute", "r", {"blue": 90, "green": 10}, {"blue": 90, "green": 10}) is None
-    assert drift_message("HTTPRoute", "r", {"blue": 90, "green": 10}, {"blue": 100, "green": 0}) == (
-        "HTTPRoute r: weights were blue 100/green 0, but Teal had set blue 90/green 10; re-applied Teal's weights"
+    assert drift_message(None, {"blue": 1, "green": 99}) is None
+    assert drift_message({"blue": 90, "green": 10}, {"blue": 90, "green": 10}) is None
+    assert drift_message({"blue": 90, "green": 10}, {"blue": 100, "green": 0}) == (
+        "weights were blue 100/green 0, but Teal had set blue 90/green 10"
     )
 
 

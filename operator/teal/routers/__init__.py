@@ -7,7 +7,7 @@
     router.prepare()                     # per-colour Services, canary Ingress; idempotent
     observed = router.get_weights()      # {'blue': 90, 'green': 10}, read from the cluster
     drifted = router.set_weights({"blue": 50, "green": 50})   # True: someone else had changed them
-    router.last_drift                    # one line for an Event, or None
+    router.last_drift                    # 'weights were blue 100/green 0, but Teal had set blue 50/green 50'
 
 Every method is synchronous, reads the cluster each time (routers keep no state the
 operator relies on) and raises RouterError with a one-line message for what a user must

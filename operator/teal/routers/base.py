@@ -59,7 +59,7 @@ class Router(Protocol):
 
     kind: str  # "HTTPRoute", "Ingress", "VirtualService"
     name: str  # the user's object
-    last_drift: str | None  # set by set_weights(): what someone else had changed, or None
+    last_drift: str | None  # set by set_weights(): what someone else had changed (one clause), or None
 
     def prepare(self) -> None:
         """Create or adopt what the router needs; idempotent; RouterError if it cannot."""
@@ -479,11 +479,13 @@ def ensure_color_services(
 # ---------------------------------------------------------------- drift
 
 
-def drift_message(kind: str, name: str, recorded: Mapping[str, int] | None, found: Mapping[str, int], detail: str = "") -> str | None:
-    """A one-line drift note when Teal's last weights are no longer in force, else None."""
+def drift_message(recorded: Mapping[str, int] | None, found: Mapping[str, int], detail: str = "") -> str | None:
+    """What someone else changed, when Teal's last weights are no longer in force, else None.
+    One clause without the object's name, e.g. "weights were blue 100/green 0, but Teal had
+    set blue 90/green 10" (the caller says which object and that they were re-applied)."""
     if recorded is None:
         return None
     if all(found.get(c) == recorded[c] for c in COLORS) and not detail:
         return None
     what = detail or f"weights were {format_weights(found)}"
-    return f"{kind} {name}: {what}, but Teal had set {format_weights(recorded)}; re-applied Teal's weights"
+    return f"{what}, but Teal had set {format_weights(recorded)}"

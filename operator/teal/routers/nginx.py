@@ -324,7 +324,7 @@ class NginxRouter:
                     detail = f"canary Ingress {self.canary_name} was missing"
                 elif canary.obj is not None and not canary.valid:
                     detail = f"canary Ingress {self.canary_name} was not a valid canary"
-                drift[0] = drift[0] or drift_message("Ingress", self.name, recorded, found, detail)
+                drift[0] = drift[0] or drift_message(recorded, found, detail)
 
             served = {p.color for p in paths}
             foldable = all(p.switchable for p in paths)  # Teal may move every managed path

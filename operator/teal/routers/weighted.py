@@ -194,7 +194,7 @@ class ListRouter:
             found = combine([self.place_shares(p) for p in places])
             lost = [f"{p.label} had no {self.entry_word} to {self.services.name(c)}" for p in places for c in p.missing]
             # one atomic patch per attempt: every attempt sees someone else's state
-            drift[0] = drift[0] or drift_message(self.kind, self.name, recorded_weights(obj), found, "; ".join(lost))
+            drift[0] = drift[0] or drift_message(recorded_weights(obj), found, "; ".join(lost))
             ops: list[dict[str, Any]] = []
             for place in places:
                 ops += self._ops(place, self.weighted_items(place, want))
