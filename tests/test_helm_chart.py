@@ -33,6 +33,7 @@ NAMESPACED_NEEDS: dict[tuple[str, str], set[str]] = {
     ("teal.dev", "rollouts/finalizers"): {"update"},
     ("teal.dev", "analysistemplates"): {"get", "list", "watch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "update", "patch", "delete"},
+    ("apps", "deployments/scale"): {"patch"},
     ("apps", "controllerrevisions"): {"get", "list", "watch", "create", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "update", "patch"},
     ("", "events"): {"create", "patch"},

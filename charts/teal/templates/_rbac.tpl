@@ -22,6 +22,10 @@ ClusterRole, in namespaced mode into a Role in each watched namespace.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+# Scaling a colour up and down goes through the scale subresource.
+- apiGroups: ["apps"]
+  resources: ["deployments/scale"]
+  verbs: ["patch"]
 # Revision history for `kubectl teal undo` and fast rollback.
 - apiGroups: ["apps"]
   resources: ["controllerrevisions"]

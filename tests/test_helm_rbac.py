@@ -1,0 +1,267 @@
+"""The chart's RBAC, seen from the operator's own ServiceAccount.
+
+The chart is installed with `helm install` in each RBAC mode; a token for its
+ServiceAccount comes from the TokenRequest API. With that token:
+* a SelfSubjectAccessReview says yes to every verb the operator uses, where it uses it;
+* real calls succeed (list Rollouts, read a Secret in a watched namespace, ...);
+* what the operator must not do is refused, by the review and by a real call (Secrets
+  outside the watched namespaces, deleting Services, listing Secrets, ...);
+* a SelfSubjectRulesReview lists nothing beyond the operator's needs.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Any, Iterator
+
+import pytest
+
+from cli_helpers import binaries, chart_dir, helm, kubectl, run  # noqa: F401  (fixtures)
+from test_helm_chart import CLUSTER_NEEDS, NAMESPACED_NEEDS, PEERING_VERBS
+
+pytestmark = pytest.mark.cluster
+
+# Granted to every authenticated user by the default ClusterRoles (system:basic-user, ...).
+BASELINE = {
+    ("authorization.k8s.io", "selfsubjectaccessreviews"): {"create"},
+    ("authorization.k8s.io", "selfsubjectrulesreviews"): {"create"},
+    ("authentication.k8s.io", "selfsubjectreviews"): {"create"},
+}
+
+
+class Installed:
+    def __init__(self, mode: str, operator_ns: str, watched: list[str], other: str, release: str, token: str,
+                 client: Any):
+        self.mode, self.operator_ns, self.watched, self.other = mode, operator_ns, watched, other
+        self.release, self.token, self.client = release, token, client
+
+    def review(self, verb: str, group: str, resource: str, namespace: str | None = None, name: str | None = None
+               ) -> bool:
+        from kubernetes import client
+
+        sub = None
+        if "/" in resource:
+            resource, sub = resource.split("/", 1)
+        attrs = {"verb": verb, "group": group, "resource": resource}
+        if sub:
+            attrs["subresource"] = sub
+        if namespace:
+            attrs["namespace"] = namespace
+        if name:
+            attrs["name"] = name
+        answer = client.AuthorizationV1Api(self.client).create_self_subject_access_review(
+            {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+             "spec": {"resourceAttributes": attrs}})
+        return bool(answer.status.allowed)
+
+    def rules(self, namespace: str) -> dict[tuple[str, str], set[str]]:
+        from kubernetes import client
+
+        answer = client.AuthorizationV1Api(self.client).create_self_subject_rules_review(
+            {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
+             "spec": {"namespace": namespace}})
+        out: dict[tuple[str, str], set[str]] = {}
+        for rule in answer.status.resource_rules:
+            for g in rule.api_groups or []:
+                for r in rule.resources or []:
+                    out.setdefault((g, r), set()).update(rule.verbs or [])
+        return out
+
+
+def _namespace(core, name: str) -> str:
+    core.create_namespace({"metadata": {"name": name, "labels": {"teal.dev/test": "true"}}})
+    return name
+
+
+@pytest.fixture(scope="module", params=["namespaced", "cluster"])
+def installed(request, helm, chart_dir, cluster, k8s) -> Iterator[Installed]:
+    from kubernetes import client
+
+    core = client.CoreV1Api(k8s)
+    tag = uuid.uuid4().hex[:5]
+    mode = request.param
+    op = _namespace(core, f"rbac-{mode[:3]}-op-{tag}")
+    watched = [_namespace(core, f"rbac-{mode[:3]}-w{i}-{tag}") for i in (1, 2)]
+    other = _namespace(core, f"rbac-{mode[:3]}-other-{tag}")
+    release = f"teal-{tag}"
+    sets = ["--set", "peering.enabled=true"]
+    if mode == "namespaced":
+        sets += ["--set", "rbac.scope=namespaced", "--set", f"watchNamespaces={{{','.join(watched)}}}"]
+    env = {"KUBECONFIG": cluster.kubeconfig}
+    run([helm, "install", release, str(chart_dir), "--namespace", op, *sets], env=env, timeout=180)
+    try:
+        # the ServiceAccount's token, from the TokenRequest API
+        sa = f"{release}" if "teal" in release else f"{release}-teal"
+        answer = core.create_namespaced_service_account_token(
+            sa, op, {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                     "spec": {"expirationSeconds": 3600}})
+        token = answer.status.token
+        api = cluster.api_client(token)
+        try:
+            yield Installed(mode, op, watched, other, release, token, api)
+        finally:
+            api.close()
+    finally:
+        run([helm, "uninstall", release, "--namespace", op], env=env, check=False)
+        for ns in (op, *watched, other):
+            try:
+                core.delete_namespace(ns)
+            except Exception:
+                pass
+
+
+def test_the_token_is_the_service_account(installed):
+    from kubernetes import client
+
+    review = client.AuthenticationV1Api(installed.client).create_self_subject_review(
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    assert review.status.user_info.username == f"system:serviceaccount:{installed.operator_ns}:{installed.release}"
+
+
+def test_every_verb_the_operator_uses_is_allowed(installed):
+    places = installed.watched if installed.mode == "namespaced" else [*installed.watched, installed.other]
+    missing = []
+    for ns in places:
+        for (group, resource), verbs in NAMESPACED_NEEDS.items():
+            for verb in sorted(verbs):
+                if not installed.review(verb, group, resource, ns):
+                    missing.append((ns, group, resource, verb))
+        peering = "kopfpeerings" if installed.mode == "namespaced" else None
+        if peering:
+            for verb in PEERING_VERBS:
+                if not installed.review(verb, "kopf.dev", peering, ns):
+                    missing.append((ns, "kopf.dev", peering, verb))
+    for (group, resource), verbs in CLUSTER_NEEDS.items():
+        for verb in verbs:
+            if not installed.review(verb, group, resource):
+                missing.append(("<cluster>", group, resource, verb))
+    if installed.mode == "cluster":
+        for verb in ("list", "watch"):
+            if not installed.review(verb, "", "namespaces"):
+                missing.append(("<cluster>", "", "namespaces", verb))
+            # kopf watches Rollouts across all namespaces
+            if not installed.review(verb, "teal.dev", "rollouts"):
+                missing.append(("<all namespaces>", "teal.dev", "rollouts", verb))
+        for verb in PEERING_VERBS:
+            if not installed.review(verb, "kopf.dev", "clusterkopfpeerings"):
+                missing.append(("<cluster>", "kopf.dev", "clusterkopfpeerings", verb))
+    assert not missing, missing
+
+
+def test_real_calls_succeed_where_they_should(installed, k8s):
+    from kubernetes import client
+
+    ns = installed.watched[0]
+    client.CoreV1Api(k8s).create_namespaced_secret(ns, {"metadata": {"name": "prom-token"}, "stringData": {"token": "t"}})
+    sa_core = client.CoreV1Api(installed.client)
+    assert sa_core.read_namespaced_secret("prom-token", ns).data["token"]
+    custom = client.CustomObjectsApi(installed.client)
+    assert custom.list_namespaced_custom_object("teal.dev", "v1alpha1", ns, "rollouts")["items"] == []
+    assert custom.list_cluster_custom_object("teal.dev", "v1alpha1", "clusteranalysistemplates")["items"] is not None
+    apps = client.AppsV1Api(installed.client)
+    dep = apps.create_namespaced_deployment(ns, {
+        "metadata": {"name": "probe-blue"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "probe"}},
+                 "template": {"metadata": {"labels": {"app": "probe"}},
+                              "spec": {"containers": [{"name": "app", "image": "registry.example.com/x:1"}]}}},
+    })
+    apps.patch_namespaced_deployment_scale("probe-blue", ns, {"spec": {"replicas": 1}})
+    apps.delete_namespaced_deployment(dep.metadata.name, ns)
+    svc = sa_core.create_namespaced_service(ns, {"metadata": {"name": "probe"},
+                                                 "spec": {"ports": [{"port": 80}], "selector": {"app": "probe"}}})
+    sa_core.patch_namespaced_service(svc.metadata.name, ns, {"spec": {"selector": {"teal.dev/color": "blue"}}})
+    sa_core.create_namespaced_event(ns, {
+        "metadata": {"generateName": "probe."}, "involvedObject": {"kind": "Service", "name": "probe", "namespace": ns},
+        "reason": "Probe", "message": "rbac test", "type": "Normal"})
+    peering = custom.patch_namespaced_custom_object(
+        "kopf.dev", "v1", ns, "kopfpeerings", "teal", {"status": {"probe": {"priority": 1}}},
+        _content_type="application/merge-patch+json") if installed.mode == "namespaced" else \
+        custom.patch_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", "teal",
+                                           {"status": {"probe": {"priority": 1}}},
+                                           _content_type="application/merge-patch+json")
+    assert peering["status"]["probe"] == {"priority": 1}
+
+
+def _forbidden(call) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        call()
+    except ApiException as exc:
+        return exc.status == 403
+    return False
+
+
+def test_what_the_operator_must_not_do_is_refused(installed, k8s):
+    from kubernetes import client
+
+    ns = installed.watched[0]
+    refused = [
+        ("delete", "", "services", ns),
+        ("list", "", "secrets", ns),
+        ("watch", "", "secrets", ns),
+        ("create", "", "secrets", ns),
+        ("update", "", "secrets", ns),
+        ("create", "", "pods", ns),
+        ("create", "", "pods/exec", ns),
+        ("delete", "teal.dev", "rollouts", ns),
+        ("create", "teal.dev", "rollouts", ns),
+        ("create", "teal.dev", "analysistemplates", ns),
+        ("update", "teal.dev", "clusteranalysistemplates", None),
+        ("create", "gateway.networking.k8s.io", "httproutes", ns),
+        ("delete", "gateway.networking.k8s.io", "httproutes", ns),
+        ("create", "rbac.authorization.k8s.io", "clusterroles", None),
+        ("create", "rbac.authorization.k8s.io", "rolebindings", ns),
+        ("escalate", "rbac.authorization.k8s.io", "roles", ns),
+        ("update", "apps", "deployments/status", ns),
+        ("delete", "", "namespaces", None),
+        ("create", "apiextensions.k8s.io", "customresourcedefinitions", None),
+        ("create", "kopf.dev", "clusterkopfpeerings", None),
+        ("delete", "kopf.dev", "kopfpeerings", ns),
+    ]
+    if installed.mode == "namespaced":
+        refused += [
+            ("get", "", "secrets", installed.other),
+            ("list", "teal.dev", "rollouts", installed.other),
+            ("list", "teal.dev", "rollouts", None),  # all namespaces
+            ("create", "apps", "deployments", installed.other),
+            ("patch", "", "services", installed.other),
+            ("get", "", "secrets", installed.operator_ns),
+            ("list", "", "namespaces", None),
+            ("patch", "kopf.dev", "clusterkopfpeerings", None),
+        ]
+    allowed = [r for r in refused if installed.review(r[0], r[1], r[2], r[3])]
+    assert not allowed, allowed
+
+    # and for real
+    admin = client.CoreV1Api(k8s)
+    for where in ([installed.other] if installed.mode == "namespaced" else []) + [ns]:
+        admin.create_namespaced_secret(where, {"metadata": {"name": "db-password"}, "stringData": {"p": "x"}})
+    sa_core = client.CoreV1Api(installed.client)
+    assert _forbidden(lambda: sa_core.list_namespaced_secret(ns))
+    svc = admin.create_namespaced_service(ns, {"metadata": {"name": "keep"}, "spec": {"ports": [{"port": 80}]}})
+    assert _forbidden(lambda: sa_core.delete_namespaced_service(svc.metadata.name, ns))
+    if installed.mode == "namespaced":
+        assert _forbidden(lambda: sa_core.read_namespaced_secret("db-password", installed.other))
+        custom = client.CustomObjectsApi(installed.client)
+        assert _forbidden(lambda: custom.list_namespaced_custom_object("teal.dev", "v1alpha1", installed.other,
+                                                                       "rollouts"))
+        assert _forbidden(lambda: sa_core.list_namespace())
+
+
+def test_nothing_beyond_the_needs(installed):
+    expected_ns = {**NAMESPACED_NEEDS, **CLUSTER_NEEDS, **BASELINE}
+    if installed.mode == "namespaced":
+        expected_ns[("kopf.dev", "kopfpeerings")] = PEERING_VERBS
+    else:
+        expected_ns[("", "namespaces")] = {"list", "watch"}
+        expected_ns[("kopf.dev", "clusterkopfpeerings")] = PEERING_VERBS
+    for ns in installed.watched:
+        rules = installed.rules(ns)
+        extra = {k: v - expected_ns.get(k, set()) for k, v in rules.items() if v - expected_ns.get(k, set())}
+        assert not extra, extra
+        missing = {k: v - rules.get(k, set()) for k, v in NAMESPACED_NEEDS.items() if v - rules.get(k, set())}
+        assert not missing, missing
+    outside = installed.rules(installed.other)
+    if installed.mode == "namespaced":
+        # outside the watched namespaces: only the cluster-wide read of ClusterAnalysisTemplates
+        assert {k: v for k, v in outside.items() if k not in BASELINE} == CLUSTER_NEEDS
