@@ -34,6 +34,9 @@ def test_second_release_auto_promotes_and_scales_old_colour_down():
     assert w.status["previewColor"] == "green"
     assert w.services["app"] == "blue"
     w.until(lambda w: w.services["app"] == "green")
+    assert w.status["phase"] == "Progressing"  # traffic is moving: not Healthy before it moved
+    assert w.status["reason"] == "Switching"
+    w.tick()
     assert w.status["phase"] == "Healthy"
     assert w.status["stableRevision"] == "2"
     assert w.deployments["blue"].replicas == 3  # still warm
@@ -53,6 +56,7 @@ def test_manual_promotion_waits_for_promote():
     w.status["promote"] = {"revision": w.status["currentRevision"]}
     w.tick()
     assert w.services["app"] == "green"
+    w.tick()
     assert w.status["phase"] == "Healthy"
 
 
@@ -108,6 +112,7 @@ def test_fast_rollback_to_warm_colour():
     w.set_image("v1")
     w.tick()
     assert w.services["app"] == "blue"  # at once, no preview wait
+    w.tick()
     assert w.status["phase"] == "Healthy"
     assert "FastRollback" in w.reasons()
 

@@ -141,7 +141,7 @@ class Controller:
             spec = parse_spec(body.get("spec") or {})
         except SpecError as e:
             new = core.invalid_spec(status, str(e), now, body["metadata"].get("generation"))
-            await self._write(body, status, new, [])
+            await self._write(body, status, new)
             return None if new == status else RESYNC_SECONDS
         loop.workload_ref = spec.workload_ref.name if spec.workload_ref else None
         observed = await self.call(self.kube.observe, body, spec)
@@ -155,17 +155,20 @@ class Controller:
         plan.status.update(extra_status)
         if not (plan.status.get("release") or {}).get("analysisKey"):
             plan.status.pop("analysisRun", None)
-        await self._write(body, status, plan.status, plan.events)
+        await self._write(body, status, plan.status)
         await self._act(body, spec, plan, router)
+        await self._post(body, plan.events)
         metrics.observe_reconcile(time.monotonic() - started, body, status, plan.status)
         if plan.actions:
             return MIN_REQUEUE  # look again at once: read back what we changed
         return plan.requeue_after if plan.requeue_after is not None else RESYNC_SECONDS
 
-    async def _write(self, body, old: dict, new: dict, events: list[core.Event]) -> None:
+    async def _write(self, body, old: dict, new: dict) -> None:
         patch = merge_patch(old, new)
         if patch:
             await self.call(self.kube.patch_status, body, patch)
+
+    async def _post(self, body, events: list[core.Event]) -> None:
         for ev in events:
             log.info("%s/%s: %s: %s", body["metadata"]["namespace"], body["metadata"]["name"], ev.reason, ev.message)
             await self.call(self.kube.post_event, body, ev)

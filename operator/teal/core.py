@@ -224,6 +224,7 @@ def decide(
         t.st["observedGeneration"] = generation
     _decide(t)
     _enforce_traffic(t)
+    _honest_phase(t)
     _scale_down_idle(t)
     _observed_fields(t)
     _conditions(t)
@@ -664,6 +665,14 @@ def _run_release(t: _Tick, release: dict[str, Any]) -> None:
                 _abort(t, release, "NewColorUnavailable", f"{color} has no ready pods at step {i + 1}")
                 _handle_abort(t, release, t.st["abort"])
                 return
+            if w < 100 and not t.servable(stable):
+                t.set_phase(
+                    "Degraded",
+                    f"step {i + 1}/{len(steps)}: the stable colour {stable} has no ready pods, so {100 - w}% "
+                    "cannot go there; waiting for it to recover (or promote --full)",
+                    "StableUnavailable",
+                )
+                return
             current = dict(t.obs.weights or {})
             if current.get(color, 0) != w or current.get(stable, 0) != 100 - w:
                 progressed(f"Step{i + 1}")
@@ -779,6 +788,15 @@ def _enforce_traffic(t: _Tick) -> None:
             current = dict(t.obs.weights or {})
             if any(current.get(c, 0) != w for c, w in want.items()):
                 t.actions.append(SetWeights(tuple(sorted(want.items()))))
+
+
+def _honest_phase(t: _Tick) -> None:
+    """Status is written before the actions run: never call a release Healthy while its
+    traffic is still being moved (the next reconcile, right after the actions, will)."""
+    moving = [a for a in t.actions if isinstance(a, SetWeights) or (
+        isinstance(a, SelectColor) and a.service in t.spec.blue_green.active_services)]
+    if moving and t.st.get("phase") == "Healthy":
+        t.set_phase("Progressing", f"moving traffic to {t.st.get('activeColor')}", "Switching")
 
 
 def _scale_down_idle(t: _Tick) -> None:
