@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 
@@ -10,7 +11,7 @@ import pytest
 from kubernetes.client.rest import ApiException
 
 from teal.devenv.binaries import BinariesNotFound, find_binaries
-from teal.devenv.cluster import LocalCluster
+from teal.devenv.cluster import ClusterError, LocalCluster
 from teal.devenv.wait import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -289,3 +290,18 @@ def test_missing_binaries_are_named(monkeypatch, tmp_path) -> None:
     with pytest.raises(BinariesNotFound) as err:
         find_binaries(build=False)
     assert "kube-apiserver" in str(err.value) and "kwok" in str(err.value)
+
+
+def test_failing_component_is_reported_and_cleaned_up(tmp_path) -> None:
+    """If a component dies during start(), the error carries its log and nothing is left running."""
+    fake = tmp_path / "kube-apiserver"
+    fake.write_text("#!/bin/sh\necho 'E0000 boom: this apiserver refuses to start' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    binaries = dataclasses.replace(find_binaries(build=False), kube_apiserver=str(fake))
+    c = LocalCluster(tmp_path / "broken", binaries=binaries, start_timeout=30)
+    with pytest.raises(ClusterError) as err:
+        c.start()
+    assert "kube-apiserver exited (code 3)" in str(err.value)
+    assert "this apiserver refuses to start" in str(err.value)
+    assert c.leftover_processes() == []
+    assert c.etcd_dir is not None and not c.etcd_dir.exists()

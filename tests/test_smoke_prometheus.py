@@ -62,9 +62,16 @@ def test_set_targets_replaces_jobs(prometheus: LocalPrometheus) -> None:
     with FakeApp("blue", "smoke") as blue, FakeApp("green", "smoke") as green:
         prometheus.set_targets({"a": [blue.target], "b": [green.target]})
         prometheus.set_targets([{"job_name": "b", "static_configs": [{"targets": [green.target]}]}], wait_up=True)
-        pools = {t["scrapePool"] for t in prometheus.api("/api/v1/targets")["activeTargets"]}
-        assert pools == {"b"}
+        assert pools(prometheus) == {"b"}
         assert prometheus.wait_for('up{job="b"}', lambda v: v == 1, timeout=10) == 1
+        prometheus.add_targets({"c": [blue.target]})
+        assert pools(prometheus) == {"b", "c"}
+        prometheus.remove_jobs("c")
+        assert pools(prometheus) == {"b"}
+
+
+def pools(prometheus: LocalPrometheus) -> set[str]:
+    return {t["scrapePool"] for t in prometheus.api("/api/v1/targets")["activeTargets"]}
 
 
 def test_load_generator_is_bounded_and_weighted() -> None:

@@ -44,7 +44,11 @@ def main_thread() -> bool:
 
 
 def processes_mentioning(text: str) -> list[int]:
-    """PIDs of live processes (not zombies) whose command line contains ``text``."""
+    """PIDs of live processes (not zombies) whose command line contains ``text``.
+
+    The arguments are joined with single spaces and a space is appended, so
+    ``"/some/dir "`` matches an argument that ends with ``/some/dir``.
+    """
     pids = []
     me = os.getpid()
     for entry in os.listdir("/proc"):
@@ -52,7 +56,7 @@ def processes_mentioning(text: str) -> list[int]:
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+                cmd = f.read().rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace") + " "
             with open(f"/proc/{entry}/stat") as f:
                 state = f.read().rsplit(")", 1)[1].split()[0]
         except OSError:
@@ -152,7 +156,7 @@ def sweep_stale_dirs(parent: str | os.PathLike, prefix: str, min_age: float = 60
                 continue
         except OSError:
             continue
-        if processes_mentioning(str(p) + "/"):
+        if processes_mentioning(str(p) + "/") or processes_mentioning(str(p) + " "):
             continue
         shutil.rmtree(p, ignore_errors=True)
         removed.append(str(p))

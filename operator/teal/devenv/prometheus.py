@@ -246,6 +246,7 @@ class LocalPrometheus:
         for marker in (self._tsdb, self.workdir):
             if marker is not None:
                 left += processes_mentioning(str(marker).rstrip("/") + "/")
+                left += processes_mentioning(str(marker).rstrip("/") + " ")
         return sorted(set(left))
 
     # ------------------------------------------------------------ config
@@ -313,6 +314,24 @@ class LocalPrometheus:
             return True
 
         self._wait(known, timeout, f"Prometheus to know targets {expected}")
+
+    def add_targets(
+        self,
+        jobs: Mapping[str, Sequence[str]] | Iterable[Mapping[str, Any]],
+        *,
+        timeout: float = 20.0,
+        wait_up: bool = False,
+    ) -> None:
+        """Add (or replace, by job name) scrape configs, keeping the other jobs."""
+        new = self._normalise(jobs)
+        names = {sc["job_name"] for sc in new}
+        kept = [sc for sc in self.scrape_configs if sc["job_name"] not in names]
+        self.set_targets(kept + new, timeout=timeout, wait_up=wait_up)
+
+    def remove_jobs(self, *job_names: str, timeout: float = 20.0) -> None:
+        """Drop the scrape configs of these jobs, keeping the others."""
+        kept = [sc for sc in self.scrape_configs if sc["job_name"] not in job_names]
+        self.set_targets(kept, timeout=timeout)
 
     def reload(self) -> None:
         """POST ``/-/reload`` (config re-read); raises if Prometheus refuses it."""
