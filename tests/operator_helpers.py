@@ -173,8 +173,11 @@ class Env:
     def patch_spec(self, patch: dict[str, Any], name: str = "app") -> None:
         self.custom.patch_namespaced_custom_object("teal.dev", "v1alpha1", self.ns, "rollouts", name, {"spec": patch})
 
-    def set_image(self, image: str, name: str = "app", **pod_spec: Any) -> None:
-        self.patch_spec({"template": pod_template(image, **pod_spec)}, name)
+    def set_image(self, image: str, name: str = "app", labels: dict[str, str] | None = None, **pod_spec: Any) -> None:
+        template = pod_template(image, **pod_spec)
+        if labels:
+            template["metadata"]["labels"] = dict(labels)
+        self.patch_spec({"template": template}, name)
 
     def patch_status(self, patch: dict[str, Any], name: str = "app") -> None:
         self.custom.patch_namespaced_custom_object_status(

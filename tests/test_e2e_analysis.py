@@ -197,7 +197,7 @@ def test_a_dead_prometheus_delays_only_its_own_rollouts(world, k8s):
         world.env.create_service("other-preview", {"app": "other"})
         world.env.create_rollout(other)
         world.env.wait_phase("Healthy", name="other", stableRevision="1", timeout=30)
-        world.env.set_image("v2", name="other")
+        world.env.set_image("v2", name="other", labels={"app": "other"})
         world.env.wait_phase("Healthy", name="other", stableRevision="2", timeout=30)
         assert world.env.status()["phase"] == "Progressing"
         assert world.env.selector_color("app") == "blue"

@@ -6,7 +6,7 @@ checks that once the first release is ready they never drop to zero and never mi
 from __future__ import annotations
 
 import pytest
-from operator_helpers import EndpointRecorder, Env, rollout, teal_crds, teal_operator  # noqa: F401
+from operator_helpers import EndpointRecorder, Env, pod_template, rollout, teal_crds, teal_operator  # noqa: F401
 
 from teal.devenv.wait import wait_for
 
@@ -80,7 +80,8 @@ def test_abort_and_retry(env, k8s):
 
 
 def test_progress_deadline_aborts(env, k8s):
-    first_release(env, progressDeadlineSeconds=5)
+    first_release(env)
+    env.patch_spec({"strategy": {"blueGreen": {"progressDeadlineSeconds": 5}}})
     with EndpointRecorder(k8s, env.ns, "app") as rec:
         # pods that can never be scheduled never become available
         env.set_image("v2", nodeSelector={"teal.dev/no-such-node": "true"})
@@ -89,7 +90,7 @@ def test_progress_deadline_aborts(env, k8s):
         assert env.selector_color("app") == "blue"
         rec.assert_safe()
     # a new template after an abort starts a new release (no deadlock)
-    env.set_image("v3")
+    env.patch_spec({"template": pod_template("v3"), "strategy": {"blueGreen": {"progressDeadlineSeconds": 120}}})
     env.wait_phase("Healthy", activeColor="green", currentRevision="3", timeout=90)
 
 
