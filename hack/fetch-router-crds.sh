@@ -19,11 +19,12 @@
 # Versions: TEAL_GATEWAY_API_VERSION / TEAL_ISTIO_API_VERSION override the pins below.
 set -euo pipefail
 
-# Pinned here (not read from hack/versions.env, whose values are placeholders):
-# gateway-api v1.7.0 needs go >= 1.27 to `go mod download`; v1.6.3 is the newest release
-# that the repository's Go toolchain accepts.
-GATEWAY_API_VERSION="${TEAL_GATEWAY_API_VERSION:-v1.6.3}"
-ISTIO_API_VERSION="${TEAL_ISTIO_API_VERSION:-v1.32.0}"
+# Pinned in hack/versions.env. gateway-api v1.7.0 needs go >= 1.27 to `go mod download`;
+# v1.6.3 is the newest release that the machine's Go toolchain accepts.
+# shellcheck source=versions.env
+source "$(cd "$(dirname "$0")" && pwd)/versions.env"
+GATEWAY_API_VERSION="${TEAL_GATEWAY_API_VERSION:-$GATEWAY_API_VERSION}"
+ISTIO_API_VERSION="${TEAL_ISTIO_API_VERSION:-$ISTIO_API_VERSION}"
 
 CACHE="${TEAL_CACHE:-$HOME/.cache/teal}/crds"
 GW_DIR="$CACHE/gateway-api-$GATEWAY_API_VERSION"
