@@ -317,3 +317,45 @@ def temp_kubeconfig(cluster: Any, token: str, user: str) -> str:
     fd, path = tempfile.mkstemp(prefix="kubeconfig-", suffix=".yaml")
     os.close(fd)
     return cluster.write_kubeconfig(path, token=token, user=user)
+
+
+# ---------------------------------------------------------------- the chart, installed
+
+
+class InstalledChart:
+    """A `helm install` of charts/teal and a token for its ServiceAccount (TokenRequest API)."""
+
+    def __init__(self, release: str, namespace: str, service_account: str, token: str, kubeconfig: str):
+        self.release = release
+        self.namespace = namespace
+        self.service_account = service_account
+        self.token = token
+        self.kubeconfig = kubeconfig  # authenticates as the chart's ServiceAccount
+        self.username = f"system:serviceaccount:{namespace}:{service_account}"
+
+
+@contextlib.contextmanager
+def installed_chart(helm: str, chart: Path, cluster: Any, k8s: Any, namespace: str, *sets: str,
+                    release: str | None = None, timeout: float = 180) -> Iterator[InstalledChart]:
+    """Install the chart into `namespace` with `--set` values, yield its ServiceAccount's credentials,
+    uninstall afterwards. The operator can run outside the cluster with `.kubeconfig`."""
+    from kubernetes import client
+
+    release = release or release_name()
+    env = {"KUBECONFIG": cluster.kubeconfig}
+    args = [helm, "install", release, str(chart), "--namespace", namespace]
+    for s in sets:
+        args += ["--set", s]
+    run(args, env=env, timeout=timeout)
+    try:
+        sa = release if "teal" in release else f"{release}-teal"
+        answer = client.CoreV1Api(k8s).create_namespaced_service_account_token(
+            sa, namespace, {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                            "spec": {"expirationSeconds": 3600}})
+        token = answer.status.token
+        kubeconfig = cluster.write_kubeconfig(Path(tempfile.mkdtemp(prefix="teal-sa-")) / "kubeconfig",
+                                              token=token, user=sa)
+        yield InstalledChart(release, namespace, sa, token, kubeconfig)
+    finally:
+        run([helm, "uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s"],
+            env=env, check=False)

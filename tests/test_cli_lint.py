@@ -218,3 +218,20 @@ def test_apiserver_and_lint_agree_on_mutations(k8s, namespace, teal_crds, index)
             rejected += 1
     assert not disagreements, "\n".join(disagreements[:20])
     assert rejected > 50 and accepted > 30, (rejected, accepted)  # the mutations exercise both sides
+
+
+def test_kubectl_runs_it_as_a_plugin(kubectl, tmp_path):
+    import os
+    import shutil
+
+    plugin = shutil.which("kubectl-teal")
+    assert plugin, "kubectl-teal is not on PATH: install the package (pip install -e .)"
+    # kubectl finds plugins on PATH; no cluster is needed for lint
+    env = {"PATH": os.pathsep.join([os.path.dirname(plugin), os.environ.get("PATH", "")]),
+           "KUBECONFIG": str(tmp_path / "none")}
+    ok = run([kubectl, "teal", "lint", "-f", str(VALID[0])], env=env)
+    assert "valid" in ok.stderr
+    bad = run([kubectl, "teal", "lint", "-f", str(INVALID[0])], env=env, check=False)
+    assert bad.returncode == 1 and expectation(INVALID[0]) in bad.stdout
+    listed = run([kubectl, "plugin", "list"], env=env, check=False)
+    assert "kubectl-teal" in listed.stdout

@@ -15,7 +15,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from cli_helpers import binaries, chart_dir, helm, kubectl, run  # noqa: F401  (fixtures)
+from cli_helpers import binaries, chart_dir, helm, installed_chart, kubectl  # noqa: F401  (fixtures)
+from cli_helpers import teal
 from test_helm_chart import CLUSTER_NEEDS, NAMESPACED_NEEDS, PEERING_VERBS
 
 pytestmark = pytest.mark.cluster
@@ -30,9 +31,9 @@ BASELINE = {
 
 class Installed:
     def __init__(self, mode: str, operator_ns: str, watched: list[str], other: str, release: str, token: str,
-                 client: Any):
+                 client: Any, kubeconfig: str):
         self.mode, self.operator_ns, self.watched, self.other = mode, operator_ns, watched, other
-        self.release, self.token, self.client = release, token, client
+        self.release, self.token, self.client, self.kubeconfig = release, token, client, kubeconfig
 
     def review(self, verb: str, group: str, resource: str, namespace: str | None = None, name: str | None = None
                ) -> bool:
@@ -82,26 +83,17 @@ def installed(request, helm, chart_dir, cluster, k8s) -> Iterator[Installed]:
     op = _namespace(core, f"rbac-{mode[:3]}-op-{tag}")
     watched = [_namespace(core, f"rbac-{mode[:3]}-w{i}-{tag}") for i in (1, 2)]
     other = _namespace(core, f"rbac-{mode[:3]}-other-{tag}")
-    release = f"teal-{tag}"
-    sets = ["--set", "peering.enabled=true"]
+    sets = ["peering.enabled=true"]
     if mode == "namespaced":
-        sets += ["--set", "rbac.scope=namespaced", "--set", f"watchNamespaces={{{','.join(watched)}}}"]
-    env = {"KUBECONFIG": cluster.kubeconfig}
-    run([helm, "install", release, str(chart_dir), "--namespace", op, *sets], env=env, timeout=180)
+        sets += ["rbac.scope=namespaced", f"watchNamespaces={{{','.join(watched)}}}"]
     try:
-        # the ServiceAccount's token, from the TokenRequest API
-        sa = f"{release}" if "teal" in release else f"{release}-teal"
-        answer = core.create_namespaced_service_account_token(
-            sa, op, {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                     "spec": {"expirationSeconds": 3600}})
-        token = answer.status.token
-        api = cluster.api_client(token)
-        try:
-            yield Installed(mode, op, watched, other, release, token, api)
-        finally:
-            api.close()
+        with installed_chart(helm, chart_dir, cluster, k8s, op, *sets, release=f"teal-{tag}") as chart:
+            api = cluster.api_client(chart.token)
+            try:
+                yield Installed(mode, op, watched, other, chart.release, chart.token, api, chart.kubeconfig)
+            finally:
+                api.close()
     finally:
-        run([helm, "uninstall", release, "--namespace", op], env=env, check=False)
         for ns in (op, *watched, other):
             try:
                 core.delete_namespace(ns)
@@ -265,3 +257,13 @@ def test_nothing_beyond_the_needs(installed):
     if installed.mode == "namespaced":
         # outside the watched namespaces: only the cluster-wide read of ClusterAnalysisTemplates
         assert {k: v for k, v in outside.items() if k not in BASELINE} == CLUSTER_NEEDS
+
+
+def test_the_service_accounts_kubeconfig_works_with_kubectl_teal(installed):
+    ok = teal("--kubeconfig", installed.kubeconfig, "list", "-n", installed.watched[1])
+    assert ok.code == 0, ok
+    other = teal("--kubeconfig", installed.kubeconfig, "list", "-n", installed.other)
+    if installed.mode == "namespaced":
+        assert other.code == 5 and "forbidden" in other.err.lower(), other
+    else:
+        assert other.code == 0, other
