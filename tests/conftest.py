@@ -66,6 +66,7 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGTERM, _term)
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own teardown of the remaining fixtures
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Every fixture is torn down by now: no child process may be left."""
     left = [(pid, cmd) for pid, cmd in live_children() if cmd]
