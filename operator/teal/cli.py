@@ -273,6 +273,13 @@ def retry_conflicts(fn: Callable[[], int], attempts: int = 5) -> int:
     return EXIT_API  # pragma: no cover
 
 
+def transient(exc: CliError) -> bool:
+    """An error worth retrying while waiting: the API unreachable, overloaded or failing (not 4xx)."""
+    if isinstance(exc, ApiError):
+        return exc.status >= 500 or exc.status == 429
+    return exc.code == EXIT_API
+
+
 def parse_timeout(text: str) -> float:
     try:
         return parse_duration(text if not text.isdigit() else int(text), "--timeout")
@@ -324,7 +331,10 @@ def cmd_get(cluster: Cluster, args: argparse.Namespace) -> int:
                 if exc.code == EXIT_NOT_FOUND:
                     _out(f"\n[{dt.datetime.now():%H:%M:%S}] {exc.message}")
                     return EXIT_NOT_FOUND
-                raise
+                if not transient(exc):
+                    raise
+                print(f"[{dt.datetime.now():%H:%M:%S}] warning: {exc.message} (retrying)", file=sys.stderr, flush=True)
+                continue
             if text != last:
                 _out(f"\n[{dt.datetime.now():%H:%M:%S}]")
                 _out(text)
@@ -641,7 +651,14 @@ def cmd_status(cluster: Cluster, args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     last = None
     while True:
-        ro = cluster.get_rollout(args.name)
+        try:
+            ro = cluster.get_rollout(args.name)
+        except CliError as exc:
+            if not transient(exc) or time.monotonic() - t0 >= timeout:
+                raise
+            print(f"warning: {exc.message} (retrying)", file=sys.stderr, flush=True)
+            time.sleep(min(args.interval, 5.0))
+            continue
         verdict, line = judge(ro)
         if line != last:
             elapsed = int(time.monotonic() - t0)

@@ -5,7 +5,7 @@ import datetime as dt
 import sys
 from typing import Any, Mapping, Sequence
 
-from .api import ANNOTATION_HASH, ANNOTATION_REVISION, COLORS
+from .api import ANNOTATION_REVISION, COLORS
 
 
 def _utf8() -> bool:
