@@ -4,7 +4,7 @@
 #   hack/kind-quickstart.sh            # cluster, image, chart, plugin, demo release v1 -> v2
 #   hack/kind-quickstart.sh --delete   # remove the kind cluster again
 #
-# Needs: docker (or podman with KIND_EXPERIMENTAL_PROVIDER=podman), kind >= 0.30,
+# Needs: docker (with BuildKit, Docker 23+), kind >= 0.30,
 # kubectl, helm 3, python3 >= 3.11. Environment knobs:
 #   CLUSTER_NAME   kind cluster name (default: teal, as in kind-config.yaml)
 #   TEAL_IMAGE     operator image (default: ghcr.io/teal-dev/teal:<chart appVersion>)
