@@ -90,7 +90,9 @@ def test_progress_deadline_aborts(env, k8s):
         assert env.selector_color("app") == "blue"
         rec.assert_safe()
     # a new template after an abort starts a new release (no deadlock)
-    env.patch_spec({"template": pod_template("v3"), "strategy": {"blueGreen": {"progressDeadlineSeconds": 120}}})
+    # (a merge patch: nodeSelector null removes the unschedulable constraint)
+    env.patch_spec({"template": pod_template("v3", nodeSelector=None),
+                    "strategy": {"blueGreen": {"progressDeadlineSeconds": 120}}})
     env.wait_phase("Healthy", activeColor="green", currentRevision="3", timeout=90)
 
 

@@ -58,6 +58,7 @@ class Loop:
         self.task: asyncio.Task | None = None
         self.failures = 0
         self.workload_ref: str | None = None
+        self.route: tuple[str, str] | None = None  # (kind, name) of the traffic router's object
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name=f"teal:{self.namespace}/{self.name}")
@@ -119,6 +120,13 @@ class Controller:
             if ns == namespace and loop.workload_ref == deployment:
                 loop.poke.set()
 
+    def wake_by_route(self, namespace: str, kind: str, name: str) -> None:
+        for (ns, _), loop in list(self.loops.items()):
+            if ns == namespace and loop.route is not None and loop.route[0] == kind and (
+                loop.route[1] == name or (kind == "nginx" and name == f"{loop.route[1]}-teal-canary")
+            ):
+                loop.poke.set()
+
     async def stop(self) -> None:
         for loop in list(self.loops.values()):
             if loop.task:
@@ -144,6 +152,8 @@ class Controller:
             await self._write(body, status, new)
             return None if new == status else RESYNC_SECONDS
         loop.workload_ref = spec.workload_ref.name if spec.workload_ref else None
+        routing = spec.blue_green.traffic_routing
+        loop.route = (routing.kind, routing.name) if routing else None
         observed = await self.call(self.kube.observe, body, spec)
         router = None
         if spec.blue_green.traffic_routing is not None:
@@ -273,6 +283,22 @@ async def _owned_deployment_event(labels: dict, namespace: str, **_: Any) -> Non
 @kopf.on.event("apps", "v1", "deployments", labels={LABEL_ROLLOUT: kopf.ABSENT})
 async def _workload_event(name: str, namespace: str, **_: Any) -> None:
     controller().wake_by_workload(namespace, name)
+
+
+# A route edited by someone else (a user, a GitOps sync) gets Teal's weights back at once.
+@kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes")
+async def _httproute_event(name: str, namespace: str, **_: Any) -> None:
+    controller().wake_by_route(namespace, "gatewayAPI", name)
+
+
+@kopf.on.event("networking.istio.io", "v1", "virtualservices")
+async def _virtualservice_event(name: str, namespace: str, **_: Any) -> None:
+    controller().wake_by_route(namespace, "istio", name)
+
+
+@kopf.on.event("networking.k8s.io", "v1", "ingresses")
+async def _ingress_event(name: str, namespace: str, **_: Any) -> None:
+    controller().wake_by_route(namespace, "nginx", name)
 
 
 @kopf.on.probe(id="rollouts")
