@@ -164,6 +164,10 @@ def test_operator_settings_become_flags(helm, chart_dir):
     assert "--log-level=debug" in c["args"] and "--log-format=json" in c["args"]
     assert "--namespace=shop" in c["args"] and "--namespace=payments" in c["args"]
     assert "--all-namespaces" not in c["args"]
+    (c,) = by_kind(template(helm, chart_dir, "metrics.enabled=false"), "Deployment")[0]["spec"]["template"]["spec"][
+        "containers"]
+    assert "--metrics-port=0" in c["args"]  # the operator's "no metrics endpoint"
+    assert [p["name"] for p in c["ports"]] == ["healthz"]
     digest = "sha256:" + "a" * 64
     (c,) = by_kind(template(helm, chart_dir, f"image.digest={digest}"), "Deployment")[0]["spec"]["template"]["spec"][
         "containers"]
