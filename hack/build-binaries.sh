@@ -38,12 +38,13 @@ apt_install() {
 # ---- etcd and Prometheus from Debian ----
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || apt_install etcd "etcd-server"
 command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || apt_install prometheus "prometheus"
-# Debian starts both as services on install; the tests start their own on free ports.
+# Debian may start both as services on install (they run as their own users); the tests
+# start their own on free ports. Only the services are stopped, never a test's processes.
 for svc in etcd prometheus prometheus-node-exporter; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" >/dev/null 2>&1 || true
   fi
-  pkill -x "$svc" >/dev/null 2>&1 || true
+  id -u "$svc" >/dev/null 2>&1 && pkill -u "$svc" -x "$svc" >/dev/null 2>&1 || true
 done
 
 # ---- Kubernetes control plane from the pinned module ----

@@ -42,6 +42,22 @@ def test_first_then_second_release_with_auto_promotion(env, k8s):
         rec.assert_safe()
     assert st["stats"]["promoted"] == 2
     assert {"Switched", "Promoted", "ScaledDown"} <= set(env.events())
+    # each revision's template is kept for `kubectl teal undo`
+    crs = env.apps.list_namespaced_controller_revision(env.ns, label_selector="teal.dev/rollout=app").items
+    by_rev = {c.revision: c.data["template"]["spec"]["containers"][0]["image"] for c in crs}
+    assert by_rev == {1: "example.com/app:v1", 2: "example.com/app:v2"}
+
+
+def test_revision_history_is_pruned(env):
+    body = rollout()
+    body["spec"]["revisionHistoryLimit"] = 2
+    env.create_rollout(body)
+    env.wait_phase("Healthy", stableRevision="1")
+    for i in (2, 3, 4):
+        env.set_image(f"v{i}")
+        env.wait_phase("Healthy", stableRevision=str(i))
+    crs = env.apps.list_namespaced_controller_revision(env.ns, label_selector="teal.dev/rollout=app").items
+    assert sorted(c.revision for c in crs) == [3, 4]
 
 
 def test_manual_promotion(env, k8s):

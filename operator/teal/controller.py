@@ -193,6 +193,8 @@ class Controller:
                 await self.call(self.kube.scale, ns, name, action.color, action.replicas)
             elif isinstance(action, core.SelectColor):
                 await self.call(self.kube.select_color, ns, action.service, action.color)
+            elif isinstance(action, core.RecordRevision):
+                await self.call(self.kube.record_revision, body, action, spec.revision_history_limit)
             elif isinstance(action, core.SetWeights) and router is not None:
                 drifted = await self.call(router.set_weights, action.as_dict())
                 if drifted:

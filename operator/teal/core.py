@@ -118,13 +118,22 @@ class SetWeights:
 
 
 @dataclasses.dataclass(frozen=True)
+class RecordRevision:
+    """Keep the template of a revision (a ControllerRevision) for `kubectl teal undo`."""
+
+    revision: str
+    hash: str
+    template: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
 class Event:
     type: str  # Normal | Warning
     reason: str
     message: str
 
 
-Action = DeployColor | ScaleColor | SelectColor | SetWeights
+Action = DeployColor | ScaleColor | SelectColor | SetWeights | RecordRevision
 
 
 @dataclasses.dataclass
@@ -256,6 +265,8 @@ def _dedupe(actions: list[Action]) -> list[Action]:
                 a = dataclasses.replace(prev, replicas=a.replicas)
         elif isinstance(a, SelectColor):
             key = ("select", a.service)
+        elif isinstance(a, RecordRevision):
+            key = ("revision", a.revision)
         else:
             key = ("weights",)
         out.pop(key, None)
@@ -338,6 +349,7 @@ def _first_release(t: _Tick, want: str) -> None:
     if not st.get("firstReleaseStartedAt") or st.get("firstReleaseHash") != want:
         st["firstReleaseStartedAt"] = iso(t.now)
         st["firstReleaseHash"] = want
+        t.actions.append(RecordRevision(st["currentRevision"], want, t.obs.template))
         t.event("FirstRelease", f"first release: revision {st['currentRevision']} on {color}")
     rev = st["currentRevision"]
     obs = t.color(color)
@@ -410,6 +422,7 @@ def _start_release(t: _Tick, old: Mapping[str, Any] | None, want: str) -> dict[s
     st.pop("promote", None)
     color = other(stable)
     release = _new_release(t, want, color)
+    t.actions.append(RecordRevision(release["revision"], want, t.obs.template))
     t.stats("releases")
     idle = t.color(color)
     if idle.available(want, spec.replicas) and idle.ready > 0:

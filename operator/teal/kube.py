@@ -176,6 +176,37 @@ class Kube:
             _request_timeout=TIMEOUT,
         )
 
+    def record_revision(self, body: Mapping[str, Any], action: core.RecordRevision, keep: int) -> None:
+        """A ControllerRevision `<rollout>-<hash>` holding the template, newest `keep` kept."""
+        meta = body["metadata"]
+        ns, rollout = meta["namespace"], meta["name"]
+        manifest = {
+            "apiVersion": "apps/v1",
+            "kind": "ControllerRevision",
+            "metadata": {
+                "name": f"{rollout}-{action.hash}",
+                "namespace": ns,
+                "labels": {LABEL_ROLLOUT: rollout, ANNOTATION_HASH: action.hash},
+                "annotations": {ANNOTATION_REVISION: str(action.revision)},
+                "ownerReferences": [owner_reference(body)],
+            },
+            "data": {"template": dict(action.template)},
+            "revision": int(action.revision),
+        }
+        self.apps.patch_namespaced_controller_revision(
+            manifest["metadata"]["name"], ns, manifest, field_manager=FIELD_MANAGER, force=True,
+            _content_type="application/apply-patch+yaml", _request_timeout=TIMEOUT,
+        )
+        revisions = self.apps.list_namespaced_controller_revision(
+            ns, label_selector=f"{LABEL_ROLLOUT}={rollout}", _request_timeout=TIMEOUT
+        ).items
+        for old in sorted(revisions, key=lambda r: r.revision, reverse=True)[max(keep, 1):]:
+            try:
+                self.apps.delete_namespaced_controller_revision(old.metadata.name, ns, _request_timeout=TIMEOUT)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
     def scale(self, namespace: str, rollout: str, color: str, replicas: int) -> None:
         try:
             self.apps.patch_namespaced_deployment_scale(
