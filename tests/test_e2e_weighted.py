@@ -183,3 +183,48 @@ def test_httproute_without_colour_backends_is_a_clear_error(k8s, namespace, owne
     env.create_rollout(weighted_rollout("gatewayAPI", {"httpRoute": "checkout"}))
     st = env.wait_phase("Degraded", name=ROLLOUT, reason="TrafficRouterError", timeout=30)
     assert f"{ROLLOUT}-blue" in st["message"] and f"{ROLLOUT}-green" in st["message"]
+
+
+@pytest.mark.prometheus
+def test_traffic_follows_the_route_and_analysis_runs_at_each_step(
+    k8s, namespace, owner, router_crds, teal_operator, prometheus
+):
+    """A load generator splits its requests by the weights it reads from the HTTPRoute;
+    the real Prometheus sees the traffic move, and the steps' analysis runs on it."""
+    from teal.devenv.fakeapp import run_fakeapp
+    from teal.devenv.traffic import ClusterTraffic
+
+    routing = RoutingEnv(k8s, namespace, owner)
+    routing.active_service(color=None)
+    spec = make_route(routing, "gatewayAPI")
+    env = Env(k8s, namespace)
+    rate = ('sum(rate(http_requests_total{namespace="{{namespace}}",teal_color="{{color}}",code=~"5.."}[4s]))'
+            ' / sum(rate(http_requests_total{namespace="{{namespace}}",teal_color="{{color}}"}[4s]))')
+    body = weighted_rollout("gatewayAPI", spec, steps=[{"setWeight": 25}, {"pause": {}}, {"setWeight": 75},
+                                                        {"setWeight": 100}])
+    body["spec"]["analysis"] = {
+        "prometheus": {"address": prometheus.url, "timeout": "3s"}, "interval": "1s", "count": 3,
+        "initialDelay": "4s", "steps": ["error-rate"],
+        "metrics": [{"name": "error-rate", "query": rate, "thresholdRange": {"max": 0.05}}],
+    }
+    with contextlib.ExitStack() as stack:
+        apps = {c: stack.enter_context(run_fakeapp(c, namespace)) for c in ("blue", "green")}
+        prometheus.set_targets({namespace: [a.target for a in apps.values()]}, wait_up=True)
+        env.create_rollout(body)
+        env.wait_phase("Healthy", name=ROLLOUT, stableRevision="1", timeout=60)
+        router = routing.router("gatewayAPI")
+        stack.enter_context(ClusterTraffic(k8s, namespace, apps, ACTIVE, router=router, rps=80, duration=300,
+                                           preview_share=0))
+        share = (f'sum(rate(http_requests_total{{namespace="{namespace}",teal_color="green"}}[3s]))'
+                 f' / sum(rate(http_requests_total{{namespace="{namespace}"}}[3s]))')
+        env.set_image("v2", name=ROLLOUT, labels={"app": "checkout"})
+        env.wait_phase("Paused", name=ROLLOUT, currentStep="2", timeout=90)
+        prometheus.wait_for(share, lambda v: 0.15 <= v <= 0.35, timeout=30)  # Prometheus sees 25% on green
+        env.promote(name=ROLLOUT)
+        env.wait(lambda s: s.get("currentStep") == 3 and (s.get("release") or {}).get("analysisKey"),
+                 name=ROLLOUT, timeout=60, what="analysis at 75%")
+        prometheus.wait_for(share, lambda v: 0.6 <= v <= 0.9, timeout=30)  # ... then 75%
+        st = env.wait_phase("Healthy", name=ROLLOUT, activeColor="green", stableRevision="2", timeout=90)
+        prometheus.wait_for(share, lambda v: v >= 0.95, timeout=30)  # ... then all of it
+    runs = {m["run"] for m in st["analysis"] if m["color"] == "green"}
+    assert {"2:steps:0", "2:steps:2"} <= runs, runs
