@@ -34,7 +34,7 @@ NAMESPACED_NEEDS: dict[tuple[str, str], set[str]] = {
     ("teal.dev", "analysistemplates"): {"get", "list", "watch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "update", "patch", "delete"},
     ("apps", "deployments/scale"): {"patch"},
-    ("apps", "controllerrevisions"): {"get", "list", "watch", "create", "delete"},
+    ("apps", "controllerrevisions"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "update", "patch"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
@@ -45,6 +45,11 @@ NAMESPACED_NEEDS: dict[tuple[str, str], set[str]] = {
 }
 CLUSTER_NEEDS: dict[tuple[str, str], set[str]] = {
     ("teal.dev", "clusteranalysistemplates"): {"get", "list", "watch"},
+}
+# Only a cluster-wide operator discovers namespaces and CRDs at run time (kopf's scanning).
+CLUSTER_MODE_ONLY: dict[tuple[str, str], set[str]] = {
+    ("", "namespaces"): {"list", "watch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
 }
 PEERING_VERBS = {"get", "list", "watch", "patch"}
 
@@ -178,7 +183,7 @@ def test_cluster_rbac_is_exactly_what_the_operator_uses(helm, chart_dir):
     docs = template(helm, chart_dir)
     assert not by_kind(docs, "Role")
     rules = rules_of(docs, "ClusterRole")
-    want = {**NAMESPACED_NEEDS, **CLUSTER_NEEDS, ("", "namespaces"): {"list", "watch"}}
+    want = {**NAMESPACED_NEEDS, **CLUSTER_NEEDS, **CLUSTER_MODE_ONLY}
     assert rules == want
     (binding,) = by_kind(docs, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "teal", "namespace": "teal-system"}]

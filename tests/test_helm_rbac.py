@@ -17,7 +17,7 @@ import pytest
 
 from cli_helpers import binaries, chart_dir, helm, installed_chart, kubectl  # noqa: F401  (fixtures)
 from cli_helpers import teal
-from test_helm_chart import CLUSTER_NEEDS, NAMESPACED_NEEDS, PEERING_VERBS
+from test_helm_chart import CLUSTER_MODE_ONLY, CLUSTER_NEEDS, NAMESPACED_NEEDS, PEERING_VERBS
 
 pytestmark = pytest.mark.cluster
 
@@ -245,7 +245,7 @@ def test_nothing_beyond_the_needs(installed):
     if installed.mode == "namespaced":
         expected_ns[("kopf.dev", "kopfpeerings")] = PEERING_VERBS
     else:
-        expected_ns[("", "namespaces")] = {"list", "watch"}
+        expected_ns.update(CLUSTER_MODE_ONLY)
         expected_ns[("kopf.dev", "clusterkopfpeerings")] = PEERING_VERBS
     for ns in installed.watched:
         rules = installed.rules(ns)

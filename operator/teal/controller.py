@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import json
 import datetime as dt
 import logging
 import time
@@ -77,7 +78,8 @@ class Loop:
                 if e.status == 409:
                     delay = 0.0  # someone wrote in between: decide again on fresh data
                 else:
-                    log.warning("%s/%s: API error %s %s; retrying in %.1fs", self.namespace, self.name, e.status, e.reason, delay)
+                    log.warning("%s/%s: API error %s %s: %s; retrying in %.1fs", self.namespace, self.name,
+                                e.status, e.reason, _api_message(e), delay)
             except Exception:
                 self.failures += 1
                 delay = min(30.0, 0.5 * 2**self.failures)
@@ -88,6 +90,13 @@ class Loop:
                 await asyncio.wait_for(self.poke.wait(), timeout=max(delay, 0.0) if delay < RESYNC_SECONDS else RESYNC_SECONDS)
             except asyncio.TimeoutError:
                 pass
+
+
+def _api_message(e: ApiException) -> str:
+    try:
+        return json.loads(e.body or "{}").get("message", "")[:300]
+    except (ValueError, AttributeError):
+        return str(e.body or "")[:300]
 
 
 class Controller:
@@ -256,6 +265,9 @@ async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 30
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="teal.dev", key="last-handled")
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="teal.dev")
+    # With a fixed list of namespaces there is nothing to discover at run time, and the
+    # namespaced RBAC grants no cluster-wide list of namespaces or CRDs.
+    settings.scanning.disabled = bool(SETTINGS.namespaces)
     controller()
 
 

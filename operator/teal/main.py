@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -10,6 +11,16 @@ import sys
 
 def _env_list(name: str) -> list[str]:
     return [x.strip() for x in os.environ.get(name, "").split(",") if x.strip()]
+
+
+def _default_priority() -> int:
+    """kopf freezes every replica whose priority equals another's: derive distinct ones."""
+    if os.environ.get("TEAL_PRIORITY"):
+        return int(os.environ["TEAL_PRIORITY"])
+    pod = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or ""
+    if not pod:
+        return 0
+    return 1 + int(hashlib.sha256(pod.encode()).hexdigest()[:6], 16)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -34,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", default=os.environ.get("TEAL_LOG_FORMAT", "text"), choices=["text", "json"])
     run.add_argument("--peering", default=os.environ.get("TEAL_PEERING"),
                      help="kopf peering name: several replicas elect one active operator")
-    run.add_argument("--priority", type=int, default=int(os.environ.get("TEAL_PRIORITY", "0")))
+    run.add_argument("--priority", type=int, default=_default_priority(),
+                     help="peering priority; default: TEAL_PRIORITY, else derived from POD_NAME so replicas differ")
     run.add_argument("--liveness-port", type=int, default=int(os.environ.get("TEAL_LIVENESS_PORT", "8080")))
     run.add_argument("--metrics-port", type=int, default=int(os.environ.get("TEAL_METRICS_PORT", "9090")),
                      help="0 disables the metrics endpoint")

@@ -29,7 +29,7 @@ ClusterRole, in namespaced mode into a Role in each watched namespace.
 # Revision history for `kubectl teal undo` and fast rollback.
 - apiGroups: ["apps"]
   resources: ["controllerrevisions"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Active/preview Services (selector switch) and the per-colour Services; never deleted.
 - apiGroups: [""]
   resources: ["services"]
@@ -74,6 +74,13 @@ ClusterRole, in namespaced mode into a Role in each watched namespace.
 - apiGroups: ["teal.dev"]
   resources: ["clusteranalysistemplates"]
   verbs: ["get", "list", "watch"]
+{{- if not (include "teal.namespaced" .) }}
+# A cluster-wide kopf operator follows CRDs appearing at run time (a Gateway API installed
+# after Teal gets its routes watched without a restart). Read only.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
 {{- if and .Values.peering.enabled (not (include "teal.namespaced" .)) }}
 # kopf peering of a cluster-wide operator: one ClusterKopfPeering.
 - apiGroups: ["kopf.dev"]
