@@ -273,6 +273,6 @@ def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[s
             sub = merge_patch(before, value)
             if sub:
                 patch[key] = sub
-        elif key not in old or value != before:
+        elif (value != before) if key in old else (value is not None):  # a null for an absent key changes nothing
             patch[key] = copy.deepcopy(value)
     return patch
