@@ -1,0 +1,161 @@
+"""From "the new colour starts failing" to "every active Service is back on the stable one".
+
+A real control plane, a real Prometheus (scraping every second), two local processes that
+play the colours, traffic that follows the Service selector, and the operator. Each round
+releases a new version, waits until it is live and its post-promotion analysis has passed
+a first measurement, then makes it fail half of its requests and times the revert:
+
+  scrape    failure -> the first Prometheus sample that holds a failed request
+  analysis  that sample -> Teal's failing measurement (waiting for the next interval tick)
+  teal      that measurement -> the Service selector back on the stable colour (Teal's own share)
+
+    python bench/bench_revert.py [--rounds 10] [--interval 1s]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import kubernetes
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "operator"))
+
+from teal.devenv.cluster import LocalCluster  # noqa: E402
+from teal.devenv.fakeapp import run_fakeapp  # noqa: E402
+from teal.devenv.prometheus import LocalPrometheus  # noqa: E402
+from teal.devenv.traffic import ClusterTraffic  # noqa: E402
+from teal.devenv.wait import wait_for  # noqa: E402
+
+NS = "bench"
+RATE = ('sum(rate(http_requests_total{namespace="{{namespace}}",teal_color="{{color}}",code=~"5.."}[3s]))'
+        ' / sum(rate(http_requests_total{namespace="{{namespace}}",teal_color="{{color}}"}[3s]))')
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))]
+
+
+def line(name: str, values: list[float]) -> str:
+    ms = [v * 1000 for v in values]
+    return (f"{name:<9} p50={pct(ms, 50):6.0f}ms  p90={pct(ms, 90):6.0f}ms  p99={pct(ms, 99):6.0f}ms  "
+            f"mean={statistics.mean(ms):6.0f}ms")
+
+
+def first_failed_scrape(prom, color: str, t0: float, t_end: float) -> float:
+    """The timestamp of the first scrape after t0 whose 5xx counter of `color` grew."""
+    window = int(t_end - t0) + 30
+    data = prom.api("/api/v1/query", {
+        "query": f'http_requests_total{{namespace="{NS}",teal_color="{color}",code="500"}}[{window}s]',
+        "time": f"{t_end:.3f}"})
+    samples = [(float(ts), float(v)) for series in data["result"] for ts, v in series["values"]]
+    before = max((v for ts, v in samples if ts <= t0), default=0.0)
+    grown = [ts for ts, v in sorted(samples) if ts > t0 and v > before]
+    return grown[0] if grown else t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--interval", default="1s")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="teal-bench-revert-"))
+    parts: dict[str, list[float]] = {"scrape": [], "analysis": [], "teal": [], "total": []}
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(LocalCluster(work / "cluster"))
+        prom = stack.enter_context(LocalPrometheus(work / "prom"))
+        api = cluster.api_client()
+        ext = kubernetes.client.ApiextensionsV1Api(api)
+        for path in sorted((REPO / "crds").glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc and doc.get("kind") == "CustomResourceDefinition":
+                    ext.create_custom_resource_definition(doc)
+        core = kubernetes.client.CoreV1Api(api)
+        custom = kubernetes.client.CustomObjectsApi(api)
+        core.create_namespace({"metadata": {"name": NS}})
+        for svc in ("app", "app-preview"):
+            core.create_namespaced_service(NS, {"metadata": {"name": svc}, "spec": {
+                "selector": {"app": "demo"}, "ports": [{"port": 80}]}})
+        apps = {c: stack.enter_context(run_fakeapp(c, NS)) for c in ("blue", "green")}
+        prom.set_targets({NS: [a.target for a in apps.values()]}, wait_up=True)
+        env = dict(os.environ, KUBECONFIG=cluster.kubeconfig, PYTHONPATH=str(REPO / "operator"))
+        op = subprocess.Popen([sys.executable, "-m", "teal.main", "run", "-A", "--liveness-port", "0",
+                               "--metrics-port", "0", "--log-level", "warning"], env=env,
+                              start_new_session=True, stdout=open(work / "operator.log", "wb"),
+                              stderr=subprocess.STDOUT)
+        stack.callback(lambda: (os.killpg(op.pid, signal.SIGTERM), op.wait(15)))
+        time.sleep(1)
+
+        def template(i: int) -> dict:
+            return {"metadata": {"labels": {"app": "demo"}},
+                    "spec": {"containers": [{"name": "app", "image": f"example.com/app:{i}"}]}}
+
+        def status() -> dict:
+            return custom.get_namespaced_custom_object("teal.dev", "v1alpha1", NS, "rollouts", "app").get("status") or {}
+
+        def selector() -> str | None:
+            return (core.read_namespaced_service("app", NS).spec.selector or {}).get("teal.dev/color")
+
+        custom.create_namespaced_custom_object("teal.dev", "v1alpha1", NS, "rollouts", {
+            "apiVersion": "teal.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "app"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "demo"}}, "template": template(0),
+                     "strategy": {"blueGreen": {"activeServices": ["app"], "previewService": "app-preview",
+                                                "scaleDownDelaySeconds": 600, "abortScaleDownDelaySeconds": 0}},
+                     "analysis": {"prometheus": {"address": prom.url, "timeout": "3s"}, "interval": args.interval,
+                                  "count": 1000, "initialDelay": "2s", "postPromotion": ["error-rate"],
+                                  "metrics": [{"name": "error-rate", "query": RATE,
+                                               "thresholdRange": {"max": 0.05}, "noData": "inconclusive",
+                                               "inconclusiveLimit": 5}]}},
+        })
+        wait_for(lambda: status().get("phase") == "Healthy", timeout=60, what="first release")
+        stack.enter_context(ClusterTraffic(api, NS, apps, "app", "app-preview", rps=100, duration=1800,
+                                           preview_share=0.0))
+        for i in range(1, args.rounds + 1):
+            stable = status()["stableColor"]
+            new = "green" if stable == "blue" else "blue"
+            apps[new].set(error_rate=0.0)
+            custom.patch_namespaced_custom_object("teal.dev", "v1alpha1", NS, "rollouts", "app",
+                                                  {"spec": {"template": template(i)}})
+            # live on the new colour, with post-promotion analysis measuring it successfully
+            wait_for(lambda: selector() == new, timeout=60, what="switch")
+            wait_for(lambda: any(m.get("verdict") == "Successful" and m.get("run") == f"{status().get('currentRevision')}:postPromotion"
+                                 for m in status().get("analysis") or []), timeout=30, what="a passing measurement")
+            t0 = time.time()
+            apps[new].set(error_rate=0.5)
+            wait_for(lambda: selector() == stable, timeout=60, interval=0.01, what="revert")
+            t_back = time.time()
+            st = status()
+            failed = [m for m in st.get("analysis") or [] if m.get("verdict") == "Failed"]
+            t_measured = dt.datetime.fromisoformat(failed[-1]["at"].replace("Z", "+00:00")).timestamp()
+            t_scraped = first_failed_scrape(prom, new, t0, t_back)
+            parts["scrape"].append(max(0.0, t_scraped - t0))
+            parts["analysis"].append(max(0.0, t_measured - t_scraped))
+            parts["teal"].append(max(0.0, t_back - t_measured))
+            parts["total"].append(t_back - t0)
+            print(f"round {i}: total {t_back - t0:.2f}s (scrape {parts['scrape'][-1]:.2f}, analysis "
+                  f"{parts['analysis'][-1]:.2f}, teal {parts['teal'][-1]:.3f})", flush=True)
+            apps[new].set(error_rate=0.0)
+            wait_for(lambda: status().get("phase") == "Aborted", timeout=30, what="aborted")
+            # the next round starts when this round's errors have left the 3 s rate window
+            wait_for(lambda: not prom.query_value(
+                f'sum(increase(http_requests_total{{namespace="{NS}",teal_color="{new}",code="500"}}[4s]))'),
+                timeout=30, interval=0.5, what="errors out of the window")
+        print(f"revert after degradation, {args.rounds} rounds, analysis interval {args.interval}, scrape 1s:")
+        for name, values in parts.items():
+            print("  " + line(name, values))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
