@@ -141,7 +141,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="cluster start/stop cycles (default 3)")
     ap.add_argument("--idle", type=float, default=10.0, help="idle seconds before reading memory (default 10)")
-    ap.add_argument("--build-log", default=os.environ.get("TEAL_BUILD_LOG", "/tmp/build.log"))
+    cache_log = Path(os.environ.get("TEAL_CACHE", Path.home() / ".cache" / "teal")) / "build-times.log"
+    ap.add_argument("--build-log", default=os.environ.get("TEAL_BUILD_LOG", str(cache_log)))
     ap.add_argument("--force-warm-build", action="store_true",
                     help="time hack/build-binaries.sh even if it would pkill running etcd/prometheus")
     args = ap.parse_args()

@@ -14,6 +14,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
 CACHE=${TEAL_CACHE:-$HOME/.cache/teal}
 log() { echo "[build-binaries] $*" >&2; }
+# cold build times are kept for bench/bench_cluster.py
+timing() { log "$*"; mkdir -p "$CACHE"; echo "[build-binaries] $* ($(date -u +%F))" >> "$CACHE/build-times.log"; }
 die() { echo "[build-binaries] ERROR: $*" >&2; exit 1; }
 
 need_go() {
@@ -95,7 +97,7 @@ GO
     ( cd "$work" && CGO_ENABLED=0 go build -tags tools -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${staging_version#v0.} -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION" \
         -o "$K8S_DIR/$b.tmp" "k8s.io/kubernetes/cmd/$b" >&2 ) || die "go build of $b failed"
     mv "$K8S_DIR/$b.tmp" "$K8S_DIR/$b"
-    log "built $b in $(( $(date +%s) - start ))s"
+    timing "built $b in $(( $(date +%s) - start ))s"
   done
 fi
 
@@ -108,7 +110,7 @@ go_install() { # name module version binary
     log "go install $2@$3"
     start=$(date +%s)
     GOBIN="$dir" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "$2@$3" >&2 || die "go install $2@$3 failed"
-    log "installed $4 in $(( $(date +%s) - start ))s"
+    timing "installed $4 in $(( $(date +%s) - start ))s"
   fi
 }
 go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" kwok
