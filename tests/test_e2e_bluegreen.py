@@ -175,3 +175,29 @@ def test_deleting_rollout_keeps_user_services(env, k8s):
     wait_for(lambda: not env.apps.list_namespaced_deployment(env.ns).items, timeout=60,
              what="Deployments garbage-collected")
     assert env.selector_color("app") == "blue"  # the user's Service stays, pointing at the last active colour
+
+
+def test_workload_ref_releases_the_deployments_template(k8s, namespace, teal_operator):
+    env = Env(k8s, namespace)
+    env.create_service("app")
+    body = rollout()
+    del body["spec"]["template"]
+    body["spec"]["workloadRef"] = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}
+    body["spec"]["strategy"]["blueGreen"].pop("previewService")
+    env.create_rollout(body)
+    st = env.wait_phase("Degraded", reason="TemplateNotFound")
+    assert "Deployment web not found" in st["message"]
+    # the Deployment GitOps owns; scaled to zero so its pods don't run twice
+    env.apps.create_namespaced_deployment(namespace, {
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "demo"}}, "template": pod_template("v1")},
+    })
+    env.wait_phase("Healthy", activeColor="blue", stableRevision="1")
+    before = env.apps.read_namespaced_deployment("web", namespace).metadata.resource_version
+    env.apps.patch_namespaced_deployment("web", namespace, {"spec": {"template": pod_template("v2")}})
+    env.wait_phase("Healthy", activeColor="green", stableRevision="2")
+    green = env.apps.read_namespaced_deployment("app-green", namespace)
+    assert green.spec.template.spec.containers[0].image == "example.com/app:v2"
+    web = env.apps.read_namespaced_deployment("web", namespace)
+    assert web.spec.replicas == 0 and web.metadata.resource_version != before  # only the user's own edit
+    assert not (web.metadata.owner_references or [])  # Teal never adopts or writes it
