@@ -13,11 +13,7 @@ apiserver's watch delivery but not the kubelet (there is none: kwok). Prints p50
 from __future__ import annotations
 
 import argparse
-import os
 import queue
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,21 +25,13 @@ import kubernetes
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "operator"))
 
+from stats import summary  # noqa: E402
 from teal.devenv.cluster import LocalCluster  # noqa: E402
+from teal.devenv.crds import crd_documents, install_crds  # noqa: E402
+from teal.devenv.operator import OperatorProcess  # noqa: E402
 
 NS = "bench"
 
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    k = min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))
-    return values[k]
-
-
-def report(name: str, values: list[float]) -> None:
-    ms = [v * 1000 for v in values]
-    print(f"{name}: n={len(ms)} p50={pct(ms, 50):.0f}ms p90={pct(ms, 90):.0f}ms p99={pct(ms, 99):.0f}ms "
-          f"mean={statistics.mean(ms):.0f}ms max={max(ms):.0f}ms")
 
 
 class Watch(threading.Thread):
@@ -85,14 +73,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="teal-bench-op-"))
     with LocalCluster(work / "cluster") as cluster:
         api = cluster.api_client()
-        ext = kubernetes.client.ApiextensionsV1Api(api)
-        import yaml
-
-        for path in sorted((REPO / "crds").glob("*.yaml")):
-            for doc in yaml.safe_load_all(path.read_text()):
-                if doc and doc.get("kind") == "CustomResourceDefinition":
-                    ext.create_custom_resource_definition(doc)
-        time.sleep(2)  # let the CRDs become established before the operator lists them
+        install_crds(api, crd_documents(sorted((REPO / "crds").glob("*.yaml"))))
         core = kubernetes.client.CoreV1Api(api)
         apps = kubernetes.client.AppsV1Api(api)
         custom = kubernetes.client.CustomObjectsApi(api)
@@ -100,11 +81,7 @@ def main() -> int:
         for svc in ("app", "app-preview"):
             core.create_namespaced_service(NS, {"metadata": {"name": svc}, "spec": {
                 "selector": {"app": "demo"}, "ports": [{"port": 80}]}})
-        env = dict(os.environ, KUBECONFIG=cluster.kubeconfig, PYTHONPATH=str(REPO / "operator"))
-        op = subprocess.Popen([sys.executable, "-m", "teal.main", "run", "-A", "--liveness-port", "0",
-                               "--metrics-port", "0", "--log-level", "warning"],
-                              env=env, start_new_session=True, stdout=open(work / "operator.log", "wb"),
-                              stderr=subprocess.STDOUT)
+        op = OperatorProcess(cluster.kubeconfig, work / "operator.log", ["-A"], log_level="warning").start()
         try:
             svc_watch = Watch(core.list_namespaced_service, NS, field_selector="metadata.name=app")
             dep_watch = Watch(apps.list_namespaced_deployment, NS)
@@ -156,11 +133,10 @@ def main() -> int:
                 # drain stale events before the next round
                 while not svc_watch.q.empty():
                     svc_watch.q.get_nowait()
-            report("switch latency (new colour available -> Service switched)", switch)
-            report("revert latency (abort written -> Service back on stable)", revert)
+            print(summary("switch latency (new colour available -> Service switched)", switch))
+            print(summary("revert latency (abort written -> Service back on stable)", revert))
         finally:
-            os.killpg(op.pid, signal.SIGTERM)
-            op.wait(15)
+            op.stop()
     return 0
 
 

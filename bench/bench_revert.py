@@ -16,22 +16,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import os
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import kubernetes
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "operator"))
 
+from stats import summary  # noqa: E402
 from teal.devenv.cluster import LocalCluster  # noqa: E402
+from teal.devenv.crds import crd_documents, install_crds  # noqa: E402
+from teal.devenv.operator import OperatorProcess  # noqa: E402
 from teal.devenv.fakeapp import run_fakeapp  # noqa: E402
 from teal.devenv.prometheus import LocalPrometheus  # noqa: E402
 from teal.devenv.traffic import ClusterTraffic  # noqa: E402
@@ -41,16 +39,6 @@ NS = "bench"
 RATE = ('sum(rate(http_requests_total{namespace="{{namespace}}",teal_color="{{color}}",code=~"5.."}[3s]))'
         ' / sum(rate(http_requests_total{namespace="{{namespace}}",teal_color="{{color}}"}[3s]))')
 
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))]
-
-
-def line(name: str, values: list[float]) -> str:
-    ms = [v * 1000 for v in values]
-    return (f"{name:<9} p50={pct(ms, 50):6.0f}ms  p90={pct(ms, 90):6.0f}ms  p99={pct(ms, 99):6.0f}ms  "
-            f"mean={statistics.mean(ms):6.0f}ms")
 
 
 def first_failed_scrape(prom, color: str, t0: float, t_end: float) -> float:
@@ -76,11 +64,7 @@ def main() -> int:
         cluster = stack.enter_context(LocalCluster(work / "cluster"))
         prom = stack.enter_context(LocalPrometheus(work / "prom"))
         api = cluster.api_client()
-        ext = kubernetes.client.ApiextensionsV1Api(api)
-        for path in sorted((REPO / "crds").glob("*.yaml")):
-            for doc in yaml.safe_load_all(path.read_text()):
-                if doc and doc.get("kind") == "CustomResourceDefinition":
-                    ext.create_custom_resource_definition(doc)
+        install_crds(api, crd_documents(sorted((REPO / "crds").glob("*.yaml"))))
         core = kubernetes.client.CoreV1Api(api)
         custom = kubernetes.client.CustomObjectsApi(api)
         core.create_namespace({"metadata": {"name": NS}})
@@ -89,13 +73,7 @@ def main() -> int:
                 "selector": {"app": "demo"}, "ports": [{"port": 80}]}})
         apps = {c: stack.enter_context(run_fakeapp(c, NS)) for c in ("blue", "green")}
         prom.set_targets({NS: [a.target for a in apps.values()]}, wait_up=True)
-        env = dict(os.environ, KUBECONFIG=cluster.kubeconfig, PYTHONPATH=str(REPO / "operator"))
-        op = subprocess.Popen([sys.executable, "-m", "teal.main", "run", "-A", "--liveness-port", "0",
-                               "--metrics-port", "0", "--log-level", "warning"], env=env,
-                              start_new_session=True, stdout=open(work / "operator.log", "wb"),
-                              stderr=subprocess.STDOUT)
-        stack.callback(lambda: (os.killpg(op.pid, signal.SIGTERM), op.wait(15)))
-        time.sleep(1)
+        stack.enter_context(OperatorProcess(cluster.kubeconfig, work / "operator.log", ["-A"], log_level="warning"))
 
         def template(i: int) -> dict:
             return {"metadata": {"labels": {"app": "demo"}},
@@ -153,7 +131,7 @@ def main() -> int:
                 timeout=30, interval=0.5, what="errors out of the window")
         print(f"revert after degradation, {args.rounds} rounds, analysis interval {args.interval}, scrape 1s:")
         for name, values in parts.items():
-            print("  " + line(name, values))
+            print("  " + summary(name, values))
     return 0
 
 

@@ -5,8 +5,6 @@ import copy
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,89 +12,21 @@ from typing import Any, Callable
 
 import kubernetes
 import pytest
-import yaml
 from kubernetes.client.exceptions import ApiException
 
+from teal.devenv.crds import crd_documents, install_crds
+from teal.devenv.operator import OperatorProcess
 from teal.devenv.wait import wait_for
+
+__all__ = ["OperatorProcess", "Env", "EndpointRecorder", "rollout", "pod_template", "service"]
 
 REPO = Path(__file__).resolve().parent.parent
 CRDS = sorted((REPO / "crds").glob("*.yaml"))
 
 
-def install_crds(api_client) -> None:
-    ext = kubernetes.client.ApiextensionsV1Api(api_client)
-    names = []
-    for path in CRDS:
-        for doc in yaml.safe_load_all(path.read_text()):
-            if not doc or doc.get("kind") != "CustomResourceDefinition":
-                continue
-            names.append(doc["metadata"]["name"])
-            try:
-                ext.create_custom_resource_definition(doc)
-            except ApiException as e:
-                if e.status != 409:
-                    raise
-                current = ext.read_custom_resource_definition(doc["metadata"]["name"])
-                doc["metadata"]["resourceVersion"] = current.metadata.resource_version
-                ext.replace_custom_resource_definition(doc["metadata"]["name"], doc)
-
-    def established() -> bool:
-        for n in names:
-            crd = ext.read_custom_resource_definition(n)
-            conds = {c.type: c.status for c in (crd.status.conditions or [])}
-            if conds.get("Established") != "True":
-                return False
-        return True
-
-    wait_for(established, timeout=30, what="CRDs established")
-
-
-class OperatorProcess:
-    """`teal run` as a real subprocess (so a test can kill -9 it and start it again)."""
-
-    def __init__(self, kubeconfig: str, log_path: Path, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None):
-        self.kubeconfig = kubeconfig
-        self.log_path = log_path
-        self.extra_args = extra_args or []
-        self.env = env or {}
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "OperatorProcess":
-        env = dict(os.environ, KUBECONFIG=self.kubeconfig, PYTHONUNBUFFERED="1", **self.env)
-        env["PYTHONPATH"] = str(REPO / "operator") + os.pathsep + env.get("PYTHONPATH", "")
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "teal.main", "run", "--liveness-port", "0", "--metrics-port", "0",
-             "--log-level", "info", *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
-        log.close()
-        return self
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
-    def log_tail(self, n: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-
 @pytest.fixture(scope="session")
 def teal_crds(k8s):
-    install_crds(k8s)
+    install_crds(k8s, crd_documents(CRDS))
 
 
 @pytest.fixture(scope="session")

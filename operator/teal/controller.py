@@ -60,6 +60,7 @@ class Loop:
         self.failures = 0
         self.workload_ref: str | None = None
         self.route: tuple[str, str] | None = None  # (kind, name) of the traffic router's object
+        self.pending_events: list[core.Event] = []
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name=f"teal:{self.namespace}/{self.name}")
@@ -175,8 +176,13 @@ class Controller:
         if not (plan.status.get("release") or {}).get("analysisKey"):
             plan.status.pop("analysisRun", None)
         await self._write(body, status, plan.status)
+        # The decision is recorded; its Events are posted once the actions are done, so
+        # they never claim what has not happened. If an action fails, they wait on the loop
+        # (the next decision will not repeat them) and go out after the next success.
+        loop.pending_events.extend(plan.events)
         await self._act(body, spec, plan, router)
-        await self._post(body, plan.events)
+        events, loop.pending_events = loop.pending_events, []
+        await self._post(body, events)
         metrics.observe_reconcile(time.monotonic() - started, body, status, plan.status)
         if plan.actions:
             return MIN_REQUEUE  # look again at once: read back what we changed
@@ -256,8 +262,7 @@ def controller() -> Controller:
 
 @kopf.on.startup()
 async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.batching.batch_window = 0.01  # act on an event within milliseconds
-    settings.batching.idle_timeout = 60
+    settings.queueing.idle_timeout = 60  # kopf 1.45 hands each event over at once (no batch window)
     settings.execution.max_workers = 8
     settings.posting.level = logging.ERROR  # Teal posts its own, explained, Events
     settings.watching.server_timeout = 300

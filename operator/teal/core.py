@@ -276,7 +276,6 @@ def _dedupe(actions: list[Action]) -> list[Action]:
 
 def _decide(t: _Tick) -> None:
     spec, obs, st = t.spec, t.obs, t.st
-    bg = spec.blue_green
 
     # 1. Problems the operator cannot act around: say so, touch nothing.
     missing = [s for s in _service_names(spec) if not (obs.services.get(s) or ServiceObs(False)).exists]

@@ -69,6 +69,7 @@ def setup_logging(level: str, fmt: str) -> None:
 
 def load_kube_credentials(pool_size: int = 32) -> None:
     """In-cluster credentials, else the kubeconfig; shared by kopf and Teal's own client."""
+    import urllib3
     from kubernetes import client, config
 
     try:
@@ -77,6 +78,9 @@ def load_kube_credentials(pool_size: int = 32) -> None:
         config.load_kube_config()
     cfg = client.Configuration.get_default_copy()
     cfg.connection_pool_maxsize = pool_size
+    # urllib3 would re-send a timed-out read 3 times (4x the timeout): a hung call must
+    # fail after one timeout so the loop backs off; 429/503 with Retry-After still retry.
+    cfg.retries = urllib3.util.Retry(total=3, read=0)
     client.Configuration.set_default(cfg)
 
 

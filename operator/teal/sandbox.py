@@ -20,7 +20,6 @@ import datetime as dt
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -29,15 +28,6 @@ from typing import Any
 
 NS = "demo"
 NAME = "checkout"
-
-
-def _crd_files() -> list[Path]:
-    here = Path(__file__).resolve().parent
-    for folder in (here / "crds", here.parent.parent / "crds"):
-        files = sorted(folder.glob("*.yaml"))
-        if files:
-            return files
-    raise SystemExit("no CRD files found (teal/crds or crds/)")
 
 
 def _say(msg: str) -> None:
@@ -131,9 +121,10 @@ class Watcher(threading.Thread):
 
 def run(args: argparse.Namespace) -> int:
     import kubernetes
-    import yaml
 
     from .devenv.cluster import LocalCluster
+    from .devenv.crds import crd_documents, install_crds, teal_crd_files
+    from .devenv.operator import OperatorProcess
     from .devenv.fakeapp import run_fakeapp
     from .devenv.prometheus import LocalPrometheus
     from .devenv.traffic import ClusterTraffic
@@ -151,25 +142,15 @@ def run(args: argparse.Namespace) -> int:
         prom = stack.enter_context(LocalPrometheus(workdir / "prometheus", keep_logs=True))
         _say(f"Prometheus ready at {prom.url}")
         api = cluster.api_client()
-        ext = kubernetes.client.ApiextensionsV1Api(api)
-        for path in _crd_files():
-            for doc in yaml.safe_load_all(path.read_text()):
-                if doc and doc.get("kind") == "CustomResourceDefinition":
-                    ext.create_custom_resource_definition(doc)
+        install_crds(api, crd_documents(teal_crd_files()))
         core = kubernetes.client.CoreV1Api(api)
         core.create_namespace({"metadata": {"name": NS}})
         apps = {c: stack.enter_context(run_fakeapp(c, NS)) for c in ("blue", "green")}
         prom.set_targets({"checkout": [a.target for a in apps.values()]})
         _say(f"the blue and green versions run as local processes: {apps['blue'].url}, {apps['green'].url}")
 
-        env = dict(os.environ, KUBECONFIG=cluster.kubeconfig, PYTHONUNBUFFERED="1")
-        op_log = open(workdir / "operator.log", "wb")
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "teal.main", "run", "--all-namespaces", "--prometheus-address", prom.url,
-             "--liveness-port", "0", "--metrics-port", "0"],
-            stdout=op_log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
-        stack.callback(lambda: (operator.poll() is None and os.killpg(operator.pid, signal.SIGTERM), operator.wait(15)))
+        operator = stack.enter_context(OperatorProcess(
+            cluster.kubeconfig, workdir / "operator.log", ["--all-namespaces", "--prometheus-address", prom.url]))
         _say(f"operator started (pid {operator.pid}, log {workdir / 'operator.log'})")
 
         for svc in (NAME, f"{NAME}-preview"):
