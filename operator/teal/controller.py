@@ -28,7 +28,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from . import core, metrics
-from .api import GROUP, LABEL_ROLLOUT, PLURAL, VERSION, SpecError, parse_spec
+from .api import COLORS, GROUP, LABEL_ROLLOUT, PLURAL, VERSION, SpecError, parse_spec
 from .kube import Kube, merge_patch, owner_reference
 
 log = logging.getLogger("teal")
@@ -91,6 +91,14 @@ class Loop:
                 await asyncio.wait_for(self.poke.wait(), timeout=max(delay, 0.0) if delay < RESYNC_SECONDS else RESYNC_SECONDS)
             except asyncio.TimeoutError:
                 pass
+
+
+def selector_weights(spec, observed: core.Observed) -> dict[str, int] | None:
+    """Without a traffic router the weights are what the active Services select, read back."""
+    colors = [(observed.services.get(s) or core.ServiceObs()).color for s in spec.blue_green.active_services]
+    if not colors or any(c not in COLORS for c in colors):
+        return None
+    return {c: round(100 * colors.count(c) / len(colors)) for c in COLORS}
 
 
 def _api_message(e: ApiException) -> str:
@@ -168,6 +176,8 @@ class Controller:
         router = None
         if spec.blue_green.traffic_routing is not None:
             router, observed = await self._observe_router(body, spec, observed)
+        else:
+            observed = dataclasses.replace(observed, weights=selector_weights(spec, observed))
         extra_status: dict[str, Any] = {}
         if spec.analysis:
             observed, extra_status = await self._analysis(body, spec, status, observed, now)

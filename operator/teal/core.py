@@ -356,10 +356,13 @@ def _first_release(t: _Tick, want: str) -> None:
         t.actions.append(DeployColor(color, t.obs.template, want, rev, spec.replicas))
     if t.color(color).available(want, spec.replicas) and (spec.replicas == 0 or t.color(color).ready > 0):
         st.update(stableColor=color, activeColor=color, stableHash=want, stableRevision=rev)
+        started = parse_time(st.get("firstReleaseStartedAt"))
         for k in ("firstColor", "firstReleaseStartedAt", "firstReleaseHash"):
             st.pop(k, None)
         t.stats("releases")
         t.stats("promoted")
+        if started:
+            st["stats"]["lastReleaseSeconds"] = round((t.now - started).total_seconds(), 3)
         t.event("Promoted", f"revision {rev} is live on {color}")
         t.set_phase("Healthy", f"revision {rev} is live on {color}", "Healthy")
         return
