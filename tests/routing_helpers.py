@@ -23,6 +23,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from teal.api import TrafficRouting
+from teal.devenv.crds import install_crds as devenv_install_crds
 from teal.devenv.wait import wait_for
 from teal.routers import ColorServices, make_router
 
@@ -78,25 +79,7 @@ def crd_documents(folders: Iterable[Path], names: Iterable[str] | None = TEST_CR
 
 def install_crds(api_client: client.ApiClient, docs: list[dict[str, Any]], timeout: float = 120) -> list[str]:
     """Create (or leave as is) each CRD, then wait until all are Established and served."""
-    ext = client.ApiextensionsV1Api(api_client)
-    names = []
-    for doc in docs:
-        names.append(doc["metadata"]["name"])
-        try:
-            ext.create_custom_resource_definition(doc)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-
-    def established() -> bool:
-        for name in names:
-            crd = ext.read_custom_resource_definition(name)
-            conds = {c.type: c.status for c in (crd.status.conditions or [])}
-            if conds.get("Established") != "True":
-                return False
-        return True
-
-    wait_for(established, timeout=timeout, what="router CRDs Established")
+    names = devenv_install_crds(api_client, docs, timeout=timeout, replace=False)
     custom = client.CustomObjectsApi(api_client)
     for group, version, plural in (GATEWAY, ISTIO):
         wait_for(
