@@ -394,19 +394,24 @@ def _ensure_stable(t: _Tick) -> None:
         st.pop("scaleDown", None)
 
 
-def _new_release(t: _Tick, want: str, color: str) -> dict[str, Any]:
-    st = t.st
-    st["revision"] = int(st.get("revision") or st.get("stableRevision") or 0) + 1
-    st["currentRevision"] = str(st["revision"])
+def _release_at_start(t: _Tick, color: str) -> dict[str, Any]:
+    """The current revision's release on `color`, at its very start (new, or retried)."""
     now = iso(t.now)
     return {
-        "revision": st["currentRevision"],
-        "hash": want,
+        "revision": t.st["currentRevision"],
+        "hash": t.st["currentHash"],
         "color": color,
         "startedAt": now,
         "progressAt": now,
         "step": 0,
     }
+
+
+def _new_release(t: _Tick, color: str) -> dict[str, Any]:
+    st = t.st
+    st["revision"] = int(st.get("revision") or st.get("stableRevision") or 0) + 1
+    st["currentRevision"] = str(st["revision"])
+    return _release_at_start(t, color)
 
 
 def _start_release(t: _Tick, old: Mapping[str, Any] | None, want: str) -> dict[str, Any]:
@@ -423,7 +428,7 @@ def _start_release(t: _Tick, old: Mapping[str, Any] | None, want: str) -> dict[s
     st.pop("abort", None)
     st.pop("promote", None)
     color = other(stable)
-    release = _new_release(t, want, color)
+    release = _new_release(t, color)
     t.actions.append(RecordRevision(release["revision"], want, t.obs.template))
     t.stats("releases")
     idle = t.color(color)
@@ -490,7 +495,7 @@ def _handle_abort(t: _Tick, release: dict[str, Any], abort: Mapping[str, Any]) -
     if not release.get("abortedAt"):
         at = parse_time(abort.get("at")) or t.now
         release.clear()
-        release.update(_reset_release(t, stable))
+        release.update(_release_at_start(t, other(stable)))
         release["abortedAt"] = iso(t.now)
         st["scaleDown"] = {
             "color": other(stable),
@@ -508,20 +513,6 @@ def _handle_abort(t: _Tick, release: dict[str, Any], abort: Mapping[str, Any]) -
     t.set_phase("Aborted", msg, str(abort.get("reason") or "Aborted"))
 
 
-def _reset_release(t: _Tick, stable: str) -> dict[str, Any]:
-    """A release of the current revision back at its start (after an abort, for a retry)."""
-    st = t.st
-    now = iso(t.now)
-    return {
-        "revision": st["currentRevision"],
-        "hash": st["currentHash"],
-        "color": other(stable),
-        "startedAt": now,
-        "progressAt": now,
-        "step": 0,
-    }
-
-
 def _run_release(t: _Tick, release: dict[str, Any]) -> None:
     st, spec, bg = t.st, t.spec, t.spec.blue_green
     rev, want, color = release["revision"], release["hash"], release["color"]
@@ -534,7 +525,7 @@ def _run_release(t: _Tick, release: dict[str, Any]) -> None:
     if release.get("abortedAt"):
         # Retry: the abort was withdrawn (kubectl teal retry). Start the same revision afresh.
         release.clear()
-        release.update(_reset_release(t, stable))
+        release.update(_release_at_start(t, other(stable)))
         st.pop("promote", None)
         t.stats("retries", at=False)
         t.event("Retry", f"revision {rev} starts again on {release['color']}")
