@@ -201,3 +201,13 @@ def test_workload_ref_releases_the_deployments_template(k8s, namespace, teal_ope
     web = env.apps.read_namespaced_deployment("web", namespace)
     assert web.spec.replicas == 0 and web.metadata.resource_version != before  # only the user's own edit
     assert not (web.metadata.owner_references or [])  # Teal never adopts or writes it
+
+
+def test_selector_edited_by_hand_is_repaired_at_once(env, k8s):
+    first_release(env)
+    # a person (or a GitOps sync replacing the object) drops Teal's key from the selector
+    svc = env.core.read_namespaced_service("app", env.ns)
+    svc.spec.selector = {"app": "demo"}
+    env.core.replace_namespaced_service("app", env.ns, svc)
+    wait_for(lambda: env.selector_color("app") == "blue", timeout=5, interval=0.05,
+             what="selector repaired (well before the 30 s resync)")

@@ -61,6 +61,7 @@ class Loop:
         self.workload_ref: str | None = None
         self.route: tuple[str, str] | None = None  # (kind, name) of the traffic router's object
         self.pending_events: list[core.Event] = []
+        self.services: frozenset[str] = frozenset()  # the active and preview Services it points
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name=f"teal:{self.namespace}/{self.name}")
@@ -138,6 +139,11 @@ class Controller:
             if ns == namespace and loop.workload_ref == deployment:
                 loop.poke.set()
 
+    def wake_by_service(self, namespace: str, service: str) -> None:
+        for (ns, _), loop in list(self.loops.items()):
+            if ns == namespace and service in loop.services:
+                loop.poke.set()
+
     def wake_by_route(self, namespace: str, kind: str, name: str) -> None:
         for (ns, _), loop in list(self.loops.items()):
             if ns == namespace and loop.route is not None and loop.route[0] == kind and (
@@ -172,6 +178,8 @@ class Controller:
         loop.workload_ref = spec.workload_ref.name if spec.workload_ref else None
         routing = spec.blue_green.traffic_routing
         loop.route = (routing.kind, routing.name) if routing else None
+        loop.services = frozenset(spec.blue_green.active_services) | frozenset(
+            [spec.blue_green.preview_service] if spec.blue_green.preview_service else [])
         observed = await self.call(self.kube.observe, body, spec)
         router = None
         if spec.blue_green.traffic_routing is not None:
@@ -312,6 +320,12 @@ async def _owned_deployment_event(labels: dict, namespace: str, **_: Any) -> Non
 @kopf.on.event("apps", "v1", "deployments", labels={LABEL_ROLLOUT: kopf.ABSENT})
 async def _workload_event(name: str, namespace: str, **_: Any) -> None:
     controller().wake_by_workload(namespace, name)
+
+
+# A Service that appears (it was missing) or whose selector someone edited: act at once.
+@kopf.on.event("", "v1", "services")
+async def _service_event(name: str, namespace: str, **_: Any) -> None:
+    controller().wake_by_service(namespace, name)
 
 
 # A route edited by someone else (a user, a GitOps sync) gets Teal's weights back at once.
