@@ -21,6 +21,7 @@ import dataclasses
 import json
 import datetime as dt
 import logging
+import os
 import time
 from typing import Any
 
@@ -41,6 +42,9 @@ MIN_REQUEUE = 0.05
 class Settings:
     namespaces: list[str] = dataclasses.field(default_factory=list)  # empty: all namespaces
     prometheus_address: str | None = None
+    peering_name: str | None = None  # kopf peering: only the leading replica reconciles
+    priority: int = 0
+    identity: str = ""
     api_workers: int = 32  # threads for Kubernetes calls
     query_workers: int = 32  # threads for Prometheus queries (kept apart: a dead Prometheus can't starve the API calls)
 
@@ -68,6 +72,7 @@ class Loop:
 
     async def run(self) -> None:
         while True:
+            await self.controller.leading.wait()  # a standby replica never acts
             self.poke.clear()
             try:
                 delay = await self.controller.reconcile(self)
@@ -115,6 +120,9 @@ class Controller:
         self.loops: dict[tuple[str, str], Loop] = {}
         self.api_pool = concurrent.futures.ThreadPoolExecutor(SETTINGS.api_workers, thread_name_prefix="teal-api")
         self.query_pool = concurrent.futures.ThreadPoolExecutor(SETTINGS.query_workers, thread_name_prefix="teal-query")
+        self.leading = asyncio.Event()
+        self.leading.set()
+        self.gate: asyncio.Task | None = None
 
     async def call(self, fn, *args, **kwargs):
         loop = asyncio.get_running_loop()
@@ -151,7 +159,39 @@ class Controller:
             ):
                 loop.poke.set()
 
+    def start_peering_gate(self, interval: float = 1.0) -> None:
+        """With peering, reconcile only while this replica leads (see teal.peering)."""
+        from . import peering
+
+        async def watch_peers() -> None:
+            decided = False
+            while True:
+                try:
+                    peers = await self.call(peering.read_peers, self.kube.custom, SETTINGS.peering_name,
+                                            SETTINGS.namespaces)
+                    now = dt.datetime.now(dt.timezone.utc)
+                    lead = all(peering.leads(p, SETTINGS.identity, SETTINGS.priority, now) for p in peers)
+                except Exception as e:  # keep the last verdict; kopf's own peering goes on
+                    log.warning("peering: cannot read peers: %s", e)
+                    lead = self.leading.is_set()
+                if lead and (not decided or not self.leading.is_set()):
+                    log.info("peering: this replica (%s) leads; reconciling", SETTINGS.identity)
+                    self.leading.set()
+                    for loop in self.loops.values():
+                        loop.poke.set()
+                elif not lead and (not decided or self.leading.is_set()):
+                    log.warning("peering: a peer with a higher or equal priority is alive; this replica (%s) "
+                                "stands by", SETTINGS.identity)
+                    self.leading.clear()
+                decided = True
+                await asyncio.sleep(interval)
+
+        self.leading.clear()  # stand by until the first look at the peers
+        self.gate = asyncio.create_task(watch_peers(), name="teal:peering-gate")
+
     async def stop(self) -> None:
+        if self.gate:
+            self.gate.cancel()
         for loop in list(self.loops.values()):
             if loop.task:
                 loop.task.cancel()
@@ -291,6 +331,9 @@ async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # With a fixed list of namespaces there is nothing to discover at run time, and the
     # namespaced RBAC grants no cluster-wide list of namespaces or CRDs.
     settings.scanning.disabled = bool(SETTINGS.namespaces)
+    if SETTINGS.peering_name:
+        settings.peering.lifetime = int(os.environ.get("TEAL_PEERING_LIFETIME", "60"))
+        controller().start_peering_gate()
     controller()
 
 

@@ -94,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     load_kube_credentials(controller.SETTINGS.api_workers)
     controller.SETTINGS.namespaces = [] if args.all_namespaces else list(dict.fromkeys(args.namespace))
     controller.SETTINGS.prometheus_address = args.prometheus_address
+    controller.SETTINGS.peering_name = args.peering
+    controller.SETTINGS.priority = args.priority
+    from .peering import own_identity
+
+    controller.SETTINGS.identity = own_identity()
     if args.metrics_port:
         metrics.serve(args.metrics_port)
     kopf.run(
@@ -102,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         standalone=args.peering is None,
         peering_name=args.peering,
         priority=args.priority,
+        identity=controller.SETTINGS.identity,
         liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None,
     )
     return 0
