@@ -185,9 +185,13 @@ def run(args: argparse.Namespace) -> int:
             if st["phase"] != "Aborted":
                 _say("UNEXPECTED: the bad release was promoted")
                 return 1
+            deadline = time.monotonic() + 5  # the preview Service follows a moment after the status
+            while bad in traffic.split and time.monotonic() < deadline:
+                time.sleep(0.1)
             _say(f"the bad release was aborted; all traffic on {st['activeColor']} (traffic now {traffic.split})")
             for m in (st.get("analysis") or [])[-3:]:
-                _say(f"  measured {m.get('metric')} on {m.get('color')}: {m.get('value')} -> {m.get('verdict')}"
+                value = "no data" if m.get("value") is None else f"{m['value']:.4g}"
+                _say(f"  measured {m.get('metric')} on {m.get('color')}: {value} -> {m.get('verdict')}"
                      f" ({m.get('message', '')})")
         totals = traffic.load.totals()
         stats = watcher.status.get("stats", {})
