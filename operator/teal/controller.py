@@ -65,7 +65,7 @@ class Loop:
         self.workload_ref: str | None = None
         self.route: tuple[str, str] | None = None  # (kind, name) of the traffic router's object
         self.pending_events: list[core.Event] = []
-        self.services: frozenset[str] = frozenset()  # the active and preview Services it points
+        self.services: frozenset[str] = frozenset()  # the active and preview Services it points at
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name=f"teal:{self.namespace}/{self.name}")
@@ -94,7 +94,7 @@ class Loop:
             if delay is None:
                 return  # the Rollout is gone
             try:
-                await asyncio.wait_for(self.poke.wait(), timeout=max(delay, 0.0) if delay < RESYNC_SECONDS else RESYNC_SECONDS)
+                await asyncio.wait_for(self.poke.wait(), timeout=min(max(delay, 0.0), RESYNC_SECONDS))
             except asyncio.TimeoutError:
                 pass
 
@@ -142,22 +142,21 @@ class Controller:
         if loop and loop.task:
             loop.task.cancel()
 
-    def wake_by_workload(self, namespace: str, deployment: str) -> None:
-        for (ns, name), loop in list(self.loops.items()):
-            if ns == namespace and loop.workload_ref == deployment:
+    def _poke_where(self, namespace: str, matches) -> None:
+        for (ns, _), loop in list(self.loops.items()):
+            if ns == namespace and matches(loop):
                 loop.poke.set()
+
+    def wake_by_workload(self, namespace: str, deployment: str) -> None:
+        self._poke_where(namespace, lambda loop: loop.workload_ref == deployment)
 
     def wake_by_service(self, namespace: str, service: str) -> None:
-        for (ns, _), loop in list(self.loops.items()):
-            if ns == namespace and service in loop.services:
-                loop.poke.set()
+        self._poke_where(namespace, lambda loop: service in loop.services)
 
     def wake_by_route(self, namespace: str, kind: str, name: str) -> None:
-        for (ns, _), loop in list(self.loops.items()):
-            if ns == namespace and loop.route is not None and loop.route[0] == kind and (
-                loop.route[1] == name or (kind == "nginx" and name == f"{loop.route[1]}-teal-canary")
-            ):
-                loop.poke.set()
+        """`name` is the route itself, or the canary Ingress Teal made beside an Ingress."""
+        self._poke_where(namespace, lambda loop: loop.route is not None and loop.route[0] == kind and (
+            loop.route[1] == name or (kind == "nginx" and name == f"{loop.route[1]}-teal-canary")))
 
     def start_peering_gate(self, interval: float = 1.0) -> None:
         """With peering, reconcile only while this replica leads (see teal.peering)."""
