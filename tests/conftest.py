@@ -29,6 +29,13 @@ from teal.devenv.prometheus import LocalPrometheus
 
 pytest_plugins: list[str] = []
 
+# The suite shares 2 cores with a control plane and Prometheus: property tests judge
+# behaviour, never speed (speed belongs in bench/).
+from hypothesis import HealthCheck, settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("teal", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_hypothesis_settings.load_profile("teal")
+
 
 def _loud(message: str) -> None:
     """Write past pytest's capture, so it is seen even on success."""

@@ -117,7 +117,7 @@ def test_safety_and_liveness(spec, history):
     assert w.status.get("message")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs(), st.lists(ops, max_size=30), st.integers(0, 30))
 def test_restart_anywhere_is_equivalent(spec, history, cut):
     """Deciding again from persisted status gives the same decision: no hidden memory."""
@@ -132,7 +132,7 @@ def test_restart_anywhere_is_equivalent(spec, history, cut):
     assert a.actions == b.actions and a.status == b.status
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs(), st.lists(ops, max_size=30))
 def test_decide_is_idempotent_once_converged(spec, history):
     """Applying a plan and deciding again at the same instant asks for nothing new."""

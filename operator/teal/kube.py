@@ -60,6 +60,12 @@ def _get(fn, *args, **kwargs):
         raise
 
 
+def fresh_available(updated: int, available: int, total: int) -> int:
+    """Available pods of the newest template only. While old pods still run, some of the
+    available ones may be old: count only what must be new."""
+    return max(0, min(updated, available - max(0, total - updated)))
+
+
 class Kube:
     """Thin wrapper over the client APIs one Rollout reconcile needs."""
 
@@ -98,9 +104,7 @@ class Kube:
         updated = st.updated_replicas or 0
         available = st.available_replicas or 0
         total = st.replicas or 0
-        # available pods of the newest template only: when old pods still run, count the
-        # updated ones that can be available at most.
-        fresh = min(updated, available) if total > updated else min(available, updated)
+        fresh = fresh_available(updated, available, total)
         return core.ColorObs(
             exists=True,
             hash=(meta.annotations or {}).get(ANNOTATION_HASH),
