@@ -27,7 +27,10 @@ from teal.devenv.cluster import LocalCluster
 from teal.devenv.procs import live_children
 from teal.devenv.prometheus import LocalPrometheus
 
-pytest_plugins: list[str] = []
+# Fixtures of the helper modules, registered once for the whole session (a fixture
+# imported into several test modules would otherwise exist once per module: several
+# "session" operators at the same time).
+pytest_plugins: list[str] = ["operator_helpers", "routing_helpers", "cli_helpers", "analysis_helpers"]
 
 # The suite shares 2 cores with a control plane and Prometheus: property tests judge
 # behaviour, never speed (speed belongs in bench/).

@@ -14,7 +14,6 @@ import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from teal.devenv.crds import crd_documents, install_crds
 from teal.devenv.operator import OperatorProcess
 from teal.devenv.wait import wait_for
 
@@ -24,20 +23,35 @@ REPO = Path(__file__).resolve().parent.parent
 CRDS = sorted((REPO / "crds").glob("*.yaml"))
 
 
-@pytest.fixture(scope="session")
-def teal_crds(k8s):
-    install_crds(k8s, crd_documents(CRDS))
+
+
+_SESSION_OPERATORS: list[OperatorProcess] = []
 
 
 @pytest.fixture(scope="session")
-def teal_operator(cluster, teal_crds, tmp_path_factory):
+def teal_operator(cluster, teal_crds, tmp_path_factory):  # teal_crds: see cli_helpers
+    """The operator, cluster-wide, for the whole session (tests may kill and restart it)."""
     op = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log").start()
+    _SESSION_OPERATORS.append(op)
     try:
         yield op
     finally:
+        _SESSION_OPERATORS.remove(op)
         op.kill(signal.SIGTERM)
         if os.environ.get("TEAL_SHOW_OPERATOR_LOG"):
             print(op.log_tail(200))
+
+
+@pytest.fixture(scope="module")
+def no_operator():
+    """For tests that write Rollout statuses by hand: the session operator, if it runs,
+    stops for the module (it would reconcile those Rollouts) and starts again after."""
+    stopped = [op for op in _SESSION_OPERATORS if op.proc is not None and op.proc.poll() is None]
+    for op in stopped:
+        op.kill(signal.SIGTERM)
+    yield
+    for op in stopped:
+        op.start()
 
 
 # ------------------------------------------------------------------ objects

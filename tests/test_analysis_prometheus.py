@@ -9,12 +9,11 @@ import shutil
 
 import pytest
 
-from analysis_helpers import (  # noqa: F401  (colors is a fixture)
+from analysis_helpers import (
     NS,
     VARIABLES,
     WINDOW,
     Colors,
-    colors,
     error_rate_query,
     now,
     self_signed,

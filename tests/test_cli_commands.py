@@ -12,22 +12,18 @@ import time
 import pytest
 import yaml
 
-from cli_helpers import (  # noqa: F401  (fixtures)
-    binaries,
+from cli_helpers import (
     healthy_status,
-    kubectl,
     progressing_status,
     rollout_manifest,
-    rollouts,
     teal,
-    teal_crds,
     teal_subprocess,
     wait_line,
 )
 from teal.api import template_hash
 from teal.devenv.wait import wait_for
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("no_operator")]  # statuses written by hand
 
 
 def ns_args(namespace: str) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cli_helpers import CRDS, EXAMPLES, binaries, kubectl, run, teal, teal_crds  # noqa: F401  (fixtures)
+from cli_helpers import CRDS, EXAMPLES, run, teal
 
 from teal import cli_lint
 

@@ -25,7 +25,7 @@ from crd_helpers import (
     ROLLOUT_CRD, apply_defaults, docs, example_files, expectation, invalid_files, node, rollout_crd, rollouts,
 )
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("no_operator")]  # statuses written by hand
 
 G, V, P = api.GROUP, api.VERSION, api.PLURAL
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"

@@ -8,7 +8,7 @@ import socket
 import time
 
 import pytest
-from operator_helpers import EndpointRecorder, Env, rollout, teal_crds, teal_operator  # noqa: F401
+from operator_helpers import EndpointRecorder, Env, rollout
 
 from teal.devenv.fakeapp import run_fakeapp
 from teal.devenv.traffic import ClusterTraffic

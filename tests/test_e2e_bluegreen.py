@@ -6,7 +6,7 @@ checks that once the first release is ready they never drop to zero and never mi
 from __future__ import annotations
 
 import pytest
-from operator_helpers import EndpointRecorder, Env, pod_template, rollout, teal_crds, teal_operator  # noqa: F401
+from operator_helpers import EndpointRecorder, Env, pod_template, rollout
 
 from teal.devenv.wait import wait_for
 

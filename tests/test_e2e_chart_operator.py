@@ -7,8 +7,8 @@ import uuid
 
 import kubernetes
 import pytest
-from cli_helpers import binaries, chart_dir, helm, installed_chart  # noqa: F401
-from operator_helpers import Env, OperatorProcess, rollout, teal_crds, teal_operator  # noqa: F401
+from cli_helpers import installed_chart
+from operator_helpers import Env, OperatorProcess, rollout
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 

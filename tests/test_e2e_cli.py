@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from cli_helpers import teal
-from operator_helpers import Env, rollout, teal_crds, teal_operator  # noqa: F401
+from operator_helpers import Env, rollout
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 

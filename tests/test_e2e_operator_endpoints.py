@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from operator_helpers import Env, OperatorProcess, rollout, teal_crds, teal_operator  # noqa: F401
+from operator_helpers import Env, OperatorProcess, rollout
 
 from teal.devenv.wait import wait_for
 

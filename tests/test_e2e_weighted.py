@@ -10,8 +10,8 @@ import contextlib
 import threading
 
 import pytest
-from operator_helpers import Env, pod_template, teal_crds, teal_operator  # noqa: F401
-from routing_helpers import ACTIVE, ROLLOUT, RoutingEnv, owner, router_crds  # noqa: F401
+from operator_helpers import Env, pod_template
+from routing_helpers import ACTIVE, ROLLOUT, RoutingEnv
 
 from teal.devenv.wait import wait_for
 

@@ -15,12 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cli_helpers import (  # noqa: F401  (fixtures)
+from cli_helpers import (
     CHART,
-    binaries,
-    chart_dir,
-    helm,
-    kubectl,
     release_name,
     run,
 )

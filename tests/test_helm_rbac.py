@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from cli_helpers import binaries, chart_dir, helm, installed_chart, kubectl  # noqa: F401  (fixtures)
+from cli_helpers import installed_chart
 from cli_helpers import teal
 from test_helm_chart import CLUSTER_MODE_ONLY, CLUSTER_NEEDS, NAMESPACED_NEEDS, PEERING_VERBS
 

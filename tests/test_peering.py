@@ -8,7 +8,7 @@ from pathlib import Path
 
 import kubernetes
 import pytest
-from operator_helpers import Env, OperatorProcess, rollout, teal_crds, teal_operator  # noqa: F401
+from operator_helpers import Env, OperatorProcess, rollout
 
 from teal.devenv.crds import crd_documents, install_crds
 from teal.devenv.wait import wait_for

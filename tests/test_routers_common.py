@@ -6,7 +6,7 @@ import threading
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from routing_helpers import owner, router_crds, routing  # noqa: F401  (fixtures)
+
 from teal.devenv.wait import wait_for
 from teal.routers import Router, RouterError, ensure_color_services
 

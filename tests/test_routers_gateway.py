@@ -5,7 +5,7 @@ import copy
 
 import pytest
 
-from routing_helpers import backend_weights, owner, router_crds, routing  # noqa: F401  (fixtures)
+from routing_helpers import backend_weights
 from teal.routers import ANNOTATION_WEIGHTS, RouterError
 
 pytestmark = pytest.mark.cluster

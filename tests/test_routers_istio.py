@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from routing_helpers import destination_weights, owner, router_crds, routing  # noqa: F401  (fixtures)
+from routing_helpers import destination_weights
 from teal.routers import RouterError
 
 pytestmark = pytest.mark.cluster

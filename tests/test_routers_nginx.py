@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from routing_helpers import canary_state, owner, primary_backends, router_crds, routing  # noqa: F401
+from routing_helpers import canary_state, primary_backends
 from teal.routers import RouterError
 
 pytestmark = pytest.mark.cluster
