@@ -42,6 +42,17 @@ def teal_operator(cluster, teal_crds, tmp_path_factory):  # teal_crds: see cli_h
             print(op.log_tail(200))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test shows the end of the session operator's log (CI keeps nothing else)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for op in _SESSION_OPERATORS:
+            tail = "\n".join(line for line in op.log_tail(400).splitlines() if "Unresolved resources" not in line)
+            report.sections.append(("teal operator log (end)", "\n".join(tail.splitlines()[-60:])))
+
+
 @pytest.fixture(scope="module")
 def no_operator():
     """For tests that write Rollout statuses by hand: the session operator, if it runs,

@@ -39,8 +39,11 @@ def test_operator_with_chart_credentials_completes_a_release(cluster, k8s, helm,
                 assert env.selector_color("app") == "green"
                 assert "Switched" in env.events()  # Events are allowed too
                 assert st["stats"]["promoted"] == 2
-                log = op.log_tail(400)
-                assert "Forbidden" not in log and " 403" not in log, log
+                # (a cluster-wide operator also meets other tests' namespaces being deleted:
+                # "unable to create new content ... being terminated" is a 403 too, not RBAC)
+                denied = [line for line in op.log_tail(2000).splitlines() if "system:serviceaccount:" in line
+                          or ("forbidden" in line.lower() and "being terminated" not in line)]
+                assert not denied, "\n".join(denied[:10])
             finally:
                 op.kill(signal.SIGTERM)
     finally:

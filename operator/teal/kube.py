@@ -264,7 +264,7 @@ class Kube:
         try:
             self.core.create_namespaced_event(meta["namespace"], ev, _request_timeout=TIMEOUT)
         except ApiException as e:  # events are best effort
-            log.warning("could not post event %s: %s", event.reason, e.reason)
+            log.warning("could not post event %s: %s %s", event.reason, e.reason, (e.body or "")[:300])
 
 
 def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
