@@ -29,8 +29,9 @@ _SESSION_OPERATORS: list[OperatorProcess] = []
 
 
 @pytest.fixture(scope="session")
-def teal_operator(cluster, teal_crds, tmp_path_factory):  # teal_crds: see cli_helpers
-    """The operator, cluster-wide, for the whole session (tests may kill and restart it)."""
+def teal_operator(cluster, teal_crds, router_crds, tmp_path_factory):  # see cli_helpers, routing_helpers
+    """The operator, cluster-wide, for the whole session (tests may kill and restart it).
+    The routers' CRDs exist before it starts, as in a cluster that runs Gateway API/Istio."""
     op = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log").start()
     _SESSION_OPERATORS.append(op)
     try:

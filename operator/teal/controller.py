@@ -35,6 +35,7 @@ from .kube import Kube, merge_patch, owner_reference
 log = logging.getLogger("teal")
 
 RESYNC_SECONDS = 30.0
+ROUTE_RESYNC_SECONDS = 5.0
 MIN_REQUEUE = 0.05
 
 
@@ -243,7 +244,12 @@ class Controller:
         metrics.observe_reconcile(time.monotonic() - started, body, status, plan.status)
         if plan.actions:
             return MIN_REQUEUE  # look again at once: read back what we changed
-        return plan.requeue_after if plan.requeue_after is not None else RESYNC_SECONDS
+        requeue = plan.requeue_after if plan.requeue_after is not None else RESYNC_SECONDS
+        if router is not None and plan.status.get("release"):
+            # Mid-release, a route someone else edits gets Teal's weights back even if its
+            # watch event is missed (the route's CRD may have appeared after start-up).
+            requeue = min(requeue, ROUTE_RESYNC_SECONDS)
+        return requeue
 
     async def _write(self, body, old: dict, new: dict) -> None:
         patch = merge_patch(old, new)
