@@ -24,7 +24,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ..api import BLUE, COLORS, GREEN, LABEL_COLOR, LABEL_ROLLOUT, other
+from ..api import BLUE, COLORS, GREEN, LABEL_COLOR, LABEL_ROLLOUT, TrafficRouting, other
 
 ANNOTATION_WEIGHTS = "teal.dev/weights"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -76,6 +76,30 @@ class Router(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able picture for status/Events/kubectl: weights, last applied, drift, places."""
+
+
+class RouterBase:
+    """What every router keeps: where it works and for whom (no state about weights)."""
+
+    kind = ""
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        namespace: str,
+        rollout_name: str,
+        owner_ref: Mapping[str, Any],
+        routing: TrafficRouting,
+        services: "ColorServices",
+    ):
+        self.raw = Raw(api_client)
+        self.namespace = namespace
+        self.rollout = rollout_name
+        self.owner_ref = dict(owner_ref)
+        self.routing = routing
+        self.services = services
+        self.name = routing.name
+        self.last_drift: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

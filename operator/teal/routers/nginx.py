@@ -40,13 +40,13 @@ from typing import Any, Mapping
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ..api import COLORS, LABEL_COLOR, TrafficRouting, other
+from ..api import COLORS, LABEL_COLOR, other
 from .base import (
     ANNOTATION_WEIGHTS,
     JSON_PATCH,
     annotation_ops,
-    ColorServices,
     Raw,
+    RouterBase,
     RouterError,
     api_error,
     combine,
@@ -96,27 +96,12 @@ class _Canary:
     keys: set[tuple]
 
 
-class NginxRouter:
+class NginxRouter(RouterBase):
     kind = "Ingress"
 
-    def __init__(
-        self,
-        api_client: client.ApiClient,
-        namespace: str,
-        rollout_name: str,
-        owner_ref: Mapping[str, Any],
-        routing: TrafficRouting,
-        services: ColorServices,
-    ):
-        self.raw = Raw(api_client)
-        self.namespace = namespace
-        self.rollout = rollout_name
-        self.owner_ref = dict(owner_ref)
-        self.routing = routing
-        self.services = services
-        self.name = routing.name
-        self.canary_name = routing.name + CANARY_SUFFIX
-        self.last_drift: str | None = None
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.canary_name = self.routing.name + CANARY_SUFFIX
 
     def __repr__(self) -> str:
         return f"<NginxRouter {self.namespace}/{self.name}>"

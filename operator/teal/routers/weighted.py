@@ -14,13 +14,11 @@ import copy
 import dataclasses
 from typing import Any, Mapping
 
-from kubernetes import client
 
-from ..api import COLORS, TrafficRouting, other
+from ..api import COLORS, other
 from .base import (
     ANNOTATION_WEIGHTS,
-    ColorServices,
-    Raw,
+    RouterBase,
     RouterError,
     annotation_ops,
     combine,
@@ -52,7 +50,7 @@ class Place:
         return [c for c in COLORS if not self.index[c]]
 
 
-class ListRouter:
+class ListRouter(RouterBase):
     """Base of GatewayAPIRouter and IstioRouter; subclasses describe the object."""
 
     kind = ""
@@ -62,23 +60,6 @@ class ListRouter:
     plural = ""
     entry_word = "entry"
 
-    def __init__(
-        self,
-        api_client: client.ApiClient,
-        namespace: str,
-        rollout_name: str,
-        owner_ref: Mapping[str, Any],
-        routing: TrafficRouting,
-        services: ColorServices,
-    ):
-        self.raw = Raw(api_client)
-        self.namespace = namespace
-        self.rollout = rollout_name
-        self.owner_ref = dict(owner_ref)
-        self.routing = routing
-        self.services = services
-        self.name = routing.name
-        self.last_drift: str | None = None
 
     # -- what subclasses provide
     def entry_color(self, entry: Mapping[str, Any]) -> str | None:
