@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 
+import kubernetes
 import pytest
 from operator_helpers import Env, pod_template
 from routing_helpers import ACTIVE, ROLLOUT, RoutingEnv
@@ -47,13 +48,17 @@ class Sampler(threading.Thread):
         self.stop_flag = threading.Event()
 
     def ready(self) -> dict[str, int]:
+        """Ready pods per colour; a failed read raises (the sample is dropped, never counted as 0)."""
         out = {}
         for c in ("blue", "green"):
             try:
-                d = self.env.apps.read_namespaced_deployment(f"{ROLLOUT}-{c}", self.env.ns, _request_timeout=(2, 5))
-                out[c] = d.status.ready_replicas or 0
-            except Exception:
-                out[c] = 0
+                d = self.env.apps.read_namespaced_deployment(f"{ROLLOUT}-{c}", self.env.ns, _request_timeout=(5, 10))
+            except kubernetes.client.exceptions.ApiException as e:
+                if e.status != 404:
+                    raise
+                out[c] = 0  # no Deployment: certainly no ready pods
+                continue
+            out[c] = d.status.ready_replicas or 0
         return out
 
     def run(self) -> None:
