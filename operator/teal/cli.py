@@ -155,6 +155,14 @@ class Cluster:
             query={"fieldManager": FIELD_MANAGER}, content_type=ctype,
         )
 
+    def write_status(self, ro: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge `status` into the Rollout's status, only if nobody wrote it since `ro` was read."""
+        return self.patch_rollout(
+            ro["metadata"]["name"],
+            {"metadata": {"resourceVersion": ro["metadata"]["resourceVersion"]}, "status": dict(status)},
+            status=True,
+        )
+
     # -- what a Rollout owns or points at
     def get_optional(self, path: str) -> dict[str, Any] | None:
         try:
@@ -379,11 +387,7 @@ def cmd_promote(cluster: Cluster, args: argparse.Namespace) -> int:
             )
         step = st.get("currentStep")
         promote = {"revision": str(rev), "step": int(step) if step is not None else None, "full": bool(args.full)}
-        cluster.patch_rollout(
-            args.name,
-            {"metadata": {"resourceVersion": ro["metadata"]["resourceVersion"]}, "status": {"promote": promote}},
-            status=True,
-        )
+        cluster.write_status(ro, {"promote": promote})
         what = "fully (skipping the remaining steps and analysis)" if args.full else (
             f"past step {step}" if step is not None else "")
         _out(f"rollout {args.name} revision {rev} promoted {what}".rstrip())
@@ -408,11 +412,7 @@ def cmd_abort(cluster: Cluster, args: argparse.Namespace) -> int:
         if args.message:
             message += f": {args.message}"
         abort = {"revision": str(rev), "reason": "AbortedByUser", "message": message, "at": now_iso()}
-        cluster.patch_rollout(
-            args.name,
-            {"metadata": {"resourceVersion": ro["metadata"]["resourceVersion"]}, "status": {"abort": abort}},
-            status=True,
-        )
+        cluster.write_status(ro, {"abort": abort})
         _out(f"rollout {args.name} revision {rev} aborted: traffic goes back to the stable colour")
         return EXIT_OK
 
@@ -428,11 +428,7 @@ def cmd_retry(cluster: Cluster, args: argparse.Namespace) -> int:
                 f"rollout {args.name} is {st.get('phase') or 'without status'}, not Aborted; only an aborted release can be retried",
                 EXIT_REFUSED,
             )
-        cluster.patch_rollout(
-            args.name,
-            {"metadata": {"resourceVersion": ro["metadata"]["resourceVersion"]}, "status": {"abort": None}},
-            status=True,
-        )
+        cluster.write_status(ro, {"abort": None})
         _out(f"rollout {args.name} revision {st.get('currentRevision', '?')} retried")
         return EXIT_OK
 
