@@ -318,27 +318,22 @@ class Raw:
     def _json(resp: Any) -> dict[str, Any]:
         return json.loads(resp.data)
 
-    # Services
-    def get_service(self, ns: str, name: str) -> dict[str, Any] | None:
+    def _read(self, read: Callable[..., Any], ns: str, name: str, kind: str) -> dict[str, Any] | None:
+        """A built-in object as plain JSON; None when it does not exist."""
         try:
-            return self._json(self.core.read_namespaced_service(name, ns, _preload_content=False))
+            return self._json(read(name, ns, _preload_content=False))
         except urllib3.exceptions.HTTPError as exc:
-            raise unreachable(exc, f"reading Service {name}") from exc
+            raise unreachable(exc, f"reading {kind} {name}") from exc
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise api_error(exc, f"reading Service {name}") from exc
+            raise api_error(exc, f"reading {kind} {name}") from exc
 
-    # Ingresses
+    def get_service(self, ns: str, name: str) -> dict[str, Any] | None:
+        return self._read(self.core.read_namespaced_service, ns, name, "Service")
+
     def get_ingress(self, ns: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self._json(self.net.read_namespaced_ingress(name, ns, _preload_content=False))
-        except urllib3.exceptions.HTTPError as exc:
-            raise unreachable(exc, f"reading Ingress {name}") from exc
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise api_error(exc, f"reading Ingress {name}") from exc
+        return self._read(self.net.read_namespaced_ingress, ns, name, "Ingress")
 
     # Custom objects
     def get_custom(self, group: str, version: str, plural: str, ns: str, name: str, kind: str) -> dict[str, Any] | None:
