@@ -61,7 +61,22 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5,
 # --------------------------------------------------------------------- app
 
 
-class FakeApp:
+class _Address:
+    """``url`` and ``target`` of something listening on ``host``:``port``."""
+
+    host: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"  # type: ignore[attr-defined]
+
+    @property
+    def target(self) -> str:
+        """``host:port`` as a Prometheus static target."""
+        return f"{self.host}:{self.port}"  # type: ignore[attr-defined]
+
+
+class FakeApp(_Address):
     """The HTTP app, served from a background thread of this process."""
 
     def __init__(
@@ -142,15 +157,6 @@ class FakeApp:
     def port(self) -> int:
         assert self._server is not None, "not started"
         return self._server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def target(self) -> str:
-        """``host:port`` as a Prometheus static target."""
-        return f"{self.host}:{self.port}"
 
     def start(self) -> "FakeApp":
         app = self
@@ -240,7 +246,7 @@ def control(url: str, error_rate: float | None = None, latency: float | None = N
         return json.loads(r.read())
 
 
-class FakeAppProcess:
+class FakeAppProcess(_Address):
     """Handle on a fake app running as ``python -m teal.devenv.fakeapp``."""
 
     def __init__(self, color: str, namespace: str, component: Component, port: int, workdir: Path,
@@ -252,14 +258,6 @@ class FakeAppProcess:
         self._component = component
         self._workdir = workdir
         self._stopped = False
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def target(self) -> str:
-        return f"{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
