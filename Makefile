@@ -1,7 +1,7 @@
 # The two commands a newcomer needs (see README.md):
 #   make sandbox   a local control plane + Prometheus, the operator, and a demo release
 #   make test      the whole test suite against real components
-.PHONY: sandbox sandbox-bad test test-fast bench lint crds
+.PHONY: sandbox sandbox-bad test test-fast bench crds image dist
 
 sandbox:
 	bash hack/sandbox.sh
@@ -21,3 +21,11 @@ bench:
 
 crds:
 	bash hack/sync-crds.sh
+
+# the operator image as an OCI archive, built without a Docker daemon (dist/teal-image.oci.tar)
+image:
+	bash hack/build-image.sh
+
+# what a release ships: install.yaml (+ namespaced variant), the packaged chart, the wheel
+dist:
+	bash hack/build-dist.sh
