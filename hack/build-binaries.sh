@@ -25,16 +25,21 @@ need_go() {
   fi
 }
 
-# apt_install CMD "PACKAGES": shared with hack/build-image.sh
-# shellcheck source=lib/apt.sh
-source "$here/lib/apt.sh"
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || die "$1 is missing and there is no apt-get to install Debian package '$2'. Install it and re-run."
+  log "installing Debian package(s) $2"
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=""; fi
+  # apt-get update only when the lists are missing or older than a day
+  if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mtime -1 2>/dev/null | head -1)" ]; then
+    $SUDO apt-get update -qq >&2 || die "apt-get update failed"
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $2 >&2 \
+    || die "apt-get install $2 failed"
+}
 
 # ---- etcd and Prometheus from Debian ----
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || apt_install etcd "etcd-server"
 command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || apt_install prometheus "prometheus"
-# actionlint runs shellcheck on the workflows' run: blocks when it is installed (optional)
-command -v shellcheck >/dev/null 2>&1 || ( apt_install shellcheck shellcheck ) \
-  || log "shellcheck could not be installed: actionlint checks the workflows without it"
 # Debian may start both as services on install (they run as their own users); the tests
 # start their own on free ports. Only the services are stopped, never a test's processes.
 for svc in etcd prometheus prometheus-node-exporter; do
@@ -125,10 +130,7 @@ if [ ! -x "$KSTATUS_DIR/kstatus" ]; then
   mv "$KSTATUS_DIR/kstatus.tmp" "$KSTATUS_DIR/kstatus"
   timing "built kstatus in $(( $(date +%s) - start ))s"
 fi
-# checks .github/workflows/ (tests/test_install_artifacts.py); shellcheck, if installed, checks their run: blocks
-go_install actionlint github.com/rhysd/actionlint/cmd/actionlint "$ACTIONLINT_VERSION" actionlint
 
 echo "$K8S_DIR"
 echo "$CACHE/bin/kwok-$KWOK_VERSION"
 echo "$CACHE/bin/helm-$HELM_VERSION"
-echo "$CACHE/bin/actionlint-$ACTIONLINT_VERSION"
