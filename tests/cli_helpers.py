@@ -101,14 +101,14 @@ def teal_crds(cluster, kubectl) -> list[str]:
 
 @pytest.fixture(scope="session")
 def chart_dir(tmp_path_factory) -> Path:
-    """charts/teal, with its crds/ filled from crds/ when the sync has not run yet."""
-    if any((CHART / "crds").glob("*.yaml")):
+    """charts/teal, with its files/crds/ filled from crds/ when the sync has not run yet."""
+    if any((CHART / "files" / "crds").glob("*.yaml")):
         return CHART
     copy = tmp_path_factory.mktemp("chart") / "teal"
     shutil.copytree(CHART, copy)
-    (copy / "crds").mkdir(exist_ok=True)
+    (copy / "files" / "crds").mkdir(parents=True, exist_ok=True)
     for f in CRDS.glob("*.yaml"):
-        shutil.copy(f, copy / "crds" / f.name)
+        shutil.copy(f, copy / "files" / "crds" / f.name)
     return copy
 
 

@@ -11,7 +11,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CRDS = ROOT / "crds"
 ROLLOUT_CRD = CRDS / "rollouts.yaml"
-COPIES = (ROOT / "operator" / "teal" / "crds", ROOT / "charts" / "teal" / "crds")
+COPIES = (ROOT / "operator" / "teal" / "crds", ROOT / "charts" / "teal" / "files" / "crds")
 EXAMPLES = ROOT / "examples"
 INVALID = EXAMPLES / "invalid"
 

@@ -60,9 +60,12 @@ def template(helm: str, chart: Path, *sets: str, namespace: str = "teal-system",
 
 
 def rules_of(docs: list[dict[str, Any]], kind: str, namespace: str | None = None) -> dict[tuple[str, str], set[str]]:
+    """The operator's own rules (the roles aggregated into view/edit/admin are for users: test_helm_aggregate.py)."""
     out: dict[tuple[str, str], set[str]] = {}
     for d in docs:
         if d["kind"] != kind or (namespace is not None and d["metadata"].get("namespace") != namespace):
+            continue
+        if any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in d["metadata"].get("labels") or {}):
             continue
         for rule in d.get("rules") or []:
             for g in rule.get("apiGroups") or []:

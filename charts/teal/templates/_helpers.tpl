@@ -72,3 +72,50 @@ Validations the JSON schema cannot express (it sees values, not the release).
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled" }}
 {{- end }}
 {{- end }}
+
+{{/* The name of the CRD in a document of files/crds/ (empty for anything else). */}}
+{{- define "teal.crd.name" -}}
+{{- if regexMatch "(?m)^kind: CustomResourceDefinition\\s*$" . }}
+{{- regexFind "(?m)^  name: \\S+" . | trimPrefix "  name: " }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when this release may render the CRD (list $ name): absent from the cluster, or
+made by this release (Helm's ownership annotations). Always true under `helm template`.
+*/}}
+{{- define "teal.crd.ours" -}}
+{{- $root := index . 0 }}
+{{- $live := lookup "apiextensions.k8s.io/v1" "CustomResourceDefinition" "" (index . 1) }}
+{{- $meta := dig "metadata" "annotations" dict $live }}
+{{- $release := and (eq (get $meta "meta.helm.sh/release-name") $root.Release.Name) (eq (get $meta "meta.helm.sh/release-namespace") $root.Release.Namespace) }}
+{{- if or (not $live) $release }}true{{ end }}
+{{- end }}
+
+{{/* The CRDs that exist and belong to something else: left as they are (comma-separated). */}}
+{{- define "teal.crd.foreign" -}}
+{{- $names := list }}
+{{- if .Values.crds.install }}
+{{- range $path, $_ := .Files.Glob "files/crds/*.yaml" }}
+{{- range $doc := splitList "\n---\n" ($.Files.Get $path) }}
+{{- $name := include "teal.crd.name" $doc }}
+{{- if and $name (not (include "teal.crd.ours" (list $ $name))) }}
+{{- $names = append $names $name }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- join ", " $names }}
+{{- end }}
+
+{{/* metadata.annotations of the CRDs (indented for the top of metadata:). */}}
+{{- define "teal.crd.annotations" -}}
+{{- $ann := dict }}
+{{- if .Values.crds.keep }}
+{{- $_ := set $ann "helm.sh/resource-policy" "keep" }}
+{{- end }}
+{{- $ann = merge $ann .Values.crds.annotations }}
+{{- if $ann }}
+{{- printf "  annotations:\n%s\n" (toYaml $ann | indent 4) }}
+{{- end }}
+{{- end }}
