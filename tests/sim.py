@@ -61,6 +61,9 @@ class World:
     history: list = dataclasses.field(default_factory=list)
     events: list = dataclasses.field(default_factory=list)
     last_observed: core.Observed | None = None
+    refused: dict = dataclasses.field(default_factory=dict)  # hash -> (code, message): its Deployment is refused
+    forbidden_pods: dict = dataclasses.field(default_factory=dict)  # hash -> ReplicaFailure message
+    rejection: core.Rejection | None = None  # the last refused DeployColor, until a decision saw it
 
     def __post_init__(self) -> None:
         bg = self.spec["strategy"]["blueGreen"]
@@ -74,7 +77,7 @@ class World:
     # -- the world's own progress (the Deployment controller and kubelets)
     def _settle(self) -> None:
         for dep in self.deployments.values():
-            if dep.broken or dep.hash in self.broken_hashes:
+            if dep.broken or dep.hash in self.broken_hashes or dep.hash in self.forbidden_pods:
                 dep.ready = 0
             elif self.ticks - dep.changed_at_tick >= self.ready_after:
                 dep.ready = dep.replicas
@@ -90,7 +93,8 @@ class World:
                 colors[c] = core.ColorObs()
             else:
                 fresh = d.ready if d.ready <= d.replicas else d.replicas
-                colors[c] = core.ColorObs(True, d.hash, d.replicas, d.ready, fresh, True)
+                colors[c] = core.ColorObs(True, d.hash, d.replicas, d.ready, fresh, True,
+                                          failure=self.forbidden_pods.get(d.hash))
         return core.Observed(
             template=tpl,
             template_hash=template_hash(tpl),
@@ -98,10 +102,15 @@ class World:
             services={n: core.ServiceObs(True, c) for n, c in self.services.items()},
             weights=dict(self.weights) if self.weights is not None else None,
             analysis=self.analysis,
+            rejected=self.rejection,
         )
 
     def apply(self, action: core.Action) -> None:
         if isinstance(action, core.DeployColor):
+            if action.hash in self.refused:
+                code, message = self.refused[action.hash]
+                self.rejection = core.Rejection(action.color, action.hash, action.replicas, code, message)
+                return
             d = self.deployments.setdefault(action.color, Dep())
             if d.hash != action.hash:
                 d.ready = 0
@@ -126,6 +135,7 @@ class World:
         self.last_observed = self.observe()
         plan = core.decide(parse_spec(self.spec), self.status, self.last_observed, self.now, generation=1)
         self.status = plan.status
+        self.rejection = None  # recorded in status by that decision
         for a in plan.actions:
             self.apply(a)
         self.events.extend(plan.events)

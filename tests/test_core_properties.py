@@ -48,7 +48,15 @@ ops = st.one_of(
     st.tuples(st.just("break"), st.sampled_from(IMAGES[1:])),
     st.tuples(st.just("verdict"), st.sampled_from(["Running", "Successful", "Failed", "Inconclusive"])),
     st.tuples(st.just("pause"), st.booleans()),
+    # the apiserver refuses an image's Deployment (422 invalid, 403 quota) or its pods (a quota)
+    st.tuples(st.just("refuse"), st.tuples(st.sampled_from(IMAGES), st.sampled_from([403, 422]))),
+    st.tuples(st.just("forbid"), st.sampled_from(IMAGES)),
+    st.tuples(st.just("allow"), st.none()),
 )
+
+
+def image_hash(image: str) -> str:
+    return template_hash({"metadata": {"labels": {"app": "demo"}}, "spec": {"containers": [{"name": "app", "image": image}]}})
 
 
 def check_plan(w: World, plan: core.Plan) -> None:
@@ -89,7 +97,14 @@ def apply_op(w: World, op: str, arg) -> None:
     elif op == "retry":
         st_.pop("abort", None)
     elif op == "break":
-        w.broken_hashes.add(template_hash({"metadata": {"labels": {"app": "demo"}}, "spec": {"containers": [{"name": "app", "image": arg}]}}))
+        w.broken_hashes.add(image_hash(arg))
+    elif op == "refuse":
+        w.refused[image_hash(arg[0])] = (arg[1], f"refused {arg[0]}")
+    elif op == "forbid":
+        w.forbidden_pods[image_hash(arg)] = f'pods "x" is forbidden: exceeded quota ({arg})'
+    elif op == "allow":  # a quota lifted, a policy changed
+        w.refused.clear()
+        w.forbidden_pods.clear()
     elif op == "verdict":
         key = (st_.get("release") or {}).get("analysisKey")
         w.analysis = core.AnalysisRun(key=key, verdict=arg, message="sim") if key else None
@@ -145,8 +160,32 @@ def test_decide_is_idempotent_once_converged(spec, history):
         w._settle()
         plan = core.decide(parse_spec(w.spec), w.status, w.observe(), w.now, generation=1)
         w.status = plan.status
+        w.rejection = None
         for act in plan.actions:
             w.apply(act)
     w._settle()
     again = core.decide(parse_spec(w.spec), w.status, w.observe(), w.now, generation=1)
     assert [a for a in again.actions if not isinstance(a, core.ScaleColor)] == []
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs(), st.lists(ops, max_size=30))
+def test_a_refused_deployment_is_never_sent_in_a_loop(spec, history):
+    """Once a refusal is recorded, the same Deployment is sent again only when the
+    template changes, a user retries, or (403) the backoff is due: never twice in 30 s."""
+    w = World(spec)
+    for op, arg in history:
+        apply_op(w, op, arg)
+    sent: dict[tuple, list] = {}
+    for _ in range(60):
+        plan = w.tick(1)
+        check_plan(w, plan)
+        for a in plan.actions:
+            if isinstance(a, core.DeployColor) and a.hash in w.refused:
+                sent.setdefault((a.color, a.hash, a.replicas), []).append(w.now)
+        rejected = w.status.get("rejected")
+        if rejected and w.status.get("reason") == "DeploymentRejected":
+            assert rejected["message"] in w.status["message"]
+    for key, times in sent.items():
+        gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+        assert all(g >= 30 for g in gaps), (key, times)

@@ -28,6 +28,8 @@ ANNOTATION_HASH = "teal.dev/template-hash"
 ANNOTATION_REVISION = "teal.dev/revision"
 ANNOTATION_MANAGED_SELECTOR = "teal.dev/managed-by-rollout"
 
+ROUTER_KINDS = ("gatewayAPI", "nginx", "istio")  # spec.strategy.blueGreen.trafficRouting.<kind>
+
 BLUE = "blue"
 GREEN = "green"
 COLORS = (BLUE, GREEN)
@@ -148,7 +150,7 @@ def _routing(raw: Mapping[str, Any] | None) -> TrafficRouting | None:
     if not raw:
         return None
     field = "spec.strategy.blueGreen.trafficRouting"
-    kinds = [k for k in ("gatewayAPI", "nginx", "istio") if raw.get(k)]
+    kinds = [k for k in ROUTER_KINDS if raw.get(k)]
     if len(kinds) != 1:
         raise SpecError(field, "set exactly one of gatewayAPI, nginx, istio")
     kind = kinds[0]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import json
 import datetime as dt
 import logging
 import os
@@ -29,8 +28,8 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from . import core, metrics
-from .api import COLORS, GROUP, LABEL_ROLLOUT, PLURAL, VERSION, SpecError, parse_spec
-from .kube import Kube, merge_patch, owner_reference
+from .api import COLORS, GROUP, LABEL_ROLLOUT, PLURAL, ROUTER_KINDS, VERSION, SpecError, parse_spec
+from .kube import REFUSALS, Kube, api_message, merge_patch, owner_reference
 
 log = logging.getLogger("teal")
 
@@ -48,6 +47,7 @@ class Settings:
     identity: str = ""
     api_workers: int = 32  # threads for Kubernetes calls
     query_workers: int = 32  # threads for Prometheus queries (kept apart: a dead Prometheus can't starve the API calls)
+    routers: tuple[str, ...] = ROUTER_KINDS  # traffic routers this operator may use (and watch the routes of)
 
 
 SETTINGS = Settings()
@@ -67,6 +67,7 @@ class Loop:
         self.route: tuple[str, str] | None = None  # (kind, name) of the traffic router's object
         self.pending_events: list[core.Event] = []
         self.services: frozenset[str] = frozenset()  # the active and preview Services it points at
+        self.rejection: core.Rejection | None = None  # a refused Deployment, until status records it
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name=f"teal:{self.namespace}/{self.name}")
@@ -87,7 +88,7 @@ class Loop:
                     delay = 0.0  # someone wrote in between: decide again on fresh data
                 else:
                     log.warning("%s/%s: API error %s %s: %s; retrying in %.1fs", self.namespace, self.name,
-                                e.status, e.reason, _api_message(e), delay)
+                                e.status, e.reason, api_message(e, 300), delay)
             except Exception:
                 self.failures += 1
                 delay = min(30.0, 0.5 * 2**self.failures)
@@ -106,13 +107,6 @@ def selector_weights(spec, observed: core.Observed) -> dict[str, int] | None:
     if not colors or any(c not in COLORS for c in colors):
         return None
     return {c: round(100 * colors.count(c) / len(colors)) for c in COLORS}
-
-
-def _api_message(e: ApiException) -> str:
-    try:
-        return json.loads(e.body or "{}").get("message", "")[:300]
-    except (ValueError, AttributeError):
-        return str(e.body or "")[:300]
 
 
 class Controller:
@@ -221,6 +215,7 @@ class Controller:
         loop.services = frozenset(spec.blue_green.active_services) | frozenset(
             [spec.blue_green.preview_service] if spec.blue_green.preview_service else [])
         observed = await self.call(self.kube.observe, body, spec)
+        observed = dataclasses.replace(observed, rejected=loop.rejection)
         router = None
         if spec.blue_green.traffic_routing is not None:
             router, observed = await self._observe_router(body, spec, observed)
@@ -234,15 +229,16 @@ class Controller:
         if not (plan.status.get("release") or {}).get("analysisKey"):
             plan.status.pop("analysisRun", None)
         await self._write(body, status, plan.status)
+        loop.rejection = None  # recorded in status (or no longer relevant)
         # The decision is recorded; its Events are posted once the actions are done, so
         # they never claim what has not happened. If an action fails, they wait on the loop
         # (the next decision will not repeat them) and go out after the next success.
         loop.pending_events.extend(plan.events)
-        await self._act(body, spec, plan, router)
+        await self._act(loop, body, spec, plan, router)
         events, loop.pending_events = loop.pending_events, []
         await self._post(body, events)
         metrics.observe_reconcile(time.monotonic() - started, body, status, plan.status)
-        if plan.actions:
+        if plan.actions or loop.rejection:
             return MIN_REQUEUE  # look again at once: read back what we changed
         requeue = plan.requeue_after if plan.requeue_after is not None else RESYNC_SECONDS
         if router is not None and plan.status.get("release"):
@@ -261,12 +257,11 @@ class Controller:
             log.info("%s/%s: %s: %s", body["metadata"]["namespace"], body["metadata"]["name"], ev.reason, ev.message)
             await self.call(self.kube.post_event, body, ev)
 
-    async def _act(self, body, spec, plan: core.Plan, router) -> None:
+    async def _act(self, loop: Loop, body, spec, plan: core.Plan, router) -> None:
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         for action in plan.actions:
             if isinstance(action, core.DeployColor):
-                manifest = self.kube.deployment_manifest(body, spec, action)
-                await self.call(self.kube.apply_deployment, manifest)
+                await self._deploy(loop, body, spec, action)
             elif isinstance(action, core.ScaleColor):
                 await self.call(self.kube.scale, ns, name, action.color, action.replicas)
             elif isinstance(action, core.SelectColor):
@@ -283,10 +278,32 @@ class Controller:
                                    f"{router.kind} {router.name}: {router.last_drift}; Teal's weights re-applied"),
                     )
 
+    async def _deploy(self, loop: Loop, body, spec, action: core.DeployColor) -> None:
+        """Apply a colour's Deployment. A refusal (invalid, or forbidden by a quota, a policy
+        or a webhook) is no error of the loop: the next decision gets it as an observation,
+        says so in status and does not send the same Deployment again."""
+        manifest = self.kube.deployment_manifest(body, spec, action)
+        try:
+            await self.call(self.kube.apply_deployment, manifest)
+        except ApiException as e:
+            if e.status not in REFUSALS:
+                raise
+            message = api_message(e)
+            loop.rejection = core.Rejection(action.color, action.hash, action.replicas, e.status, message)
+            metrics.DEPLOYMENTS_REJECTED.labels(loop.namespace, loop.name, str(e.status)).inc()
+            log.warning("%s/%s: the apiserver refused Deployment %s (%s): %s", loop.namespace, loop.name,
+                        manifest["metadata"]["name"], e.status, message)
+
     async def _observe_router(self, body, spec, observed: core.Observed):
         from . import routers
 
         name = body["metadata"]["name"]
+        kind = spec.blue_green.traffic_routing.kind
+        if kind not in SETTINGS.routers:
+            enabled = ", ".join(SETTINGS.routers) or "none"
+            return None, dataclasses.replace(observed, router_unavailable=True, router_error=(
+                f"the {kind} traffic router is not enabled in this operator (enabled: {enabled}; "
+                f"teal run --routers, chart value rbac.trafficRouters.{kind})"))
         try:
             router = routers.make_router(
                 self.kube.api_client,
@@ -302,7 +319,8 @@ class Controller:
         except routers.RouterError as e:
             if e.transient:
                 raise  # the loop retries with backoff; nothing is wrong with the spec
-            return None, dataclasses.replace(observed, router_error=f"{e.reason}: {e}")
+            return None, dataclasses.replace(observed, router_error=f"{e.reason}: {e}",
+                                             router_unavailable=e.reason == "APINotFound")
 
     async def _analysis(self, body, spec, status, observed, now):
         from . import analysis_driver
@@ -377,19 +395,32 @@ async def _service_event(name: str, namespace: str, **_: Any) -> None:
 
 
 # A route edited by someone else (a user, a GitOps sync) gets Teal's weights back at once.
-@kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes")
-async def _httproute_event(name: str, namespace: str, **_: Any) -> None:
-    controller().wake_by_route(namespace, "gatewayAPI", name)
+ROUTE_RESOURCES = {
+    "gatewayAPI": ("gateway.networking.k8s.io", "v1", "httproutes"),
+    "nginx": ("networking.k8s.io", "v1", "ingresses"),
+    "istio": ("networking.istio.io", "v1", "virtualservices"),
+}
+_WATCHED_ROUTES: set[str] = set()
 
 
-@kopf.on.event("networking.istio.io", "v1", "virtualservices")
-async def _virtualservice_event(name: str, namespace: str, **_: Any) -> None:
-    controller().wake_by_route(namespace, "istio", name)
+def watch_routes(kinds: tuple[str, ...]) -> None:
+    """Watch the routes of the enabled routers only (call before kopf starts). The chart
+    grants access to the enabled routers' kinds alone, and kopf fails on a watch it may not
+    list; a kind whose CRD is absent is skipped by kopf (with a warning) and picked up when
+    its CRD appears (cluster-wide; namespaced operators see it on their next start)."""
+    for kind in kinds:
+        if kind in _WATCHED_ROUTES:
+            continue
+        _WATCHED_ROUTES.add(kind)
+        group, version, plural = ROUTE_RESOURCES[kind]
+        kopf.on.event(group, version, plural, id=f"route-{kind}")(_route_handler(kind))
 
 
-@kopf.on.event("networking.k8s.io", "v1", "ingresses")
-async def _ingress_event(name: str, namespace: str, **_: Any) -> None:
-    controller().wake_by_route(namespace, "nginx", name)
+def _route_handler(router: str):
+    async def _route_event(name: str, namespace: str, **_: Any) -> None:
+        controller().wake_by_route(namespace, router, name)
+
+    return _route_event
 
 
 @kopf.on.probe(id="rollouts")

@@ -17,6 +17,7 @@ Status layout (all of it is in the CRD schema):
   abort{revision,reason,message,at}                   an abort of `revision` (user or Teal)
   promote{revision,step,full}                         a promote request (written by the CLI)
   scaleDown{color,at}                                 the idle colour's pending scale-down
+  rejected{color,hash,replicas,code,message,...}      the apiserver's refusal of a colour's Deployment
   stats{...}                                          release statistics
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+import re
 from typing import Any, Mapping
 
 from .api import BLUE, COLORS, RolloutSpec, Step, other
@@ -41,6 +43,15 @@ class ColorObs:
     ready: int = 0  # ready pods of any ReplicaSet (what a Service would route to)
     updated_available: int = 0  # available pods of the newest template only
     synced: bool = True  # the Deployment controller has seen the latest spec
+    failure: str | None = None  # message of its ReplicaFailure condition: pods cannot be created
+
+    def refused_pods(self, want_hash: str | None) -> str | None:
+        """The admission's refusal of this template's pods (a quota, a policy, a webhook),
+        or None. Other pod-creation failures (timeouts, conflicts) are left to retry."""
+        if self.exists and self.hash == want_hash and self.synced and self.failure \
+                and _PERMANENT_FAILURE.search(self.failure):
+            return self.failure
+        return None
 
     def available(self, want_hash: str | None, n: int) -> bool:
         return (
@@ -69,6 +80,21 @@ class AnalysisRun:
     error: str | None = None  # a configuration error (bad query, unknown template, ...)
 
 
+_PERMANENT_FAILURE = re.compile(r"is forbidden:|is invalid:|denied the request")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    """The apiserver refused a DeployColor (400/422 invalid, 403 forbidden by a quota,
+    a policy or a webhook): reported by the adapter, recorded in status.rejected."""
+
+    color: str
+    hash: str
+    replicas: int
+    code: int
+    message: str
+
+
 @dataclasses.dataclass(frozen=True)
 class Observed:
     template: Mapping[str, Any] | None
@@ -77,8 +103,10 @@ class Observed:
     services: Mapping[str, ServiceObs]
     weights: Mapping[str, int] | None = None  # read back from the router; None: no router
     router_error: str | None = None
+    router_unavailable: bool = False  # router_error says the router is disabled or its API is not served
     template_error: str | None = None  # e.g. the workloadRef Deployment is missing
     analysis: AnalysisRun | None = None
+    rejected: Rejection | None = None  # the last DeployColor, refused (fresh from the adapter)
 
 
 # ---------------------------------------------------------------- actions
@@ -162,6 +190,10 @@ def parse_time(value: str | None) -> dt.datetime | None:
 
 
 PHASES = ("Healthy", "Progressing", "Paused", "Degraded", "Aborted")
+# A refused Deployment is not sent again until the template changes; a 403 (a quota or a
+# policy that may be lifted) is tried again after 30 s, 60 s, ... at most every 5 min.
+REJECTED_RETRY_FIRST = 30.0
+REJECTED_RETRY_MAX = 300.0
 
 
 class _Tick:
@@ -231,6 +263,7 @@ def decide(
     t = _Tick(spec, status, obs, now)
     if generation is not None:
         t.st["observedGeneration"] = generation
+    _note_rejection(t)
     _decide(t)
     _enforce_traffic(t)
     _honest_phase(t)
@@ -287,7 +320,7 @@ def _decide(t: _Tick) -> None:
         t.set_phase("Degraded", obs.template_error or "no pod template to run", "TemplateNotFound")
         return
     if obs.router_error:
-        t.set_phase("Degraded", obs.router_error, "TrafficRouterError")
+        t.set_phase("Degraded", obs.router_error, "RouterUnavailable" if obs.router_unavailable else "TrafficRouterError")
         # still keep traffic where it is and let a running abort finish below
         if not st.get("stableHash"):
             return
@@ -353,7 +386,13 @@ def _first_release(t: _Tick, want: str) -> None:
     rev = st["currentRevision"]
     obs = t.color(color)
     if not (obs.exists and obs.hash == want and obs.replicas == spec.replicas):
-        t.actions.append(DeployColor(color, t.obs.template, want, rev, spec.replicas))
+        deploy = DeployColor(color, t.obs.template, want, rev, spec.replicas)
+        refused = _refusal(t, deploy)
+        if refused is None or _retry_due(t, refused):
+            t.actions.append(deploy)
+        if refused is not None:
+            t.set_phase("Degraded", f"first release: {_refused_text(refused)}", "DeploymentRejected")
+            return
     if t.color(color).available(want, spec.replicas) and (spec.replicas == 0 or t.color(color).ready > 0):
         st.update(stableColor=color, activeColor=color, stableHash=want, stableRevision=rev)
         started = parse_time(st.get("firstReleaseStartedAt"))
@@ -370,6 +409,11 @@ def _first_release(t: _Tick, want: str) -> None:
     deadline = started + dt.timedelta(seconds=spec.blue_green.progress_deadline_seconds)
     c = t.color(color)
     detail = f"{c.updated_available}/{spec.replicas} available"
+    if c.refused_pods(want):
+        t.set_phase("Degraded", f"first release: {color} cannot create pods: {c.failure}", "DeploymentRejected")
+        return
+    if c.failure and c.hash == want:
+        detail += f"; pods cannot be created: {c.failure}"
     if t.now >= deadline:
         t.set_phase(
             "Degraded",
@@ -387,7 +431,10 @@ def _ensure_stable(t: _Tick) -> None:
     c = st["stableColor"]
     obs = t.color(c)
     if not obs.exists and t.obs.template_hash == st["stableHash"]:
-        t.actions.append(DeployColor(c, t.obs.template, st["stableHash"], st["stableRevision"], spec.replicas))
+        deploy = DeployColor(c, t.obs.template, st["stableHash"], st["stableRevision"], spec.replicas)
+        refused = _refusal(t, deploy)
+        if refused is None or _retry_due(t, refused):
+            t.actions.append(deploy)
     elif obs.exists and obs.replicas != spec.replicas:
         t.actions.append(ScaleColor(c, spec.replicas))
     if (st.get("scaleDown") or {}).get("color") == c:
@@ -513,6 +560,65 @@ def _handle_abort(t: _Tick, release: dict[str, Any], abort: Mapping[str, Any]) -
     t.set_phase("Aborted", msg, str(abort.get("reason") or "Aborted"))
 
 
+def _reject_release(t: _Tick, release: dict[str, Any], why: str) -> None:
+    """The apiserver refuses the new colour (its Deployment or its pods): abort at once,
+    traffic stays on the stable colour."""
+    t.event("DeploymentRejected", f"revision {release['revision']}: {why}", warning=True)
+    _abort(t, release, "DeploymentRejected", why)
+    _handle_abort(t, release, t.st["abort"])
+
+
+# ---------------------------------------------------------------- refused Deployments
+
+
+def _note_rejection(t: _Tick) -> None:
+    """Record a fresh refusal in status.rejected; forget one that no longer applies (the
+    template changed, or the colour runs what was refused: it was accepted since)."""
+    st, r = t.st, t.obs.rejected
+    if r is not None:
+        old = st.get("rejected") or {}
+        again = (old.get("color"), old.get("hash"), old.get("replicas")) == (r.color, r.hash, r.replicas)
+        st["rejected"] = {"color": r.color, "hash": r.hash, "replicas": r.replicas, "code": r.code,
+                          "message": r.message, "at": iso(t.now),
+                          "attempts": int(old.get("attempts") or 0) + 1 if again else 1}
+    rej = st.get("rejected")
+    if not rej:
+        return
+    c = t.color(rej.get("color"))
+    if rej.get("hash") != t.obs.template_hash or (c.exists and (c.hash, c.replicas) == (rej["hash"], rej.get("replicas"))):
+        st.pop("rejected", None)
+
+
+def _refusal(t: _Tick, deploy: DeployColor) -> Mapping[str, Any] | None:
+    """The recorded refusal of exactly this Deployment (colour, template, size), if any."""
+    rej = t.st.get("rejected")
+    if rej and (rej.get("color"), rej.get("hash"), rej.get("replicas")) == (deploy.color, deploy.hash, deploy.replicas):
+        return rej
+    return None
+
+
+def _retry_due(t: _Tick, rej: Mapping[str, Any]) -> bool:
+    """Only a 403 is sent again by itself, with a bounded backoff; 400/422 wait for a new template."""
+    if int(rej.get("code") or 0) != 403:
+        return False
+    attempts = max(1, int(rej.get("attempts") or 1))
+    delay = min(REJECTED_RETRY_MAX, REJECTED_RETRY_FIRST * 2 ** min(attempts - 1, 10))
+    due = (parse_time(rej.get("at")) or t.now) + dt.timedelta(seconds=delay)
+    if t.now >= due:
+        return True
+    t.wake_at(due)
+    return False
+
+
+def _refused_text(rej: Mapping[str, Any], then: bool = True) -> str:
+    text = f"the apiserver refused the Deployment for {rej.get('color')} ({rej.get('code')}): {rej.get('message')}"
+    if not then:
+        return text
+    if int(rej.get("code") or 0) == 403:
+        return text + "; tried again with backoff (a quota or policy may be lifted)"
+    return text + "; not sent again until the template changes"
+
+
 def _run_release(t: _Tick, release: dict[str, Any]) -> None:
     st, spec, bg = t.st, t.spec, t.spec.blue_green
     rev, want, color = release["revision"], release["hash"], release["color"]
@@ -527,6 +633,7 @@ def _run_release(t: _Tick, release: dict[str, Any]) -> None:
         release.clear()
         release.update(_release_at_start(t, other(stable)))
         st.pop("promote", None)
+        st.pop("rejected", None)  # a retry sends the Deployment again
         t.stats("retries", at=False)
         t.event("Retry", f"revision {rev} starts again on {release['color']}")
 
@@ -613,14 +720,24 @@ def _run_release(t: _Tick, release: dict[str, Any]) -> None:
     target = full if scaled else min(bg.preview_replicas, full)
     obs = t.color(color)
     if not (obs.exists and obs.hash == want and obs.replicas == target):
-        t.actions.append(DeployColor(color, t.obs.template, want, rev, target))
+        deploy = DeployColor(color, t.obs.template, want, rev, target)
+        refused = _refusal(t, deploy)
+        if refused is not None:
+            _reject_release(t, release, _refused_text(refused, then=False))
+            return
+        t.actions.append(deploy)
     if (st.get("scaleDown") or {}).get("color") == color:
         st.pop("scaleDown", None)
+    if obs.refused_pods(want):
+        _reject_release(t, release, f"{color} cannot create pods: {obs.failure}")
+        return
     if not obs.available(want, target) or (target > 0 and obs.ready == 0):
         stage = "Deploying" if not scaled or not bg.preview_replicas else "ScalingUp"
         progressed(stage)
         fresh = obs.updated_available if obs.hash == want else 0
         counts = f"{fresh}/{target} pods of revision {rev} available"
+        if obs.failure and obs.hash == want:
+            counts += f"; pods cannot be created: {obs.failure}"
         if deadline_passed(f"{color} not available ({counts})"):
             return
         t.set_phase("Progressing", f"revision {rev}: waiting for {color} to become available ({counts})", stage)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 import logging
 from typing import Any, Mapping
 
@@ -32,6 +33,20 @@ from .api import (
 log = logging.getLogger("teal.kube")
 FIELD_MANAGER = "teal"
 TIMEOUT = (5, 20)  # connect, read: no call may hang a Rollout's loop
+# Answers that refuse what was sent, not how: invalid (400, 422) or forbidden by a quota,
+# a policy, an admission webhook or RBAC (403). Sending the same again gets the same answer.
+REFUSALS = (400, 403, 422)
+
+
+def api_message(e: ApiException, limit: int = 600) -> str:
+    """The apiserver's own words: the `message` of the Status body (else the body itself)."""
+    try:
+        body = json.loads(e.body or "{}")
+        message = body.get("message") if isinstance(body, dict) else None
+    except (ValueError, TypeError):
+        message = None
+    text = " ".join(str(message or e.body or e.reason or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def deployment_name(rollout: str, color: str) -> str:
@@ -105,6 +120,10 @@ class Kube:
         available = st.available_replicas or 0
         total = st.replicas or 0
         fresh = fresh_available(updated, available, total)
+        # The Deployment controller copies its ReplicaSets' ReplicaFailure condition (pods
+        # refused by a ResourceQuota, a LimitRange, PodSecurity or a webhook).
+        failure = next((c.message or c.reason for c in st.conditions or []
+                        if c.type == "ReplicaFailure" and c.status == "True"), None)
         return core.ColorObs(
             exists=True,
             hash=(meta.annotations or {}).get(ANNOTATION_HASH),
@@ -112,6 +131,7 @@ class Kube:
             ready=st.ready_replicas or 0,
             updated_available=fresh,
             synced=synced,
+            failure=failure,
         )
 
     def observe_service(self, namespace: str, name: str) -> core.ServiceObs:

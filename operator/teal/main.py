@@ -13,6 +13,20 @@ def _env_list(name: str) -> list[str]:
     return [x.strip() for x in os.environ.get(name, "").split(",") if x.strip()]
 
 
+def _routers(value: str) -> tuple[str, ...]:
+    """'gatewayAPI,nginx' -> ('gatewayAPI', 'nginx'); '' or 'none' -> ()."""
+    from .api import ROUTER_KINDS
+
+    names = [x.strip() for x in value.split(",") if x.strip()]
+    if names == ["none"]:
+        return ()
+    unknown = [n for n in names if n not in ROUTER_KINDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown traffic router {', '.join(unknown)}: choose from {', '.join(ROUTER_KINDS)}, or none")
+    return tuple(dict.fromkeys(names))
+
+
 def _default_priority() -> int:
     """kopf freezes every replica whose priority equals another's: derive distinct ones."""
     if os.environ.get("TEAL_PRIORITY"):
@@ -40,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
     run.add_argument("--prometheus-address", default=os.environ.get("TEAL_PROMETHEUS_ADDRESS"),
                      help="Prometheus used when a Rollout names none")
+    run.add_argument("--routers", type=_routers, default=os.environ.get("TEAL_ROUTERS", "gatewayAPI,nginx,istio"),
+                     help="traffic routers to use and whose routes to watch, comma-separated (gatewayAPI, nginx, "
+                          "istio, or none); give only those the operator's RBAC covers. Default: TEAL_ROUTERS, else all")
     run.add_argument("--log-level", default=os.environ.get("TEAL_LOG_LEVEL", "info"),
                      choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-format", default=os.environ.get("TEAL_LOG_FORMAT", "text"), choices=["text", "json"])
@@ -96,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     controller.SETTINGS.prometheus_address = args.prometheus_address
     controller.SETTINGS.peering_name = args.peering
     controller.SETTINGS.priority = args.priority
+    controller.SETTINGS.routers = args.routers
+    controller.watch_routes(args.routers)
     from .peering import own_identity
 
     controller.SETTINGS.identity = own_identity()

@@ -21,6 +21,13 @@ RELEASE_SECONDS = Histogram(
     ["namespace"],
     buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 3600),
 )
+RECONCILES = Counter("teal_reconciles_total", "Reconciles of each Rollout (read, decide, write, act)",
+                     ["namespace", "rollout"])
+DEPLOYMENTS_REJECTED = Counter(
+    "teal_deployments_rejected_total",
+    "Colour Deployments the apiserver refused (400/422 invalid, 403 forbidden by a quota, policy or webhook)",
+    ["namespace", "rollout", "code"],
+)
 PHASE = Gauge("teal_rollout_phase", "1 for the phase each Rollout is in", ["namespace", "rollout", "phase"])
 
 _OUTCOMES = {"releases": "started", "promoted": "promoted", "aborted": "aborted", "rollbacks": "rollbacks",
@@ -31,6 +38,7 @@ _PHASES = ("Healthy", "Progressing", "Paused", "Degraded", "Aborted")
 def observe_reconcile(seconds: float, body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     RECONCILE_SECONDS.observe(seconds)
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    RECONCILES.labels(ns, name).inc()
     before, after = old.get("stats") or {}, new.get("stats") or {}
     for key, outcome in _OUTCOMES.items():
         delta = int(after.get(key, 0)) - int(before.get(key, 0))
