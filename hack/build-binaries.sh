@@ -25,17 +25,9 @@ need_go() {
   fi
 }
 
-apt_install() {
-  command -v apt-get >/dev/null 2>&1 || die "$1 is missing and there is no apt-get to install Debian package '$2'. Install it and re-run."
-  log "installing Debian package(s) $2"
-  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=""; fi
-  # apt-get update only when the lists are missing or older than a day
-  if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mtime -1 2>/dev/null | head -1)" ]; then
-    $SUDO apt-get update -qq >&2 || die "apt-get update failed"
-  fi
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $2 >&2 \
-    || die "apt-get install $2 failed"
-}
+# apt_install CMD "PACKAGES": shared with hack/build-image.sh
+# shellcheck source=lib/apt.sh
+source "$here/lib/apt.sh"
 
 # ---- etcd and Prometheus from Debian ----
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || apt_install etcd "etcd-server"

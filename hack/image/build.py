@@ -427,8 +427,8 @@ def copy_rootfs(src: Stage, dst: Path) -> list[str]:
 
 
 def new_paths(rootfs: Path, before: list[str]) -> list[str]:
-    """What a stage added. It may add files and folders but must not change any it inherited
-    (a layer only adds here, no whiteouts)."""
+    """What a stage added: its layer. Stages here only add files (pip installs into a new venv,
+    compileall writes new __pycache__ folders), so no layer needs whiteouts."""
     old = set(before)
     return [p for p in oci.tree_paths(rootfs) if p not in old]
 
@@ -574,7 +574,10 @@ def image_key(cfg: Config, deps: Stage) -> str:
 
 
 def prune_cache(keep: int = 2) -> None:
-    """Keep the most recently used `keep` entries of each kind (each stage is 100-200 MB)."""
+    """Keep the most recently used `keep` entries of each kind (each stage is 100-200 MB); remove what
+    killed builds left (this build holds the cache's lock, so no other one is running)."""
+    for left in [*CACHE.glob("tmp-*"), *CACHE.glob("work-*"), *CACHE.glob("teal-*"), *CACHE.glob("image-*.tmp*")]:
+        shutil.rmtree(left) if left.is_dir() else left.unlink()
     for kind in ("base-", "deps-", "image-", "tools-"):
         entries = sorted(CACHE.glob(kind + "*"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in entries[keep:]:
@@ -597,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         raise BuildError("the build extracts Debian packages and runs the image's Python with chroot: run it as root")
     start = time.monotonic()
+    os.umask(0o022)  # modes in the image must not depend on the caller's umask (pip, mkdir, dpkg-deb)
     cfg = load_config()
     PY = cfg.python
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -633,7 +637,8 @@ def main(argv: list[str] | None = None) -> int:
     prune_cache()
     mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
     log(f"{cfg.ref} {info['digest']}")
-    log(f"{out} ({len(layers)} layers: {mb(info['compressed_size'])} compressed)")
+    log(f"{out}: {len(layers)} layers, {mb(info['compressed_size'])} compressed, "
+        f"{mb(info['uncompressed_size'])} uncompressed")
     hits = ", ".join(k for k, v in info["cache"].items() if v) or "none"
     log(f"built in {info['seconds']}s; cached stages used: {hits}")
     if not all(info["cache"].values()):
