@@ -17,7 +17,7 @@ import urllib.request
 from typing import Iterator
 
 import pytest
-from operator_helpers import EndpointRecorder, Env, OperatorProcess, pod_template, rollout
+from operator_helpers import _SESSION_OPERATORS, EndpointRecorder, Env, OperatorProcess, pod_template, rollout
 from prometheus_client.parser import text_string_to_metric_families
 
 from teal.devenv.procs import free_port
@@ -47,11 +47,13 @@ class MeteredOperator:
 def metered(cluster, teal_crds, no_operator, tmp_path_factory) -> Iterator[MeteredOperator]:
     op = MeteredOperator(cluster.kubeconfig, tmp_path_factory.mktemp("metered") / "operator.log")
     op.proc.start()
+    _SESSION_OPERATORS.append(op.proc)  # a failing test shows its log
     try:
         wait_for(lambda: op.value("teal_reconcile_duration_seconds_count") >= 0, timeout=30,
                  what="the operator's metrics endpoint")
         yield op
     finally:
+        _SESSION_OPERATORS.remove(op.proc)
         op.proc.kill(signal.SIGTERM)
 
 

@@ -133,3 +133,41 @@ def test_disabled_and_absent_routers(bare_cluster, bare_k8s, helm, chart_dir, tm
             op.kill(signal.SIGTERM)
             for ns in (op_ns, app_ns):
                 core.delete_namespace(ns)
+
+
+def test_a_router_crd_installed_later_is_used_without_a_restart(bare_cluster, bare_k8s, helm, chart_dir, tmp_path):
+    """Cluster-wide, the operator starts without the Gateway API; once its CRDs are installed
+    the same Rollout goes on (no restart) and its first release completes through the route.
+    Runs last in the module: it leaves the router CRDs in the module's cluster."""
+    from routing_helpers import crd_documents, fetch_router_crds, install_crds
+
+    core = kubernetes.client.CoreV1Api(bare_k8s)
+    tag = uuid.uuid4().hex[:5]
+    op_ns, app_ns = f"teal-late-{tag}", f"shop-late-{tag}"
+    for ns in (op_ns, app_ns):
+        core.create_namespace({"metadata": {"name": ns}})
+    with installed_chart(helm, chart_dir, bare_cluster, bare_k8s, op_ns, *SETS) as chart:
+        op = OperatorProcess(chart.kubeconfig, tmp_path / "operator.log", extra_args=chart_args(bare_k8s, op_ns)).start()
+        try:
+            env = Env(bare_k8s, app_ns)
+            env.create_service("app")
+            body = weighted("gatewayAPI")
+            env.create_rollout(body)
+            name = body["metadata"]["name"]
+            env.wait_phase("Degraded", name=name, reason="RouterUnavailable", timeout=60)
+            install_crds(bare_k8s, crd_documents(fetch_router_crds().values()))
+            env.custom.patch_namespaced_custom_object(  # any event wakes the Rollout (else the 30 s resync)
+                "teal.dev", "v1alpha1", app_ns, "rollouts", name, {"metadata": {"annotations": {"test/poke": "1"}}})
+            st = env.wait_phase("Degraded", name=name, reason="TrafficRouterError", timeout=60)
+            assert "HTTPRoute web not found" in st["message"], st["message"]
+            env.custom.create_namespaced_custom_object("gateway.networking.k8s.io", "v1", app_ns, "httproutes", {
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "web"},
+                "spec": {"parentRefs": [{"name": "public"}],
+                         "rules": [{"backendRefs": [{"name": f"{name}-blue", "port": 80}]}]}})
+            st = env.wait_phase("Healthy", name=name, activeColor="blue", timeout=90)
+            assert st["weights"] == {"blue": 100, "green": 0}
+            assert op.proc.poll() is None, "the operator exited:\n" + op.log_tail(80)
+        finally:
+            op.kill(signal.SIGTERM)
+            for ns in (op_ns, app_ns):
+                core.delete_namespace(ns)

@@ -320,7 +320,8 @@ def _decide(t: _Tick) -> None:
         t.set_phase("Degraded", obs.template_error or "no pod template to run", "TemplateNotFound")
         return
     if obs.router_error:
-        t.set_phase("Degraded", obs.router_error, "RouterUnavailable" if obs.router_unavailable else "TrafficRouterError")
+        reason = "RouterUnavailable" if obs.router_unavailable else "TrafficRouterError"
+        t.set_phase("Degraded", obs.router_error, reason)
         # still keep traffic where it is and let a running abort finish below
         if not st.get("stableHash"):
             return
@@ -585,7 +586,8 @@ def _note_rejection(t: _Tick) -> None:
     if not rej:
         return
     c = t.color(rej.get("color"))
-    if rej.get("hash") != t.obs.template_hash or (c.exists and (c.hash, c.replicas) == (rej["hash"], rej.get("replicas"))):
+    accepted = c.exists and (c.hash, c.replicas) == (rej.get("hash"), rej.get("replicas"))
+    if rej.get("hash") != t.obs.template_hash or accepted:
         st.pop("rejected", None)
 
 
