@@ -117,7 +117,7 @@ if [ ! -x "$KSTATUS_DIR/kstatus" ]; then
   mkdir -p "$KSTATUS_DIR"
   log "building kstatus (sigs.k8s.io/cli-utils $KSTATUS_VERSION, pinned in hack/kstatus/go.mod)"
   start=$(date +%s)
-  ( cd "$here/kstatus" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$KSTATUS_DIR/kstatus.tmp" . >&2 ) \
+  ( cd "$here/kstatus" && CGO_ENABLED=0 go build -buildvcs=false -trimpath -ldflags "-s -w" -o "$KSTATUS_DIR/kstatus.tmp" . >&2 ) \
     || die "go build of hack/kstatus failed"
   mv "$KSTATUS_DIR/kstatus.tmp" "$KSTATUS_DIR/kstatus"
   timing "built kstatus in $(( $(date +%s) - start ))s"
