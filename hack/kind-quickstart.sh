@@ -66,8 +66,8 @@ if [[ -n "${WITH_INGRESS:-}" ]]; then
 fi
 
 # ------------------------------------------------------------------ 4. Teal, with Helm
-if ! ls charts/teal/crds/*.yaml >/dev/null 2>&1; then
-  bash hack/sync-crds.sh
+if ! ls charts/teal/files/crds/*.yaml >/dev/null 2>&1; then
+  bash hack/sync-crds.sh   # the chart renders Teal's CRDs from files/crds/ (crds.install)
 fi
 repo=${TEAL_IMAGE%:*}
 tag=${TEAL_IMAGE##*:}
@@ -138,6 +138,8 @@ spec:
 EOF
 kt status hello --timeout 5m
 kt get hello
+selector() { echo "service/$1 selects: $(k -n "$DEMO_NS" get service "$1" -o jsonpath='{.spec.selector}')"; }
+selector hello
 
 curl_hello() {
   k -n "$DEMO_NS" run "curl-$RANDOM" --rm -i --quiet --restart=Never --image="$CURL_IMAGE" \
@@ -159,6 +161,7 @@ curl_hello hello-preview
 say "Promoting: the active Service switches to the new colour in one update"
 kt promote hello
 kt status hello --timeout 5m
+selector hello
 curl_hello hello
 kt get hello
 
