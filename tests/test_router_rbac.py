@@ -45,14 +45,20 @@ def test_the_chart_passes_the_routers_its_rbac_covers(helm, chart_dir, sets, rou
     assert [a for a in args if a.startswith("--routers")] == [f"--routers={routers}"]
 
 
-def test_routers_setting_is_checked_at_start():
+def test_routers_setting_is_checked_at_start(monkeypatch, capsys):
     from teal.main import parser
 
     assert parser().parse_args(["run", "--routers", "nginx, istio"]).routers == ("nginx", "istio")
     assert parser().parse_args(["run", "--routers", "none"]).routers == ()
+    monkeypatch.delenv("TEAL_ROUTERS", raising=False)
     assert parser().parse_args(["run"]).routers == ("gatewayAPI", "nginx", "istio")
-    with pytest.raises(SystemExit):
-        parser().parse_args(["run", "--routers", "gateway"])
+    monkeypatch.setenv("TEAL_ROUTERS", "istio")
+    assert parser().parse_args(["run"]).routers == ("istio",)
+    for bad in (["--routers", "gateway"], []):
+        monkeypatch.setenv("TEAL_ROUTERS", "bogus")
+        with pytest.raises(SystemExit):
+            parser().parse_args(["run", *bad])
+        assert "unknown traffic router" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     controller.SETTINGS.priority = args.priority
     controller.SETTINGS.routers = args.routers
     controller.watch_routes(args.routers)
+    logging.getLogger("teal").info("traffic routers in use (their routes are watched): %s",
+                                   ", ".join(args.routers) or "none")
     from .peering import own_identity
 
     controller.SETTINGS.identity = own_identity()
