@@ -105,7 +105,7 @@ def installed(k8s):
 
 def template(name="latency", **spec) -> dict:
     body = {
-        "query": 'histogram_quantile({{args.quantile}}, sum by (le) (rate(http_request_duration_seconds_bucket{namespace="{{namespace}}",teal_color="{{color}}"}[1m])))',
+        "query": 'histogram_quantile({{args.quantile}}, sum by (le) (rate(http_request_duration_seconds_bucket{namespace="{{namespace}}",pod=~"{{podRegex}}"}[1m])))',
         "thresholdRange": {"max": 0.5},
         "args": [{"name": "quantile", "value": "0.99"}],
     }
@@ -130,7 +130,7 @@ GOOD = {
     "conditions": {"thresholdRange": None, "successCondition": "result < 0.5", "failureCondition": "result > 2"},
     "baseline": {
         "thresholdRange": None,
-        "baseline": 'sum(rate(x{teal_color="{{stableColor}}"}[1m]))',
+        "baseline": 'sum(rate(x{namespace="{{namespace}}",pod=~"{{stablePodRegex}}"}[1m]))',
         "maxRatio": 1.2,
         "floor": 0.01,
     },

@@ -23,6 +23,7 @@ from teal.analysis import (
     render,
 )
 from teal.analysis.expr import ExprError, compile_condition
+from teal.analysis.model import with_color
 
 NOW = dt.datetime(2030, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 VARS = {
@@ -36,8 +37,8 @@ VARS = {
     "previewService": "checkout-preview",
 }
 ERR_Q = (
-    'sum(rate(http_requests_total{namespace="{{namespace}}",teal_color="{{color}}",code=~"5.."}[1m]))'
-    ' / sum(rate(http_requests_total{namespace="{{namespace}}",teal_color="{{color}}"}[1m]))'
+    'sum(rate(http_requests_total{namespace="{{namespace}}",pod=~"{{podRegex}}",code=~"5.."}[1m]))'
+    ' / sum(rate(http_requests_total{namespace="{{namespace}}",pod=~"{{podRegex}}"}[1m]))'
 )
 
 
@@ -61,8 +62,21 @@ def test_render_fills_every_variable_and_args():
     assert q == "shop checkout green blue 7 6 checkout checkout-preview 0.99"
 
 
+def test_render_pod_variables_follow_the_colour():
+    env = with_color(VARS, "green")
+    q = render('{{deployment}} {{podRegex}} {{stableDeployment}} {{stablePodRegex}}', env)
+    hash_, rand = "[456789bcdf]{1,10}", "[bcdfghjklmnpqrstvwxz2456789]{5}"
+    assert q.split() == ["checkout-green", f"checkout-green-{hash_}-{rand}",
+                         "checkout-blue", f"checkout-blue-{hash_}-{rand}"]
+    # {{color}} keeps working next to them
+    assert render("{{color}}/{{stableColor}}", env) == "green/blue"
+    # without a stable colour (the first release) the stable names have no value
+    with pytest.raises(AnalysisConfigError, match=r"stablePodRegex.*no value"):
+        render("{{stablePodRegex}}", with_color({**VARS, "stableColor": None}, "green"))
+
+
 def test_render_unknown_variable_names_it():
-    with pytest.raises(AnalysisConfigError, match=r"unknown variable \{\{colour\}\}"):
+    with pytest.raises(AnalysisConfigError, match=r"unknown variable \{\{colour\}\}.*\{\{podRegex\}\}"):
         render('x{c="{{colour}}"}', VARS)
 
 
@@ -92,7 +106,7 @@ def test_render_does_not_reinterpret_values():
 @pytest.mark.parametrize(
     "query",
     [
-        ERR_Q.replace("{{namespace}}", "shop").replace("{{color}}", "green"),
+        render(ERR_Q, with_color(VARS, "green")),
         'histogram_quantile(0.99, sum by (le) (rate(x_bucket{a="}"}[5m])))',
         "vector(1) # a comment with ( unbalanced",
         'x{a=~"[a-z(]+"}',
@@ -222,7 +236,7 @@ TEMPLATE = {
     "kind": "AnalysisTemplate",
     "metadata": {"name": "latency"},
     "spec": {
-        "query": 'histogram_quantile({{args.quantile}}, sum by (le) (rate(h_bucket{svc="{{args.service}}",teal_color="{{color}}"}[1m])))',
+        "query": 'histogram_quantile({{args.quantile}}, sum by (le) (rate(h_bucket{svc="{{args.service}}",pod=~"{{podRegex}}"}[1m])))',
         "thresholdRange": {"max": 0.5},
         "failureLimit": 1,
         "count": 4,

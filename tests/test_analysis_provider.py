@@ -259,6 +259,17 @@ def test_baseline_is_rendered_for_the_stable_colour():
     assert measure(p, m, VARS, "7:steps:0", "green", T0).verdict == INCONCLUSIVE and p.asked == ['err{c="green"}']
 
 
+def test_baseline_pod_variables_are_the_stable_colours():
+    sel = 'err{d="{{deployment}}",pod=~"{{podRegex}}"}'
+    m = Metric(name="rel", query=sel, baseline=sel, max_ratio=1.2)
+    p = Scripted()
+    out = measure(p, m, VARS, "7:steps:0", "green", T0)
+    assert out.query.startswith('err{d="checkout-green",pod=~"checkout-green-[')
+    assert out.baseline_query.startswith('err{d="checkout-blue",pod=~"checkout-blue-[')
+    # the measured colour overrides the one in the variables, pod names follow it
+    assert 'pod=~"checkout-blue-[' in measure(p, m, VARS, "7:steps:0", "blue", T0).query
+
+
 def test_unset_variable_is_config_error_at_measure_time():
     m = Metric(name="p", query='x{svc="{{previewService}}"}', threshold_max=1)
     with pytest.raises(AnalysisConfigError, match=r"metric 'p'.*previewService"):

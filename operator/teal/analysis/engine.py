@@ -25,7 +25,7 @@ import datetime as dt
 from typing import Any, Callable, Mapping, Sequence
 
 from ..core import AnalysisRun
-from .model import AnalysisConfigError, Measurement, QueryResult, judge, parse_metrics
+from .model import AnalysisConfigError, Measurement, QueryResult, judge, parse_metrics, with_color
 from .prometheus import Provider, ProviderCache, measure, resolve_queries
 from .run import advance, due, record
 
@@ -78,17 +78,22 @@ def rollout_variables(
     active_services: Sequence[str] = (),
     preview_service: str | None = None,
 ) -> dict[str, str | None]:
-    """The query variables of a Rollout (None: not available; using it is a config error)."""
-    return {
+    """The query variables of a Rollout (None: not available; using it is a config error).
+
+    Besides the names, {{deployment}} / {{podRegex}} (and their stable counterparts) let a
+    query select the colour's pods by the `pod` label every Prometheus scrape of a pod
+    has (see docs/analysis-queries.md).
+    """
+    plain = {
         "namespace": namespace,
         "name": name,
-        "color": color,
         "stableColor": stable_color,
         "revision": None if revision is None else str(revision),
         "stableRevision": None if stable_revision is None else str(stable_revision),
         "activeService": active_services[0] if active_services else None,
         "previewService": preview_service,
     }
+    return with_color(plain, color)
 
 
 def evaluate(

@@ -50,6 +50,10 @@ __all__ = [
     "Measurement",
     "parse_metrics",
     "render",
+    "with_color",
+    "pod_regex",
+    "pod_name",
+    "POD_NAME_CHARS",
     "check_promql",
     "judge",
 ]
@@ -69,6 +73,10 @@ VARIABLES = (
     "stableRevision",
     "activeService",
     "previewService",
+    "deployment",
+    "podRegex",
+    "stableDeployment",
+    "stablePodRegex",
 )
 TEMPLATE_KINDS = ("AnalysisTemplate", "ClusterAnalysisTemplate")
 
@@ -242,6 +250,71 @@ def _fmt(v: float | None) -> str:
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_-]*)?)\s*\}\}")
 
 
+# How Kubernetes names a Deployment's pods (k8s.io/kubernetes v1.34, pinned in hack/versions.env):
+# ReplicaSet = "<deployment>-<pod-template-hash>" (deployment/sync.go generateReplicaSetName), the hash
+# being rand.SafeEncodeString of a decimal uint32 (controller.ComputeHash: 1-10 digits, each mapped to
+# one of 10 characters); pod = generateName "<replicaset>-" cut to 58 characters, plus 5 characters of
+# rand.String (apiserver/pkg/storage/names: maxNameLength 63 - randomLength 5).
+POD_NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apimachinery/pkg/util/rand alphanums
+_HASH_CHARS = "".join(sorted({POD_NAME_CHARS[ord(d) % len(POD_NAME_CHARS)] for d in "0123456789"}))
+_MAX_HASH = 10  # digits of the largest uint32
+_MAX_GENERATED_PREFIX = 58
+
+
+def colour_deployment(rollout: str, color: str) -> str:
+    """The Deployment Teal runs a colour in (the same formula as teal.kube.deployment_name)."""
+    return f"{rollout}-{color}"
+
+
+def pod_name(deployment: str, template_hash: int, suffix: str) -> str:
+    """The name Kubernetes gives a pod of `deployment` (for tests and fakes; see above)."""
+    if not 0 <= template_hash < 2**32 or len(suffix) != 5 or set(suffix) - set(POD_NAME_CHARS):
+        raise ValueError(f"not a uint32 hash and a 5-character suffix of {POD_NAME_CHARS!r}: {template_hash!r}, {suffix!r}")
+    encoded = "".join(POD_NAME_CHARS[ord(d) % len(POD_NAME_CHARS)] for d in str(template_hash))
+    return f"{deployment}-{encoded}-"[:_MAX_GENERATED_PREFIX] + suffix
+
+
+def pod_regex(deployment: str) -> str:
+    """An RE2 regex that matches exactly the names of the pods of Deployment `deployment`.
+
+    Prometheus anchors `=~` regexes at both ends; the hash and random suffix use only
+    the characters Kubernetes draws them from and contain no dash, so the pods of
+    `app-blue-x` never match the regex of `app-blue`. Dots become `[.]`: the value then
+    needs no escaping inside any PromQL string. Deployment names longer than 45
+    characters lose the tail of their pod names to the 58-character generateName
+    limit; the regex follows that truncation exactly.
+    """
+    hash_, rand = f"[{_HASH_CHARS}]", f"[{POD_NAME_CHARS}]{{5}}"
+    prefix = f"{deployment}-"
+    room = _MAX_GENERATED_PREFIX - len(prefix)
+    if room > _MAX_HASH:
+        tail = f"{hash_}{{1,{_MAX_HASH}}}-"
+    elif room > 1:  # "<hash>-" cut to `room` characters
+        tail = f"(?:{hash_}{{1,{room - 1}}}-|{hash_}{{{room}}})"
+    elif room == 1:
+        tail = hash_
+    else:
+        prefix, tail = prefix[:_MAX_GENERATED_PREFIX], ""
+    literal = "".join(c if c.isalnum() or c == "-" else f"[{c}]" for c in prefix)
+    return literal + tail + rand
+
+
+def with_color(variables: Mapping[str, str | None], color: str | None) -> dict[str, str | None]:
+    """The variables with {{color}}, {{deployment}} and {{podRegex}} for `color`, and
+    {{stableDeployment}}, {{stablePodRegex}} for {{stableColor}} (None where unknown)."""
+    env = dict(variables)
+    name = env.get("name")
+
+    def names(c: str | None) -> tuple[str | None, str | None]:
+        deployment = colour_deployment(name, c) if name and c else None
+        return deployment, (pod_regex(deployment) if deployment else None)
+
+    env["color"] = color
+    env["deployment"], env["podRegex"] = names(color)
+    env["stableDeployment"], env["stablePodRegex"] = names(env.get("stableColor"))
+    return env
+
+
 def placeholders(query: str) -> list[str]:
     """The variable names a query template uses, in order of first use."""
     seen: dict[str, None] = {}
@@ -356,16 +429,18 @@ _METRIC_FIELDS = (
     "args",
 )
 
-PLACEHOLDER_VALUES = {
-    "namespace": "default",
-    "name": "rollout",
-    "color": "green",
-    "stableColor": "blue",
-    "revision": "2",
-    "stableRevision": "1",
-    "activeService": "service",
-    "previewService": "service-preview",
-}
+PLACEHOLDER_VALUES = with_color(
+    {
+        "namespace": "default",
+        "name": "rollout",
+        "stableColor": "blue",
+        "revision": "2",
+        "stableRevision": "1",
+        "activeService": "service",
+        "previewService": "service-preview",
+    },
+    "green",
+)
 
 
 def _args(raw: Any, field: str, allow_missing: bool) -> dict[str, str | None]:

@@ -39,6 +39,7 @@ from .model import (
     check_promql,
     judge,
     render,
+    with_color,
 )
 
 __all__ = [
@@ -429,12 +430,11 @@ def _safe_query(provider: Provider, promql: str) -> QueryResult:
 def resolve_queries(metric: Metric, variables: Mapping[str, str | None], color: str | None = None) -> tuple[str, str | None]:
     """The metric's query (and baseline query) with the variables filled in.
 
-    The baseline query is rendered for the stable colour: {{color}} and {{revision}}
-    mean stableColor and stableRevision there ({{stableColor}} works too).
+    The baseline query is rendered for the stable colour: {{color}}, {{deployment}},
+    {{podRegex}} and {{revision}} mean the stable colour's there ({{stableColor}},
+    {{stablePodRegex}}, ... work too).
     """
-    env: dict[str, str | None] = dict(variables)
-    if color is not None:
-        env["color"] = color
+    env = with_color(variables, color if color is not None else variables.get("color"))
     env.update({f"args.{k}": v for k, v in metric.args.items()})
     try:
         q = render(metric.query, env)
@@ -443,8 +443,7 @@ def resolve_queries(metric: Metric, variables: Mapping[str, str | None], color: 
         raise e.within(metric=metric.name, template=metric.template) from None
     bq = None
     if metric.baseline is not None:
-        benv = dict(env)
-        benv["color"] = env.get("stableColor")
+        benv = with_color(env, env.get("stableColor"))
         benv["revision"] = env.get("stableRevision")
         try:
             bq = render(metric.baseline, benv)
