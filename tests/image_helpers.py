@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -92,6 +93,7 @@ class ImageProcess:
         sa.mkdir(parents=True, exist_ok=True)
         argv = self.config.get("Entrypoint", []) + self.config.get("Cmd", [])
         uid, gid = self.config["User"].split(":")
+        workdir = shlex.quote(self.config.get("WorkingDir") or "/")
         script = "\n".join([
             "set -e",
             f"mount --bind '{r}' '{r}'",
@@ -103,8 +105,8 @@ class ImageProcess:
             f"mount -o remount,bind,ro '{sa}'",
             # chroot to the rootfs, cd to WorkingDir, drop to the image's user (no supplementary
             # groups), then exec Entrypoint + Cmd found on the image's PATH
-            'exec env -u IMAGE_PATH PATH="$IMAGE_PATH" unshare --root=' + f"'{r}' --wd='{self.config.get('WorkingDir') or '/'}'"
-            f" --setgid {gid} --setuid {uid} -- " + " ".join(f"'{a}'" for a in argv),
+            f'exec env -u IMAGE_PATH PATH="$IMAGE_PATH" unshare --root={shlex.quote(str(r))} --wd={workdir}'
+            f" --setgid {gid} --setuid {uid} -- {shlex.join(argv)}",
         ])
         host_path = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
         with open(self.log_path, "ab") as log:

@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 VERSIONS = dict(re.findall(r"^(\w+)=(\S*)", (ROOT / "hack" / "versions.env").read_text(), re.M))
 EPOCH = int(VERSIONS["IMAGE_SOURCE_DATE_EPOCH"])
 
-# building from a cold cache downloads Debian packages and wheels and compiles them (minutes on shared cores)
-pytestmark = pytest.mark.timeout(1800)
+# Building from a cold cache downloads Debian packages and wheels and compiles them (minutes on shared
+# cores), so even the checks that need no control plane stay out of `make test-fast`.
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
 
 
 def _say(message: str) -> None:
@@ -54,6 +55,14 @@ def image(tmp_path_factory):
     _say(f"{info['ref']} {info['digest']}: {info['compressed_size'] / 1e6:.1f} MB compressed, "
          f"{info['uncompressed_size'] / 1e6:.1f} MB uncompressed, built in {info['seconds']}s (cache {info['cache']})")
     return info
+
+
+@pytest.fixture(scope="module")
+def rootfs(image, tmp_path_factory) -> Path:
+    """The image's layers applied in order, as a container runtime would."""
+    path = tmp_path_factory.mktemp("unpacked") / "rootfs"
+    unpack(image["path"], path)
+    return path
 
 
 def layer_members(image) -> list[list[tarfile.TarInfo]]:
@@ -106,7 +115,8 @@ def test_layers_are_normalised_and_hold_the_runtime_only(image):
     for layer in layers:
         ordered = [m.name.rstrip("/") for m in layer]
         assert ordered == sorted(ordered, key=lambda s: s.encode()), "entries are not in a stable order"
-        odd = [m.name for m in layer if m.mtime != EPOCH or m.uname or m.gname or not (m.isdir() or m.isfile() or m.issym() or m.islnk())]
+        plain = lambda m: m.isdir() or m.isfile() or m.issym() or m.islnk()  # noqa: E731
+        odd = [m.name for m in layer if m.mtime != EPOCH or m.uname or m.gname or not plain(m)]
         assert not odd, f"entries with a time other than the epoch, user names or special files: {odd[:5]}"
         assert not [m.name for m in layer if "/.wh." in "/" + m.name], "whiteouts in a layer"
     top = {m.name for m in layers[2]}
@@ -127,9 +137,7 @@ def test_layers_are_normalised_and_hold_the_runtime_only(image):
     _say(f"teal.devenv (test/dev code) is {'INSIDE' if devenv else 'not in'} the image")
 
 
-def test_image_user_exists_and_root_is_not_writable_by_it(image, tmp_path):
-    rootfs = tmp_path / "rootfs"
-    unpack(image["path"], rootfs)
+def test_image_user_exists_and_root_is_not_writable_by_it(rootfs):
     assert "teal:x:65532:65532:" in (rootfs / "etc/passwd").read_text()
     owners = {(p.stat().st_uid) for p in [rootfs / "opt/teal", rootfs / "usr", rootfs / "etc"]}
     assert owners == {0}
@@ -246,11 +254,8 @@ def snapshot(rootfs: Path) -> dict[str, tuple[int, int, int]]:
     return out
 
 
-@pytest.mark.cluster
-def test_image_completes_a_release_as_65532_on_a_read_only_root(image, cluster, k8s, helm, chart_dir, teal_crds,
+def test_image_completes_a_release_as_65532_on_a_read_only_root(image, rootfs, cluster, k8s, helm, chart_dir, teal_crds,
                                                                  no_operator, tmp_path):
-    rootfs = tmp_path / "rootfs"
-    unpack(image["path"], rootfs)
     # in-cluster credentials exactly as a kubelet mounts them, for the chart's ServiceAccount
     ca = Path(cluster.ca_file)
     san = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(ca.parent / "apiserver.crt")],
