@@ -32,6 +32,9 @@ source "$here/lib/apt.sh"
 # ---- etcd and Prometheus from Debian ----
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || apt_install etcd "etcd-server"
 command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || apt_install prometheus "prometheus"
+# actionlint runs shellcheck on the workflows' run: blocks when it is installed (optional)
+command -v shellcheck >/dev/null 2>&1 || ( apt_install shellcheck shellcheck ) \
+  || log "shellcheck could not be installed: actionlint checks the workflows without it"
 # Debian may start both as services on install (they run as their own users); the tests
 # start their own on free ports. Only the services are stopped, never a test's processes.
 for svc in etcd prometheus prometheus-node-exporter; do
@@ -122,7 +125,10 @@ if [ ! -x "$KSTATUS_DIR/kstatus" ]; then
   mv "$KSTATUS_DIR/kstatus.tmp" "$KSTATUS_DIR/kstatus"
   timing "built kstatus in $(( $(date +%s) - start ))s"
 fi
+# checks .github/workflows/ (tests/test_install_artifacts.py); shellcheck, if installed, checks their run: blocks
+go_install actionlint github.com/rhysd/actionlint/cmd/actionlint "$ACTIONLINT_VERSION" actionlint
 
 echo "$K8S_DIR"
 echo "$CACHE/bin/kwok-$KWOK_VERSION"
 echo "$CACHE/bin/helm-$HELM_VERSION"
+echo "$CACHE/bin/actionlint-$ACTIONLINT_VERSION"
