@@ -165,7 +165,8 @@ def test_stale_or_missing_status_is_never_ready(releases, env, kubectl, teal_ope
                 assert hs["status"] == "Progressing", (name, runtime, hs)
                 assert f"generation {obj['metadata']['generation']}" in hs["message"], hs
             kubectl_wait_ready(kubectl, env, name, ready=False)
-            assert kstatus(obj)["status"] == "InProgress", name
+            ks = kstatus(obj)
+            assert ks["status"] == "InProgress" and f"generation is {obj['metadata']['generation']}" in ks["message"], ks
         fresh = live(kubectl, env, "fresh")
         assert "status" not in fresh
         for runtime in LUA_RUNTIMES:
