@@ -164,3 +164,14 @@ def test_an_unavailable_router_has_its_own_reason():
     other = core.decide(parse_spec(w.spec), {}, core.Observed(**{**obs.__dict__, "router_error": "RouteNotFound: x"}),
                         w.now)
     assert other.status["reason"] == "TrafficRouterError"
+
+
+def test_a_stable_deployment_that_cannot_be_made_again_is_not_called_healthy():
+    w = healthy_world()
+    del w.deployments["blue"]  # deleted by hand, and a quota now refuses it
+    w.refused[h("v1")] = QUOTA
+    w.run(2)
+    assert (w.status["phase"], w.status["reason"]) == ("Degraded", "DeploymentRejected")
+    assert "stable revision 1" in w.status["message"] and "exceeded quota" in w.status["message"]
+    del w.refused[h("v1")]  # lifted: the next try (after the backoff) makes it again
+    w.until(lambda w: w.status.get("phase") == "Healthy" and w.ready("blue") == 3, n=10, seconds=30)

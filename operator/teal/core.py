@@ -343,7 +343,11 @@ def _decide(t: _Tick) -> None:
         if release:
             _cancel_release(t, release, f"the template is back to stable revision {st['stableRevision']}")
         st.pop("abort", None)
-        _ensure_stable(t)
+        refused = _ensure_stable(t)
+        if refused is not None:  # its Deployment is gone (deleted by hand) and cannot be made again
+            t.set_phase("Degraded", f"stable revision {st['stableRevision']}: {_refused_text(refused)}",
+                        "DeploymentRejected")
+            return
         t.set_phase("Healthy", f"revision {st['stableRevision']} is live on {stable_color}", "Healthy")
         return
 
@@ -426,11 +430,13 @@ def _first_release(t: _Tick, want: str) -> None:
     t.set_phase("Progressing", f"first release: waiting for {color} to become available ({detail})", "Deploying")
 
 
-def _ensure_stable(t: _Tick) -> None:
-    """Keep the stable colour at full size (an HPA may change spec.replicas)."""
+def _ensure_stable(t: _Tick) -> Mapping[str, Any] | None:
+    """Keep the stable colour at full size (an HPA may change spec.replicas); the standing
+    refusal of its Deployment, if it is missing and the apiserver refuses to make it again."""
     st, spec = t.st, t.spec
     c = st["stableColor"]
     obs = t.color(c)
+    refused = None
     if not obs.exists and t.obs.template_hash == st["stableHash"]:
         deploy = DeployColor(c, t.obs.template, st["stableHash"], st["stableRevision"], spec.replicas)
         refused = _refusal(t, deploy)
@@ -440,6 +446,7 @@ def _ensure_stable(t: _Tick) -> None:
         t.actions.append(ScaleColor(c, spec.replicas))
     if (st.get("scaleDown") or {}).get("color") == c:
         st.pop("scaleDown", None)
+    return refused
 
 
 def _release_at_start(t: _Tick, color: str) -> dict[str, Any]:
