@@ -9,6 +9,8 @@
 #   CLUSTER_NAME   kind cluster name (default: teal, as in kind-config.yaml)
 #   TEAL_IMAGE     operator image (default: ghcr.io/teal-dev/teal:<chart appVersion>)
 #   SKIP_BUILD=1   do not build the image; kind pulls TEAL_IMAGE from its registry
+#   IMAGE_ARCHIVE=1 build the image without docker build (make image: an OCI archive of
+#                  ghcr.io/teal-dev/teal:<version>, Debian host, root) and load the archive
 #   WITH_INGRESS=1 also install ingress-nginx (host ports 80/443) for weighted releases
 #   DEMO_NS        namespace of the demo Rollout (default: demo)
 set -euo pipefail
@@ -36,7 +38,7 @@ if [[ "${1:-}" == "--delete" ]]; then
 fi
 
 for tool in kind kubectl helm python3; do need "$tool"; done
-[[ -n "${SKIP_BUILD:-}" ]] || need docker
+need docker   # kind's nodes are Docker containers
 
 ctx="kind-$CLUSTER_NAME"
 k() { kubectl --context "$ctx" "$@"; }
@@ -51,7 +53,12 @@ fi
 k cluster-info >/dev/null
 
 # ------------------------------------------------------------------ 2. the operator image
-if [[ -z "${SKIP_BUILD:-}" ]]; then
+if [[ -n "${IMAGE_ARCHIVE:-}" ]]; then
+  say "Building the image as an OCI archive (make image) and loading it into the kind nodes"
+  make image
+  TEAL_IMAGE=$(python3 -c 'import json; print(json.load(open("dist/teal-image.json"))["ref"])')
+  kind load image-archive dist/teal-image.oci.tar --name "$CLUSTER_NAME"
+elif [[ -z "${SKIP_BUILD:-}" ]]; then
   say "Building $TEAL_IMAGE from operator/Dockerfile"
   docker build -f operator/Dockerfile -t "$TEAL_IMAGE" --build-arg VERSION="$APP_VERSION" .
   say "Loading $TEAL_IMAGE into the kind nodes"
