@@ -157,6 +157,8 @@ def load_config() -> Config:
     arch = run(["dpkg", "--print-architecture"]).stdout.strip()
     if arch not in PY_PLATFORM:
         raise BuildError(f"unsupported architecture {arch} (amd64 and arm64 are)")
+    if f"python{env['IMAGE_PYTHON']}-minimal" not in DEB_ROOTS:
+        raise BuildError(f"IMAGE_PYTHON={env['IMAGE_PYTHON']} is not the Python of DEB_ROOTS in hack/image/build.py")
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or env["IMAGE_SOURCE_DATE_EPOCH"])
     return Config(arch=arch, suite=env["IMAGE_DEBIAN_SUITE"], python=env["IMAGE_PYTHON"], epoch=epoch,
