@@ -111,19 +111,21 @@ go_install() { # name module version binary
 go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" kwok
 go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" helm
 
-# ---- kstatus: the status rules Flux applies to custom resources (tests/test_gitops_health.py) ----
-# Not put on PATH; the test finds it at $CACHE/bin/kstatus-<cli-utils version>/kstatus.
-KSTATUS_VERSION=$(awk '$1 == "sigs.k8s.io/cli-utils" {print $2}' "$here/kstatus/go.mod")
-KSTATUS_DIR="$CACHE/bin/kstatus-$KSTATUS_VERSION"
-if [ ! -x "$KSTATUS_DIR/kstatus" ]; then
+# ---- the rules of the GitOps tools, for tests/test_gitops_health.py (hack/gitops-tools) ----
+#   kstatus:    what Flux's health checks compute for a custom resource (sigs.k8s.io/cli-utils)
+#   argocd-lua: a health script run in gopher-lua the way Argo CD runs one
+# Versions pinned in hack/gitops-tools/go.mod. Not put on PATH: tests/gitops_helpers.py finds
+# them in $CACHE/bin/gitops-tools-<hash of go.mod, go.sum and */main.go>/.
+GITOPS_SRC="$here/gitops-tools"
+GITOPS_DIR="$CACHE/bin/gitops-tools-$(cd "$GITOPS_SRC" && LC_ALL=C && cat go.mod go.sum */main.go | sha256sum | cut -c1-12)"
+if [ ! -x "$GITOPS_DIR/kstatus" ] || [ ! -x "$GITOPS_DIR/argocd-lua" ]; then
   need_go
-  mkdir -p "$KSTATUS_DIR"
-  log "building kstatus (sigs.k8s.io/cli-utils $KSTATUS_VERSION, pinned in hack/kstatus/go.mod)"
+  mkdir -p "$GITOPS_DIR"
+  log "building kstatus and argocd-lua (hack/gitops-tools)"
   start=$(date +%s)
-  ( cd "$here/kstatus" && CGO_ENABLED=0 go build -buildvcs=false -trimpath -ldflags "-s -w" -o "$KSTATUS_DIR/kstatus.tmp" . >&2 ) \
-    || die "go build of hack/kstatus failed"
-  mv "$KSTATUS_DIR/kstatus.tmp" "$KSTATUS_DIR/kstatus"
-  timing "built kstatus in $(( $(date +%s) - start ))s"
+  ( cd "$GITOPS_SRC" && CGO_ENABLED=0 go build -buildvcs=false -trimpath -ldflags "-s -w" -o "$GITOPS_DIR/" ./kstatus ./argocd-lua >&2 ) \
+    || die "go build of hack/gitops-tools failed"
+  timing "built kstatus and argocd-lua in $(( $(date +%s) - start ))s"
 fi
 # checks .github/workflows/ (tests/test_install_artifacts.py); shellcheck, if installed, checks their run: blocks
 go_install actionlint github.com/rhysd/actionlint/cmd/actionlint "$ACTIONLINT_VERSION" actionlint

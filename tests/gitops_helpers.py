@@ -6,18 +6,24 @@
   argo-cd): a fresh Lua state with only the libraries Argo CD opens for custom scripts
   (base, table, package, an ``os`` with ``time``/``date``; no ``string``, ``math``, ``io``),
   the object as the global ``obj``, the chunk's return value as the result, and a status
-  outside Argo CD's six turned into ``Unknown``. Argo CD runs gopher-lua (Lua 5.1), so the
-  real Lua 5.1 from lupa is the reference; Lua 5.4 checks a user's stock interpreter too.
+  outside Argo CD's six turned into ``Unknown``. Three interpreters: gopher-lua, the one
+  Argo CD embeds (hack/gitops-tools/argocd-lua), and the reference Lua 5.1 and 5.4 (lupa),
+  so a script that works only by an accident of one of them fails.
 * ``kstatus``: sigs.k8s.io/cli-utils' ``status.Compute`` (what Flux's health checks use
-  for a custom resource), built from hack/kstatus by hack/build-binaries.sh.
+  for a custom resource), hack/gitops-tools/kstatus.
+
+Both Go programs are built by hack/build-binaries.sh into a cache folder named after a
+hash of their sources.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 GITOPS_DOC = ROOT / "docs" / "gitops.md"
 HEALTH_KEY = "resource.customizations.health.teal.dev_Rollout"
 ARGOCD_STATUSES = ("Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown")
-LUA_RUNTIMES = ("lua51", "lua54")
+LUA_RUNTIMES = ("gopher-lua", "lua51", "lua54")
+TOOLS = ROOT / "hack" / "gitops-tools"
 
 _FENCE = re.compile(r"^```[a-z]*\n(.*?)^```", re.S | re.M)
 
@@ -63,31 +70,46 @@ def _argocd_lua_state(runtime: str) -> Any:
     return lua
 
 
-def argocd_health(script: str, obj: dict[str, Any], runtime: str = "lua51") -> dict[str, Any]:
+def argocd_health(script: str, obj: dict[str, Any], runtime: str = "gopher-lua") -> dict[str, Any]:
     """{"status", "message"} as Argo CD would show them for ``obj``."""
-    lua = _argocd_lua_state(runtime)
-    lua.globals().obj = lua.table_from(obj, recursive=True)
-    result = lua.execute(script)
-    if _lupa(runtime).lua_type(result) != "table":
-        raise AssertionError(f"the health script returned {result!r}, not a table (Argo CD reports an error)")
-    hs = {k: v for k, v in result.items()}
+    hs = _gopher_lua(script, obj) if runtime == "gopher-lua" else _lupa_lua(script, obj, runtime)
     if hs.get("status") not in ARGOCD_STATUSES:
         return {"status": "Unknown", "message": "Lua returned an invalid health status"}
     return hs
 
 
 def _lupa(runtime: str) -> Any:
-    if runtime not in LUA_RUNTIMES:
+    if runtime not in LUA_RUNTIMES[1:]:
         raise ValueError(f"Lua runtime {runtime!r}: use one of {LUA_RUNTIMES}")
     return importlib.import_module(f"lupa.{runtime}")
 
 
-def kstatus_binary() -> Path:
-    """The kstatus program hack/build-binaries.sh builds (cache folder named after the pinned cli-utils)."""
-    pin = re.search(r"sigs\.k8s\.io/cli-utils (v\S+)", (ROOT / "hack" / "kstatus" / "go.mod").read_text())
-    assert pin, "hack/kstatus/go.mod must pin sigs.k8s.io/cli-utils"
+def _lupa_lua(script: str, obj: dict[str, Any], runtime: str) -> dict[str, Any]:
+    lua = _argocd_lua_state(runtime)
+    lua.globals().obj = lua.table_from(obj, recursive=True)
+    result = lua.execute(script)
+    if _lupa(runtime).lua_type(result) != "table":
+        raise AssertionError(f"the health script returned {result!r}, not a table (Argo CD reports an error)")
+    return dict(result.items())
+
+
+def _gopher_lua(script: str, obj: dict[str, Any]) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:
+        f.write(script)
+        f.flush()
+        proc = subprocess.run([str(tool("argocd-lua")), f.name], input=json.dumps(obj), capture_output=True,
+                              text=True, timeout=30)
+    if proc.returncode != 0:
+        raise AssertionError(f"the health script failed in gopher-lua: {proc.stderr.strip()}")
+    return json.loads(proc.stdout)
+
+
+def tool(name: str) -> Path:
+    """A program of hack/gitops-tools, where hack/build-binaries.sh builds it (keyed like there)."""
+    sources = [TOOLS / "go.mod", TOOLS / "go.sum", *sorted(TOOLS.glob("*/main.go"))]
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
     cache = Path(os.environ.get("TEAL_CACHE", Path.home() / ".cache" / "teal"))
-    path = cache / "bin" / f"kstatus-{pin.group(1)}" / "kstatus"
+    path = cache / "bin" / f"gitops-tools-{key}" / name
     if not os.access(path, os.X_OK):
         raise AssertionError(f"{path} is missing: run hack/build-binaries.sh (hack/test.sh does)")
     return path
@@ -95,6 +117,6 @@ def kstatus_binary() -> Path:
 
 def kstatus(obj: dict[str, Any]) -> dict[str, str]:
     """{"status": Current | InProgress | Failed | ..., "message"} for one object."""
-    out = subprocess.run([str(kstatus_binary())], input=json.dumps(obj), capture_output=True, text=True,
+    out = subprocess.run([str(tool("kstatus"))], input=json.dumps(obj), capture_output=True, text=True,
                          timeout=30, check=True).stdout
     return json.loads(out)

@@ -3,7 +3,8 @@ run on the statuses of real releases by the real operator in every phase.
 
 One namespace holds five Rollouts, each driven to one phase (Healthy, Progressing,
 Paused, Degraded, Aborted). For each, the live object (``kubectl get -o json``) goes to
-* the doc's Lua health check, run under Lua 5.1 (Argo CD's gopher-lua) and Lua 5.4,
+* the doc's Lua health check, run in gopher-lua (the interpreter Argo CD embeds) and in
+  the reference Lua 5.1 and 5.4,
 * ``kubectl wait --for=condition=Ready`` as the doc shows it,
 * kstatus, the library Flux's health checks use for a custom resource.
 The last test stops the operator, changes every spec (the status is then stale, as right
@@ -111,9 +112,9 @@ def kubectl_wait_ready(kubectl: str, env: Env, name: str, ready: bool) -> None:
 def test_the_lua_state_is_as_bare_as_argocds(runtime):
     """What the doc claims of its script holds only if the sandbox is Argo CD's."""
     obj = {"metadata": {"generation": 3}}
-    with pytest.raises(Exception, match="string"):
+    with pytest.raises(Exception, match="string|format"):  # each interpreter words it its own way
         argocd_health('return {status = string.format("%s", "Healthy")}', obj, runtime)
-    with pytest.raises(Exception, match="attempt to index a string value"):
+    with pytest.raises(Exception, match="string"):
         argocd_health('return {status = ("healthy"):upper()}', obj, runtime)
     with pytest.raises(AssertionError, match="not a table"):
         argocd_health('return "Healthy"', obj, runtime)

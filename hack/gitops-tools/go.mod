@@ -1,8 +1,9 @@
-module teal.dev/kstatus
+module teal.dev/gitops-tools
 
 go 1.24.0
 
 require (
+	github.com/yuin/gopher-lua v1.1.1
 	k8s.io/apimachinery v0.34.4
 	sigs.k8s.io/cli-utils v0.37.2
 )
