@@ -76,6 +76,9 @@ fi
 
 if want wheel; then
   rm -f "$out"/teal_operator-*.whl
-  "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$root" >&2 || die "pip wheel failed"
+  # from a clean copy: pip builds in the source tree, and the work tree gets no build/ from it
+  src=$(mktemp -d); trap 'rm -rf "$src"' EXIT
+  tar -C "$root" --exclude=__pycache__ --exclude='*.egg-info' -cf - pyproject.toml README.md operator | tar -C "$src" -xf -
+  "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$src" >&2 || die "pip wheel failed"
   ls "$out"/teal_operator-"$py_version"-*.whl
 fi
