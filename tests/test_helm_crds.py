@@ -11,14 +11,17 @@ delete CRDs, which in the suite's shared cluster would delete every other test's
 """
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import yaml
 
-from cli_helpers import CRDS, Rollouts, healthy_status, rollout_manifest, run
+from cli_helpers import CHART, CRDS, ROOT, Rollouts, healthy_status, rollout_manifest, run
 from teal.devenv.wait import wait_for
 
 TEAL_CRDS = ["rollouts.teal.dev", "analysistemplates.teal.dev", "clusteranalysistemplates.teal.dev"]
@@ -247,3 +250,21 @@ def test_keep_on_uninstall_and_delete_without_keep(h, chart_dir):
     wait_for(lambda: not any(h.crd(name) for name in TEAL_CRDS), timeout=60, what="Teal's CRDs to be deleted")
     assert all(h.crd(name) for name in PEERING_CRDS)  # kopf's (the subchart's crds/) are never deleted
     api.close()
+
+
+@pytest.mark.cluster
+def test_the_readme_adopts_crds_applied_with_kubectl(h, chart_dir):
+    """The chart README's commands that make CRDs applied with kubectl the release's own, run as written."""
+    h.k("apply", "--server-side", "--field-manager", "teal-tests", "-f", str(CRDS))
+    h.install("teal", chart_dir, "teal-system")
+    assert "CustomResourceDefinition" not in h.manifest_kinds("teal", "teal-system") and not h.owner("rollouts.teal.dev")
+    readme = (CHART / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", readme, re.S) if "kubectl annotate crd" in b]
+    subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, check=True, timeout=180,
+                   env={**os.environ, **h.env, "PATH": os.pathsep.join(
+                       [str(Path(h.kubectl).parent), str(Path(h.helm).parent), os.environ["PATH"]])})
+    assert h.owner("rollouts.teal.dev") == "teal"
+    assert h.manifest_kinds("teal", "teal-system").count("CustomResourceDefinition") == len(TEAL_CRDS)
+    assert h.crd("rollouts.teal.dev")["metadata"]["annotations"][KEEP] == "keep"
+    h("uninstall", "teal", "--namespace", "teal-system", "--wait")
+    assert all(h.crd(name) for name in TEAL_CRDS)
