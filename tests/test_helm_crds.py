@@ -208,7 +208,7 @@ def test_upgrade_changes_the_crd_and_loses_no_rollout(h, chart_dir, tmp_path):
 
 
 @pytest.mark.cluster
-def test_crds_of_someone_else_are_left_alone(h, chart_dir):
+def test_crds_of_someone_else_are_left_alone(h, chart_dir, tmp_path):
     # the first release makes the CRDs and owns them; a second one installs beside it
     h.install("first", chart_dir, "team-a", "rbac.scope=namespaced", "watchNamespaces={team-a}")
     assert h.owner("rollouts.teal.dev") == "first"
@@ -229,6 +229,20 @@ def test_crds_of_someone_else_are_left_alone(h, chart_dir):
     assert "CustomResourceDefinition" not in h.manifest_kinds("third", "team-c")
     assert h.owner("rollouts.teal.dev") is None
     h("uninstall", "third", "--namespace", "team-c", "--wait")
+    assert foreign_crds(h, chart_dir, tmp_path) == ", ".join(sorted(TEAL_CRDS))  # for NOTES.txt to say so
+
+
+def foreign_crds(h: Helm, chart_dir: Path, tmp_path: Path) -> str:
+    """What the chart's `teal.crd.foreign` helper says in a real install (lookup needs the cluster)."""
+    copy = tmp_path / "probe" / "teal"
+    shutil.copytree(chart_dir, copy)
+    (copy / "templates" / "zz-probe.yaml").write_text(
+        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: probe}\n'
+        'data: {foreign: {{ include "teal.crd.foreign" . | quote }}}\n')
+    out = h("install", "probe", str(copy), "--namespace", "default", "--dry-run=server").stdout
+    (probe,) = [d for d in yaml.safe_load_all(out.split("NOTES:")[0].split("MANIFEST:", 1)[1]) if d
+                and d["kind"] == "ConfigMap" and d["metadata"]["name"] == "probe"]
+    return probe["data"]["foreign"]
 
 
 @pytest.mark.cluster
