@@ -20,6 +20,11 @@ export PATH="$TEAL_BIN_DIRS:$PATH"
 # 2. the virtualenv, keyed by the dependency list
 key=$(cat "$REPO/pyproject.toml" | sha256sum | cut -c1-12)
 VENV="$TEAL_CACHE/venv-$(python3 -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")')-$key"
+# Two runs at once (a test run and the sandbox, say) share the cache: one makes the
+# virtualenv while the other waits on the lock, instead of deleting it under its feet.
+mkdir -p "$TEAL_CACHE"
+exec 9>"$VENV.lock"
+flock 9
 if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
   say "creating the Python environment $VENV"
   rm -rf "$VENV"
@@ -30,5 +35,6 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
 fi
 # point the editable install at this checkout (CI runs in a fresh clone elsewhere)
 "$VENV/bin/pip" install -q --no-deps -e "$REPO" >&2
+exec 9>&-
 export PATH="$VENV/bin:$PATH"
 export VIRTUAL_ENV="$VENV"
