@@ -16,6 +16,7 @@ unchanged inputs copies the cached archive, and a change to operator/ rebuilds l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -201,7 +202,8 @@ def mmdebstrap_debs(cfg: Config, include: list[str], work: Path) -> list[Path]:
     the suite (main, updates, security) and return the downloaded .deb files."""
     target = work / "mmdebstrap"
     try:
-        run(["mmdebstrap", "--quiet", "--variant=extract", f"--include={','.join(include)}",
+        # the extract variant runs nothing of the target, so any architecture resolves on any host
+        run(["mmdebstrap", "--quiet", "--variant=extract", f"--architectures={cfg.arch}", f"--include={','.join(include)}",
              "--skip=cleanup/apt/cache", cfg.suite, target])
     except BuildError as exc:
         if "was not found" in str(exc) or "Unable to locate" in str(exc):
@@ -222,7 +224,15 @@ def deb_fields(deb: Path) -> tuple[str, str, str]:
 
 
 def relock(cfg: Config, tools: Path, work: Path) -> None:
-    log(f"resolving Debian {cfg.suite} packages for {', '.join(DEB_ROOTS)}")
+    """Both locks for every architecture the image is built for (each build uses its host's): only
+    resolution and downloads, nothing of the target runs, so an amd64 host locks arm64 too."""
+    for arch in PY_PLATFORM:
+        relock_arch(dataclasses.replace(cfg, arch=arch), tools, work / arch)
+
+
+def relock_arch(cfg: Config, tools: Path, work: Path) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"resolving Debian {cfg.suite} packages for {', '.join(DEB_ROOTS)} ({cfg.arch})")
     rows = sorted(deb_fields(d) + (oci.file_sha256(d),) for d in mmdebstrap_debs(cfg, DEB_ROOTS, work))
     cfg.debian_lock.write_text(
         "# Debian packages of the operator image: written by `hack/build-image.sh --relock`.\n"
