@@ -355,6 +355,7 @@ def run_blocks(outcome: Outcome, blocks: list[Block], shell: Shell, operators: C
         block.seconds = time.monotonic() - started
         problem = operators.trouble() if operators else None
         if code != 0 or problem:
+            context = f"\n{operators.logs()}\n{problem or ''}" if operators else ""
             raise DocFailure(f"{block.where()}: exit {code}\n--- block\n{block.script}\n--- output\n"
-                             f"{block.output[-4000:]}" + (f"\n{operators.logs()}\n{problem or ''}" if operators else ""))
+                             f"{block.output[-4000:]}{context}")
         outcome.ran.append(block)

@@ -47,8 +47,8 @@ def report(request):
                  f"{len(_OUTCOMES)} document(s); {len(marked)} block(s) ({sum(b.commands for b in marked)} "
                  f"command(s)) not runnable here:")
     lines += [f"    {b.where()}: {b.reason}" for b in marked]
-    lines.append("  slowest blocks: " + ", ".join(
-        f"{b.where()} {b.seconds:.1f} s" for b in sorted((b for o in _OUTCOMES for b in o.ran), key=lambda b: -b.seconds)[:5]))
+    slowest = sorted((b for o in _OUTCOMES for b in o.ran), key=lambda b: -b.seconds)[:5]
+    lines.append("  slowest blocks: " + ", ".join(f"{b.where()} {b.seconds:.1f} s" for b in slowest))
     with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
         sys.stderr.write("\n" + "\n".join(lines) + "\n")
 
