@@ -15,6 +15,8 @@ export TEAL_CACHE=${TEAL_CACHE:-$HOME/.cache/teal}
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
   || { echo "[build-image] ERROR: python3 >= 3.11 is required" >&2; exit 1; }
 command -v mmdebstrap >/dev/null 2>&1 || apt_install mmdebstrap mmdebstrap
+# on a Debian-family host that is not Debian (e.g. an Ubuntu CI runner), apt needs Debian's keys
+[ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || apt_install "Debian's archive keyring" debian-archive-keyring
 python3 -c 'import ensurepip' 2>/dev/null || apt_install "python3 -m venv" python3-venv
 command -v dpkg-deb >/dev/null 2>&1 || { echo "[build-image] ERROR: dpkg-deb is required (a Debian host)" >&2; exit 1; }
 
