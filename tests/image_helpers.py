@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,15 +19,27 @@ import oci  # noqa: E402  (the archive reader the build itself uses)
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
-def build_image(output: Path, env: dict[str, str] | None = None, timeout: float = 1200) -> dict[str, Any]:
-    """Run `hack/build-image.sh --output OUTPUT`; the summary it writes beside the archive, plus its log."""
-    proc = subprocess.run(["bash", str(ROOT / "hack" / "build-image.sh"), "--output", str(output)],
+def build_image(output: Path, env: dict[str, str] | None = None, timeout: float = 1200,
+                repo: Path = ROOT) -> dict[str, Any]:
+    """Run `REPO/hack/build-image.sh --output OUTPUT`; the summary it writes beside the archive, plus its log."""
+    proc = subprocess.run(["bash", str(repo / "hack" / "build-image.sh"), "--output", str(output)],
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         raise AssertionError(f"hack/build-image.sh exited {proc.returncode}:\n{proc.stderr[-4000:]}")
     info = json.loads(output.with_name(output.name.split(".")[0] + ".json").read_text())
     info["log"] = proc.stderr
     return info
+
+
+def snapshot_sources(dest: Path) -> Path:
+    """A copy of what the image is built from (the build script and its pins, pyproject.toml,
+    README.md, operator/), so several builds see the same inputs while the work tree changes."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for rel in ("hack", "operator"):
+        shutil.copytree(ROOT / rel, dest / rel, ignore=ignore, symlinks=True)
+    for rel in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / rel, dest / rel)
+    return dest
 
 
 def crane_binary() -> str:
