@@ -125,7 +125,9 @@ class ImageProcess:
         with open(self.log_path, "ab") as log:
             # only the image's Env and what the "kubelet" adds (and PATH for mount): nothing of the host's
             self.proc = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "--fork", "--", "sh", "-c", script],
+                # a killed test run takes the image's process with it (pdeathsig, then --kill-child)
+                ["setpriv", "--pdeathsig", "KILL", "--", "unshare", "--mount", "--propagation", "private",
+                 "--fork", "--kill-child", "--", "sh", "-c", script],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**self.env, **host_path, "IMAGE_PATH": self.env["PATH"]},
                 start_new_session=True,
