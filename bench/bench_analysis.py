@@ -22,11 +22,11 @@ from pathlib import Path
 from teal.analysis import Metric, QueryResult, measure
 from teal.analysis.engine import evaluate
 from teal.analysis.prometheus import PrometheusProvider
-from teal.devenv.fakeapp import FakeApp, LoadGenerator
-from teal.devenv.prometheus import LocalPrometheus
+from teal.devenv.fakeapp import FakeApp, LoadGenerator, pod_names
+from teal.devenv.prometheus import LocalPrometheus, pod_job
 
 NS = "bench"
-SEL = f'namespace="{NS}",teal_color="{{{{color}}}}"'
+SEL = f'namespace="{NS}",pod=~"{{{{podRegex}}}}"'  # the labels Prometheus gives any pod'
 ERR = f'sum(rate(http_requests_total{{{SEL},code=~"5.."}}[10s])) / sum(rate(http_requests_total{{{SEL}}}[10s]))'
 VARS = {"namespace": NS, "name": "bench", "color": "green", "stableColor": "blue", "revision": "2",
         "stableRevision": "1", "activeService": "bench", "previewService": None}
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="teal-bench-") as tmp, \
             LocalPrometheus(Path(tmp) / "prom") as prom, \
             FakeApp("blue", NS) as blue, FakeApp("green", NS) as green:
-        prom.set_targets({"blue": [blue.target], "green": [green.target]}, wait_up=True)
+        prom.set_targets([pod_job(app.color, app.pod_targets(pod_names(f"bench-{app.color}", 2)))
+                          for app in (blue, green)], wait_up=True)
         with LoadGenerator({blue.url: 1, green.url: 1}, rps=40, duration=600):
             err = Metric(name="error-rate", query=ERR, threshold_max=0.01)
             rel = Metric(name="errors-vs-live", query=ERR, baseline=ERR, max_ratio=1.2, floor=0.01)

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "operator"))
 
 from stats import summary  # noqa: E402
+from teal.analysis.model import pod_regex  # noqa: E402
 from teal.devenv.cluster import LocalCluster  # noqa: E402
 from teal.devenv.crds import crd_documents, install_crds  # noqa: E402
 from teal.devenv.operator import OperatorProcess  # noqa: E402
@@ -36,8 +37,13 @@ from teal.devenv.traffic import ClusterTraffic  # noqa: E402
 from teal.devenv.wait import wait_for  # noqa: E402
 
 NS = "bench"
-RATE = ('sum(rate(http_requests_total{namespace="{{namespace}}",teal_color="{{color}}",code=~"5.."}[3s]))'
-        ' / sum(rate(http_requests_total{namespace="{{namespace}}",teal_color="{{color}}"}[3s]))')
+RATE = ('sum(rate(http_requests_total{namespace="{{namespace}}",pod=~"{{podRegex}}",code=~"5.."}[3s]))'
+        ' / sum(rate(http_requests_total{namespace="{{namespace}}",pod=~"{{podRegex}}"}[3s]))')
+
+
+def pods_of(color: str) -> str:
+    """A selector of the colour's pods by the labels Prometheus gives them."""
+    return f'namespace="{NS}",pod=~"{pod_regex(f"app-{color}")}"'
 
 
 
@@ -45,7 +51,7 @@ def first_failed_scrape(prom, color: str, t0: float, t_end: float) -> float:
     """The timestamp of the first scrape after t0 whose 5xx counter of `color` grew."""
     window = int(t_end - t0) + 30
     data = prom.api("/api/v1/query", {
-        "query": f'http_requests_total{{namespace="{NS}",teal_color="{color}",code="500"}}[{window}s]',
+        "query": f'http_requests_total{{{pods_of(color)},code="500"}}[{window}s]',
         "time": f"{t_end:.3f}"})
     samples = [(float(ts), float(v)) for series in data["result"] for ts, v in series["values"]]
     before = max((v for ts, v in samples if ts <= t0), default=0.0)
@@ -72,7 +78,7 @@ def main() -> int:
             core.create_namespaced_service(NS, {"metadata": {"name": svc}, "spec": {
                 "selector": {"app": "demo"}, "ports": [{"port": 80}]}})
         apps = {c: stack.enter_context(run_fakeapp(c, NS)) for c in ("blue", "green")}
-        prom.set_targets({NS: [a.target for a in apps.values()]}, wait_up=True)
+        stack.enter_context(prom.scrape_pods(NS, api, NS, {c: a.target for c, a in apps.items()}, rollout="app"))
         stack.enter_context(OperatorProcess(cluster.kubeconfig, work / "operator.log", ["-A"], log_level="warning"))
 
         def template(i: int) -> dict:
@@ -94,7 +100,7 @@ def main() -> int:
                                   "count": 1000, "initialDelay": "2s", "postPromotion": ["error-rate"],
                                   "metrics": [{"name": "error-rate", "query": RATE,
                                                "thresholdRange": {"max": 0.05}, "noData": "inconclusive",
-                                               "inconclusiveLimit": 5}]}},
+                                               "inconclusiveLimit": 15}]}},  # new pods: discovery + 2 scrapes
         })
         wait_for(lambda: status().get("phase") == "Healthy", timeout=60, what="first release")
         stack.enter_context(ClusterTraffic(api, NS, apps, "app", "app-preview", rps=100, duration=1800,
@@ -127,7 +133,7 @@ def main() -> int:
             wait_for(lambda: status().get("phase") == "Aborted", timeout=30, what="aborted")
             # the next round starts when this round's errors have left the 3 s rate window
             wait_for(lambda: not prom.query_value(
-                f'sum(increase(http_requests_total{{namespace="{NS}",teal_color="{new}",code="500"}}[4s]))'),
+                f'sum(increase(http_requests_total{{{pods_of(new)},code="500"}}[4s]))'),
                 timeout=30, interval=0.5, what="errors out of the window")
         print(f"revert after degradation, {args.rounds} rounds, analysis interval {args.interval}, scrape 1s:")
         for name, values in parts.items():

@@ -4,6 +4,7 @@ front of Prometheus (optionally TLS), and a server that accepts connections but 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import socket
 import ssl
 import subprocess
@@ -16,16 +17,20 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import yaml
 
-from teal.devenv.fakeapp import FakeApp, LoadGenerator
-from teal.devenv.prometheus import LocalPrometheus
+from teal.analysis.engine import rollout_variables
+from teal.devenv.fakeapp import FakeApp, LoadGenerator, pod_names
+from teal.devenv.prometheus import LocalPrometheus, pod_job
 
 NS = "analysis"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "analysis-queries.md"
 WINDOW = "5s"  # rate() window: short, so changes show within seconds (scrapes every 1 s)
 
 
 def error_rate_query(ns: str = NS, window: str = WINDOW) -> str:
-    sel = f'namespace="{ns}",teal_color="{{{{color}}}}"'
+    """The error ratio of the colour's pods, selected by the labels Prometheus gives any pod."""
+    sel = f'namespace="{ns}",pod=~"{{{{podRegex}}}}"'
     return (
         f'sum(rate(http_requests_total{{{sel},code=~"5.."}}[{window}]))'
         f" / sum(rate(http_requests_total{{{sel}}}[{window}]))"
@@ -36,16 +41,15 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-VARIABLES = {
-    "namespace": NS,
-    "name": "checkout",
-    "color": "green",
-    "stableColor": "blue",
-    "revision": "2",
-    "stableRevision": "1",
-    "activeService": "checkout",
-    "previewService": "checkout-preview",
-}
+ROLLOUT = "checkout"
+VARIABLES = rollout_variables(namespace=NS, name=ROLLOUT, color="green", stable_color="blue", revision=2,
+                              stable_revision=1, active_services=["checkout"], preview_service="checkout-preview")
+
+
+def colour_job(app: FakeApp, replicas: int = 2) -> dict[str, Any]:
+    """A scrape job where `app` plays `replicas` pods named as Kubernetes names the pods of
+    Deployment checkout-<colour> (no cluster here: the names are made, in the real format)."""
+    return pod_job(f"{NS}-{app.color}", app.pod_targets(pod_names(f"{ROLLOUT}-{app.color}", replicas)))
 
 
 @dataclass
@@ -65,14 +69,39 @@ class Colors:
 
 @pytest.fixture(scope="module")
 def colors(prometheus: LocalPrometheus) -> Iterator[Colors]:
-    """Blue and green fake apps, scraped every second, under a steady bounded load."""
+    """Blue and green fake apps, scraped every second as pods (labels namespace, pod,
+    container), under a steady bounded load."""
     with FakeApp("blue", NS) as blue, FakeApp("green", NS) as green, FakeApp("idle", NS) as idle:
-        prometheus.set_targets(
-            {f"{NS}-blue": [blue.target], f"{NS}-green": [green.target], f"{NS}-idle": [idle.target]}, wait_up=True
-        )
+        prometheus.set_targets([colour_job(blue), colour_job(green), colour_job(idle, 1)], wait_up=True)
         load = LoadGenerator({blue.url: 1, green.url: 1}, rps=40, duration=900, concurrency=4)
         with load:
             yield Colors(blue, green, idle, load, prometheus)
+
+
+# ---------------------------------------------------------------- docs/analysis-queries.md
+
+_YAML_FENCE = re.compile(r"^```yaml\n(.*?)^```", re.S | re.M)
+
+
+def doc_yaml() -> list[Any]:
+    """Every YAML block of docs/analysis-queries.md, parsed."""
+    return [yaml.safe_load(b) for b in _YAML_FENCE.findall(DOC.read_text())]
+
+
+def doc_block(pred) -> dict:
+    found = [b for b in doc_yaml() if isinstance(b, dict) and pred(b)]
+    assert len(found) == 1, f"expected one such block in {DOC.name}, found {len(found)}"
+    return found[0]
+
+
+def doc_template() -> dict:
+    """The doc's AnalysisTemplate."""
+    return doc_block(lambda b: b.get("kind") == "AnalysisTemplate")
+
+
+def doc_sd_job() -> dict:
+    """The doc's kubernetes_sd scrape config."""
+    return doc_block(lambda b: "scrape_configs" in b)["scrape_configs"][0]
 
 
 # ---------------------------------------------------------------- a recording proxy

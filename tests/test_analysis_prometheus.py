@@ -78,7 +78,7 @@ def test_healthy_values_pass(colors: Colors, prom):
     m = settle(prom, err_metric(), lambda m: m.value is not None and m.value == m.value, what="green error rate data")
     assert m.verdict == SUCCESSFUL, m.message
     assert m.value == 0.0 and m.message == "error-rate 0 <= max 0.01"
-    assert f'teal_color="green"' in m.query and "{{" not in m.query
+    assert f'pod=~"{VARIABLES["podRegex"]}"' in m.query and 'pod=~"checkout-green-[' in m.query and "{{" not in m.query
     assert prom.is_online()
 
 
@@ -105,7 +105,7 @@ def test_baseline_passes_when_both_colours_are_equally_bad(colors: Colors, prom)
     try:
         m = settle(prom, metric, lambda m: near(m.value, 0.2) and near(m.baseline, 0.2), what="both ~0.2")
         assert m.verdict == SUCCESSFUL, m.message
-        assert 'teal_color="blue"' in m.baseline_query and 'teal_color="green"' in m.query
+        assert 'pod=~"checkout-blue-[' in m.baseline_query and 'pod=~"checkout-green-[' in m.query
         # the same data judged by a fixed threshold fails: baseline comparison is what passes it
         assert measure_color(prom, err_metric()).verdict == FAILED
     finally:
@@ -113,7 +113,7 @@ def test_baseline_passes_when_both_colours_are_equally_bad(colors: Colors, prom)
 
 
 def test_baseline_fails_when_only_green_is_bad(colors: Colors, prom):
-    stable_form = error_rate_query().replace("{{color}}", "{{stableColor}}")
+    stable_form = error_rate_query().replace("{{podRegex}}", "{{stablePodRegex}}")
     metric = Metric(name="errors-vs-live", query=error_rate_query(), baseline=stable_form, max_ratio=1.2, floor=0.01)
     colors.set(blue=0.0, green=0.2)
     try:
@@ -128,7 +128,7 @@ def test_baseline_fails_when_only_green_is_bad(colors: Colors, prom):
 def test_empty_result_follows_no_data(colors: Colors, prom, policy, verdict):
     empty = Metric(
         name="absent",
-        query=f'sum(rate(http_requests_total{{namespace="{NS}",teal_color="purple"}}[{WINDOW}]))',
+        query=f'sum(rate(http_requests_total{{namespace="{NS}",pod=~"checkout-purple-.*"}}[{WINDOW}]))',
         threshold_max=0.01,
         no_data=policy,
     )
@@ -280,7 +280,7 @@ def test_evaluate_runs_to_success_while_a_failing_dry_run_metric_is_only_reporte
             {
                 "name": "strict-latency",
                 "dryRun": True,
-                "query": f'histogram_quantile(0.5, sum by (le) (rate(http_request_duration_seconds_bucket{{namespace="{NS}",teal_color="{{{{color}}}}"}}[{WINDOW}])))',
+                "query": f'histogram_quantile(0.5, sum by (le) (rate(http_request_duration_seconds_bucket{{namespace="{NS}",pod=~"{{{{podRegex}}}}"}}[{WINDOW}])))',
                 "thresholdRange": {"max": 0.000001},  # nothing is that fast: always fails
             },
         ],

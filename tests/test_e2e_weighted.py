@@ -204,24 +204,25 @@ def test_traffic_follows_the_route_and_analysis_runs_at_each_step(
     routing.active_service(color=None)
     spec = make_route(routing, "gatewayAPI")
     env = Env(k8s, namespace)
-    rate = ('sum(rate(http_requests_total{namespace="{{namespace}}",teal_color="{{color}}",code=~"5.."}[4s]))'
-            ' / sum(rate(http_requests_total{namespace="{{namespace}}",teal_color="{{color}}"}[4s]))')
+    rate = ('sum(rate(http_requests_total{namespace="{{namespace}}",pod=~"{{podRegex}}",code=~"5.."}[4s]))'
+            ' / sum(rate(http_requests_total{namespace="{{namespace}}",pod=~"{{podRegex}}"}[4s]))')
     body = weighted_rollout("gatewayAPI", spec, steps=[{"setWeight": 25}, {"pause": {}}, {"setWeight": 75},
                                                         {"setWeight": 100}])
     body["spec"]["analysis"] = {
         "prometheus": {"address": prometheus.url, "timeout": "3s"}, "interval": "1s", "count": 3,
-        "initialDelay": "4s", "steps": ["error-rate"],
+        "initialDelay": "8s", "steps": ["error-rate"],  # new pods are scraped after 4-6 s
         "metrics": [{"name": "error-rate", "query": rate, "thresholdRange": {"max": 0.05}}],
     }
     with contextlib.ExitStack() as stack:
         apps = {c: stack.enter_context(run_fakeapp(c, namespace)) for c in ("blue", "green")}
-        prometheus.set_targets({namespace: [a.target for a in apps.values()]}, wait_up=True)
+        stack.enter_context(prometheus.scrape_pods(namespace, k8s, namespace, {c: a.target for c, a in apps.items()},
+                                                   rollout=ROLLOUT))
         env.create_rollout(body)
         env.wait_phase("Healthy", name=ROLLOUT, stableRevision="1", timeout=60)
         router = routing.router("gatewayAPI")
         stack.enter_context(ClusterTraffic(k8s, namespace, apps, ACTIVE, router=router, rps=80, duration=300,
                                            preview_share=0))
-        share = (f'sum(rate(http_requests_total{{namespace="{namespace}",teal_color="green"}}[3s]))'
+        share = (f'sum(rate(http_requests_total{{namespace="{namespace}",pod=~"{ROLLOUT}-green-.+"}}[3s]))'
                  f' / sum(rate(http_requests_total{{namespace="{namespace}"}}[3s]))')
         env.set_image("v2", name=ROLLOUT, labels={"app": "checkout"})
         env.wait_phase("Paused", name=ROLLOUT, currentStep="2", timeout=90)

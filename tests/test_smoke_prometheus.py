@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from prometheus_api_client import PrometheusConnect
 
-from teal.devenv.fakeapp import FakeApp, LoadGenerator, run_fakeapp
-from teal.devenv.prometheus import LocalPrometheus
+from teal.devenv.fakeapp import FakeApp, LoadGenerator, pod_names, run_fakeapp
+from teal.devenv.prometheus import LocalPrometheus, pod_job
 from teal.devenv.wait import wait_for
 
 pytestmark = pytest.mark.prometheus
@@ -21,10 +21,10 @@ def scalar(prom: PrometheusConnect, query: str) -> float | None:
 
 def test_fakeapp_scraped_and_rate_queried(prometheus: LocalPrometheus) -> None:
     with run_fakeapp("green", "smoke") as app:
-        prometheus.set_targets({"smoke-green": [app.target]}, wait_up=True)
+        prometheus.set_targets([pod_job("smoke-green", app.pod_targets(pod_names("smoke-green", 2)))], wait_up=True)
         prom = PrometheusConnect(url=prometheus.url, disable_ssl=True, timeout=5)
         assert prom.check_prometheus_connection()
-        sel = 'teal_color="green",namespace="smoke"'
+        sel = 'namespace="smoke",pod=~"smoke-green-.+"'  # labels Prometheus attaches, as to a pod
         rate_q = f"sum(rate(http_requests_total{{{sel}}}[10s]))"
 
         with LoadGenerator({app.url: 1}, rps=RPS, duration=60) as load:

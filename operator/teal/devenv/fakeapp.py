@@ -1,11 +1,20 @@
 """A fake "colour" of a service, and a bounded load generator for it.
 
-The app serves ``GET /`` and exports Prometheus metrics on ``/metrics``:
+The app serves ``GET /`` and exports Prometheus metrics the way an instrumented service
+does, with only the labels the app itself knows:
 
-* ``http_requests_total{code, teal_color, namespace}`` (counter)
-* ``http_request_duration_seconds{teal_color, namespace}`` (histogram)
+* ``http_requests_total{code}`` (counter)
+* ``http_request_duration_seconds`` (histogram)
 
-and can be told at run time to fail a share of requests or to slow down::
+``namespace``, ``pod`` and ``container`` are not the app's business: Prometheus attaches
+them as target labels, as a PodMonitor or kubernetes_sd does for a real pod. One process
+plays all the pods of its colour: Prometheus scrapes it once per pod, as
+``/metrics?pod=NAME`` (``LocalPrometheus.scrape_pods`` for a cluster's pods, ``pod_targets``
+for made-up ones), each pod has its own counters, and each request counts for the next of
+the pods scraped in the last ``POD_TTL`` seconds, as a Service spreads requests over its
+endpoints. Plain ``/metrics`` serves the whole process.
+
+It can be told at run time to fail a share of requests or to slow down::
 
     POST /control {"error_rate": 0.2, "latency": 0.3}   # 20 % of answers 500, +300 ms each
     GET  /control                                       # current settings
@@ -15,13 +24,21 @@ randomness), so the error ratio Prometheus sees is the configured one.
 
 In-process (a thread)::
 
-    app = FakeApp("green", namespace="ns").start()   # app.url, app.target, app.set(error_rate=0.5)
+    app = FakeApp("green", namespace="ns").start()    # app.url, app.set(error_rate=0.5)
+    prom.set_targets([pod_job("green", app.pod_targets(pod_names("checkout-green", 2)))])
     app.stop()
 
 As a subprocess (``python -m teal.devenv.fakeapp --color green --port 0``)::
 
     with run_fakeapp("green", "ns") as app:          # FakeAppProcess
-        prom.set_targets({"green": [app.target]})
+        with prom.scrape_pods("ns", api_client, "ns", {"green": app.target}), \
+                LoadGenerator({app.url: 1}, rps=20, duration=10):
+            ...
+
+and without a cluster::
+
+    with run_fakeapp("green", "ns") as app:
+        prom.set_targets([pod_job("green", app.pod_targets(pod_names("checkout-green", 2)))])
         with LoadGenerator({app.url: 1}, rps=20, duration=10):
             ...
 
@@ -37,6 +54,7 @@ import ipaddress
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -46,6 +64,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -53,8 +72,11 @@ from typing import Any, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from teal.analysis.model import POD_NAME_CHARS, pod_name
 from teal.devenv.procs import Component, main_thread, tail
+from teal.devenv.prometheus import pod_target
 
+POD_TTL = 5.0  # s: a pod not scraped for this long (deleted, or no longer a target) gets no more requests
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -65,6 +87,7 @@ class _Address:
     """``url`` and ``target`` of something listening on ``host``:``port``."""
 
     host: str
+    namespace: str
 
     @property
     def url(self) -> str:
@@ -74,6 +97,35 @@ class _Address:
     def target(self) -> str:
         """``host:port`` as a Prometheus static target."""
         return f"{self.host}:{self.port}"  # type: ignore[attr-defined]
+
+    def pod_targets(self, pods: list[str], container: str = "app") -> list[dict[str, Any]]:
+        """Static target groups: this app plays ``pods`` (in its namespace), labelled as a PodMonitor would."""
+        return [pod_target(self.target, namespace=self.namespace, pod=p, container=container) for p in pods]
+
+
+def pod_names(deployment: str, n: int = 1, seed: int = 0) -> list[str]:
+    """``n`` pod names as Kubernetes would give them to the pods of ``deployment``, for
+    tests with no cluster behind them (a cluster's tests use its real pods)."""
+    rng = random.Random(f"{deployment}/{seed}")
+    template_hash = zlib.crc32(f"{deployment}/{seed}".encode())
+    return [pod_name(deployment, template_hash, "".join(rng.choices(POD_NAME_CHARS, k=5))) for _ in range(n)]
+
+
+class _Metrics:
+    """The request counter and latency histogram of one pod (or of the whole process)."""
+
+    def __init__(self, codes: list[str]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("http_requests_total", "HTTP requests served, by status code.", ["code"],
+                                registry=self.registry)
+        self.duration = Histogram("http_request_duration_seconds", "Time to answer an HTTP request.",
+                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        for code in codes:  # series exist (at 0) from the first scrape, so rate() sees every increment
+            self.requests.labels(code)
+
+    def observe(self, code: int, seconds: float) -> None:
+        self.requests.labels(str(code)).inc()
+        self.duration.observe(seconds)
 
 
 class FakeApp(_Address):
@@ -95,34 +147,21 @@ class FakeApp(_Address):
         self.host = host
         self.error_code = error_code
         self._requested_port = port
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # set() reports settings() under it
         self._error_rate = 0.0
         self._latency = 0.0
         self._error_acc = 0.0
+        self._codes = sorted({"200", str(error_code)})
+        self.total = _Metrics(self._codes)
+        self._pod_metrics: dict[str, _Metrics] = {}  # every pod ever scraped
+        self._scraped: dict[str, float] = {}  # pod -> time of its last scrape
+        self._turn = 0
         self.set(error_rate=error_rate, latency=latency)
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "http_requests_total",
-            "HTTP requests served, by status code.",
-            ["code", "teal_color", "namespace"],
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            "http_request_duration_seconds",
-            "Time to answer an HTTP request.",
-            ["teal_color", "namespace"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        # Series exist (at 0) from the first scrape, so rate() sees every increment.
-        for code in sorted({"200", str(error_code)}):
-            self.requests.labels(code, color, namespace)
-        self.duration.labels(color, namespace)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     # settings
-    def set(self, error_rate: float | None = None, latency: float | None = None) -> dict[str, float]:
+    def set(self, error_rate: float | None = None, latency: float | None = None) -> dict[str, Any]:
         """Change the share of failing requests (0..1) and/or the added latency (s)."""
         with self._lock:
             if error_rate is not None:
@@ -142,7 +181,35 @@ class FakeApp(_Address):
             "namespace": self.namespace,
             "error_rate": self._error_rate,
             "latency": self._latency,
+            "pods": self.pods(),
         }
+
+    def pods(self) -> list[str]:
+        """The pods this app plays now: those Prometheus scraped in the last ``POD_TTL`` seconds."""
+        with self._lock:
+            return self._live_pods()
+
+    def _live_pods(self) -> list[str]:
+        since = time.monotonic() - POD_TTL
+        return sorted(p for p, t in self._scraped.items() if t >= since)
+
+    def _next_pod(self) -> _Metrics | None:
+        with self._lock:
+            live = self._live_pods()
+            if not live:
+                return None
+            self._turn = (self._turn + 1) % len(live)
+            return self._pod_metrics[live[self._turn]]
+
+    def metrics(self, pod: str | None) -> bytes:
+        """The exposition text of one pod (a pod seen for the first time starts at zero) or,
+        without a pod, of the whole process."""
+        if pod is None:
+            return generate_latest(self.total.registry)
+        with self._lock:
+            m = self._pod_metrics.setdefault(pod, _Metrics(self._codes))
+            self._scraped[pod] = time.monotonic()
+        return generate_latest(m.registry)
 
     def _next_outcome(self) -> tuple[bool, float]:
         with self._lock:
@@ -175,9 +242,11 @@ class FakeApp(_Address):
                 self.wfile.write(body)
 
             def do_GET(self) -> None:  # noqa: N802
-                path = urllib.parse.urlsplit(self.path).path
+                url = urllib.parse.urlsplit(self.path)
+                path = url.path
                 if path == "/metrics":
-                    self._send(200, generate_latest(app.registry), CONTENT_TYPE_LATEST)
+                    pod = urllib.parse.parse_qs(url.query).get("pod", [None])[0]
+                    self._send(200, app.metrics(pod), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
                     self._send(200, b"ok\n")
                 elif path == "/control":
@@ -214,8 +283,11 @@ class FakeApp(_Address):
             time.sleep(latency)
         code = self.error_code if fail else 200
         body = f"{self.color} {'error' if fail else 'ok'}\n".encode()
-        self.requests.labels(str(code), self.color, self.namespace).inc()
-        self.duration.labels(self.color, self.namespace).observe(time.perf_counter() - start)
+        took = time.perf_counter() - start
+        self.total.observe(code, took)
+        pod = self._next_pod()
+        if pod is not None:
+            pod.observe(code, took)
         handler._send(code, body)  # type: ignore[attr-defined]
 
     def stop(self) -> None:

@@ -11,6 +11,17 @@ Usage::
 
 The scrape and evaluation intervals are 1 s; ``--web.enable-lifecycle`` lets
 :meth:`LocalPrometheus.set_targets` swap the scrape configs at run time.
+
+Targets carry the labels Prometheus gives a real pod, never labels an app invents.
+:meth:`LocalPrometheus.scrape_pods` discovers a namespace's pods from the local cluster
+(with kubernetes_sd's meta labels, teal.devenv.podsd) and labels them as a PodMonitor does
+(``namespace``, ``pod``, ``container``; ``honor_labels: false``), the local process
+playing each colour answering for its pods; without a cluster, ``pod_target``/``pod_job``
+label a process as made-up pods::
+
+    with prom.scrape_pods("shop", api_client, "shop", {"blue": blue.target, "green": green.target}):
+        ...
+    prom.set_targets([pod_job("shop", pod_target(app.target, namespace="shop", pod="checkout-blue-5d8f9c7b6-x2mzq"))])
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ import urllib.parse
 import urllib.request
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -44,7 +55,66 @@ from teal.devenv.procs import (
 )
 from teal.devenv.wait import WaitTimeout
 
+if TYPE_CHECKING:
+    from teal.devenv.podsd import PodDiscovery
+
 DEFAULT_BINARY = "/usr/bin/prometheus"
+
+
+def pod_target(address: str, *, namespace: str, pod: str, container: str = "app") -> dict[str, Any]:
+    """A target group: scrape ``address`` as pod ``pod``, labelled as a PodMonitor would.
+
+    ``__param_pod`` makes Prometheus ask ``/metrics?pod=<pod>``, so one local process can
+    serve each pod it plays (teal.devenv.fakeapp) as a target of its own.
+    """
+    return {"targets": [address],
+            "labels": {"namespace": namespace, "pod": pod, "container": container, "__param_pod": pod}}
+
+
+def pod_job(job: str, groups: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -> dict[str, Any]:
+    """A scrape config of pod targets (``pod_target`` groups); the app's own labels never
+    override the target's (``honor_labels: false``, as for a PodMonitor)."""
+    groups = [groups] if isinstance(groups, Mapping) else list(groups)
+    return {"job_name": job, "honor_labels": False, "static_configs": [dict(g) for g in groups]}
+
+
+def _meta(label: str) -> str:
+    """The kubernetes_sd meta label of pod label ``label`` (teal.dev/color -> ..._teal_dev_color)."""
+    return "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in label)
+
+
+def pod_sd_job(job: str, sd_file: str | os.PathLike, apps: Mapping[str, str], *,
+               rollout: str | None = None) -> dict[str, Any]:
+    """The scrape config of ``LocalPrometheus.scrape_pods``: the pods that teal.devenv.podsd
+    discovers as kubernetes_sd would, relabelled as a PodMonitor's are (prometheus-operator:
+    running pods, target labels namespace, container, pod), plus the address of the process
+    playing each pod's colour."""
+    from teal.api import LABEL_COLOR, LABEL_ROLLOUT
+
+    relabel: list[dict[str, Any]] = [
+        {"action": "drop", "source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Failed|Succeeded"},
+        {"action": "drop", "source_labels": ["__meta_kubernetes_pod_container_init"], "regex": "true"},
+        {"action": "keep", "source_labels": [_meta(LABEL_COLOR)], "regex": "|".join(sorted(apps))},
+    ]
+    if rollout:
+        relabel.append({"action": "keep", "source_labels": [_meta(LABEL_ROLLOUT)], "regex": rollout})
+    relabel += [
+        {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+        {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
+        {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        # kwok pods run nothing: the colour's local process answers, for this pod
+        {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "__param_pod"},
+    ]
+    relabel += [
+        {"source_labels": [_meta(LABEL_COLOR)], "regex": color, "target_label": "__address__", "replacement": address}
+        for color, address in sorted(apps.items())
+    ]
+    return {
+        "job_name": job,
+        "honor_labels": False,
+        "file_sd_configs": [{"files": [str(sd_file)], "refresh_interval": "1s"}],
+        "relabel_configs": relabel,
+    }
 
 
 class PrometheusError(RuntimeError):
@@ -293,27 +363,59 @@ class LocalPrometheus:
         self.scrape_configs = self._normalise(jobs)
         self._write_config()
         self.reload()
-        expected: dict[str, set[str]] = {}
+        expected: dict[str, set[tuple[str, str | None]]] = {}
         for sc in self.scrape_configs:
-            targets = {t for st in sc.get("static_configs", []) for t in st.get("targets", [])}
-            expected[sc["job_name"]] = targets
+            expected[sc["job_name"]] = {
+                (t, (st.get("labels") or {}).get("pod")) for st in sc.get("static_configs", []) for t in st.get("targets", [])
+            }
+        self._wait(lambda: self._targets_known(expected, wait_up), timeout, f"Prometheus to know targets {expected}")
 
-        def known() -> bool:
-            active = self.api("/api/v1/targets", {"state": "active"})["activeTargets"]
-            seen: dict[str, dict[str, str]] = {}
-            for t in active:
-                seen.setdefault(t["scrapePool"], {})[t["labels"].get("instance", "")] = t["health"]
-            if set(seen) - set(expected):
-                return False  # old jobs still listed: reload not applied yet
-            for job, targets in expected.items():
-                got = seen.get(job, {})
-                if not targets <= set(got):
-                    return False
-                if wait_up and any(got[t] != "up" for t in targets):
-                    return False
-            return True
+    def _targets_known(self, expected: Mapping[str, set[tuple[str, str | None]]], wait_up: bool) -> bool:
+        """Prometheus lists exactly these jobs with at least these (instance, pod) targets,
+        all scraped successfully once when ``wait_up``."""
+        active = self.api("/api/v1/targets", {"state": "active"})["activeTargets"]
+        seen: dict[str, dict[tuple[str, str | None], str]] = {}
+        for t in active:
+            key = (t["labels"].get("instance", ""), t["labels"].get("pod"))
+            seen.setdefault(t["scrapePool"], {})[key] = t["health"]
+        if set(seen) - set(expected):
+            return False  # old jobs still listed: reload not applied yet
+        for job, targets in expected.items():
+            got = seen.get(job, {})
+            if not targets <= set(got):
+                return False
+            if wait_up and any(got[t] != "up" for t in targets):
+                return False
+        return True
 
-        self._wait(known, timeout, f"Prometheus to know targets {expected}")
+    def scrape_pods(self, job: str, api_client, namespace: str, apps: Mapping[str, str], *,
+                    rollout: str | None = None, timeout: float = 20.0) -> "PodDiscovery":
+        """Replace every scrape config with one that scrapes the pods of ``namespace`` as a
+        PodMonitor does; returns the running pod discovery (stop it, or use ``with``).
+
+        The pods are discovered from the cluster (``api_client``) with the meta labels of
+        kubernetes_sd (teal.devenv.podsd: Debian's Prometheus has no kubernetes_sd) and
+        relabelled as prometheus-operator relabels a PodMonitor's: targets are labelled
+        ``namespace``, ``pod`` and ``container``; the pods' own labels are not kept. Pods on
+        kwok nodes run nothing, so one relabelling differs from a real cluster: the local
+        process ``apps[colour]`` (``host:port``) answers for every pod of that colour
+        (label ``teal.dev/color``; of Rollout ``rollout`` when given), asked for
+        ``/metrics?pod=<name>``. Pods of other colours are not scraped.
+        """
+        from teal.devenv.podsd import PodDiscovery
+
+        assert self.workdir is not None, "not started"
+        discovery = PodDiscovery(api_client, namespace, self.workdir / "file_sd" / f"{job}.json").start()
+        try:
+            self.set_targets([pod_sd_job(job, discovery.path, apps, rollout=rollout)], timeout=timeout)
+        except BaseException:
+            discovery.stop()
+            raise
+        return discovery
+
+    def active_targets(self, job: str) -> list[dict[str, Any]]:
+        """The active targets of ``job`` (their ``labels``, ``health``, ...)."""
+        return [t for t in self.api("/api/v1/targets", {"state": "active"})["activeTargets"] if t["scrapePool"] == job]
 
     def add_targets(
         self,
