@@ -5,8 +5,10 @@ kwok fake nodes) and a real Prometheus, runs the operator against them, and walk
 Rollout through a release, printing what happens. Pods on fake nodes run nothing, so two
 local processes play the blue and green versions: they serve requests and export
 `http_requests_total`, a load generator sends them traffic split exactly as the cluster's
-Services say, and Prometheus scrapes them every second. The Rollout's analysis queries
-that Prometheus, so its verdicts are real.
+Services say, and Prometheus scrapes them every second as the cluster's real pods: it
+discovers the pods (with kubernetes_sd's meta labels) and labels each target `namespace`,
+`pod`, `container`, as a PodMonitor would, the process of the pod's colour answering for it. The Rollout's analysis queries that Prometheus on those labels, as it would in
+a real cluster, so its verdicts are real.
 
     teal-sandbox                 # first release, then a good release: analysed and promoted
     teal-sandbox --bad-release   # ... then a bad release: caught by analysis, traffic stays on stable
@@ -36,9 +38,9 @@ def _say(msg: str) -> None:
 
 
 def rollout_manifest(image: str, prometheus: str) -> dict[str, Any]:
-    error_rate = (
-        'sum(rate(http_requests_total{namespace="{{namespace}}",teal_color="{{color}}",code=~"5.."}[10s]))'
-        ' / sum(rate(http_requests_total{namespace="{{namespace}}",teal_color="{{color}}"}[10s]))'
+    error_rate = (  # the colour's pods, by the labels Prometheus gives any pod (docs/analysis-queries.md)
+        'sum(rate(http_requests_total{namespace="{{namespace}}",pod=~"{{podRegex}}",code=~"5.."}[10s]))'
+        ' / sum(rate(http_requests_total{namespace="{{namespace}}",pod=~"{{podRegex}}"}[10s]))'
     )
     return {
         "apiVersion": "teal.dev/v1alpha1",
@@ -65,7 +67,7 @@ def rollout_manifest(image: str, prometheus: str) -> dict[str, Any]:
                 "prometheus": {"address": prometheus, "timeout": "5s"},
                 "interval": "3s",
                 "count": 3,
-                "initialDelay": "4s",
+                "initialDelay": "8s",  # a new colour's pods are discovered and scraped after 4-6 s
                 "prePromotion": ["error-rate"],
                 "postPromotion": ["error-rate"],
                 "metrics": [
@@ -146,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
         core = kubernetes.client.CoreV1Api(api)
         core.create_namespace({"metadata": {"name": NS}})
         apps = {c: stack.enter_context(run_fakeapp(c, NS)) for c in ("blue", "green")}
-        prom.set_targets({"checkout": [a.target for a in apps.values()]})
-        _say(f"the blue and green versions run as local processes: {apps['blue'].url}, {apps['green'].url}")
+        stack.enter_context(prom.scrape_pods(NS, api, NS, {c: a.target for c, a in apps.items()}, rollout=NAME))
+        _say(f"the blue and green versions run as local processes: {apps['blue'].url}, {apps['green'].url};"
+             " Prometheus discovers the Rollout's pods and scrapes each through its colour's process")
 
         operator = stack.enter_context(OperatorProcess(
             cluster.kubeconfig, workdir / "operator.log", ["--all-namespaces", "--prometheus-address", prom.url]))
