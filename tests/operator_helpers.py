@@ -185,6 +185,17 @@ class Env:
             timeout, name, what=f"phase {phase} {fields}",
         )
 
+    def two_releases(self, timeout: float = 90) -> dict[str, Any]:
+        """Services app/app-preview, a first release on blue, then v2 promoted to green; the last status."""
+        self.create_service("app")
+        self.create_service("app-preview")
+        self.create_rollout(rollout())
+        self.wait_phase("Healthy", activeColor="blue", stableRevision="1", timeout=timeout)
+        self.set_image("v2")
+        st = self.wait_phase("Healthy", activeColor="green", stableRevision="2", timeout=timeout)
+        assert self.selector_color("app") == "green" and st["stats"]["promoted"] == 2, st
+        return st
+
     def events(self, name: str = "app") -> list[str]:
         evs = self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={name}")
         return [e.reason for e in evs.items]

@@ -294,14 +294,7 @@ def test_image_completes_a_release_as_65532_on_a_read_only_root(image, rootfs, c
                 assert "ro" in root_mount_options(pid), "the image's root is writable"
                 assert Path(f"/proc/{pid}/root/usr/share/teal/packages.txt").exists(), "not the image's root"
 
-                app = Env(k8s, app_ns)
-                app.create_service("app")
-                app.create_service("app-preview")
-                app.create_rollout(rollout())
-                app.wait_phase("Healthy", activeColor="blue", stableRevision="1", timeout=120)
-                app.set_image("v2")
-                st = app.wait_phase("Healthy", activeColor="green", stableRevision="2", timeout=120)
-                assert app.selector_color("app") == "green" and st["stats"]["promoted"] == 2
+                Env(k8s, app_ns).two_releases(timeout=120)
                 written = sorted(os.listdir(f"/proc/{pid}/root/tmp"))
                 _say(f"the image ran as uid 65532 on a read-only root; it wrote in /tmp: {written or 'nothing'}")
             except BaseException:
