@@ -53,10 +53,13 @@ def first_failed_scrape(prom, color: str, t0: float, t_end: float) -> float:
     data = prom.api("/api/v1/query", {
         "query": f'http_requests_total{{{pods_of(color)},code="500"}}[{window}s]',
         "time": f"{t_end:.3f}"})
-    samples = [(float(ts), float(v)) for series in data["result"] for ts, v in series["values"]]
-    before = max((v for ts, v in samples if ts <= t0), default=0.0)
-    grown = [ts for ts, v in sorted(samples) if ts > t0 and v > before]
-    return grown[0] if grown else t0
+    firsts = []
+    for series in data["result"]:  # one per pod: each counter grows on its own
+        samples = [(float(ts), float(v)) for ts, v in series["values"]]
+        before = max((v for ts, v in samples if ts <= t0), default=0.0)
+        grown = [ts for ts, v in sorted(samples) if ts > t0 and v > before]
+        firsts += grown[:1]
+    return min(firsts, default=t0)
 
 
 def main() -> int:
