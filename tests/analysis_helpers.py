@@ -4,6 +4,8 @@ front of Prometheus (optionally TLS), and a server that accepts connections but 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 import re
 import socket
 import ssl
@@ -102,6 +104,18 @@ def doc_template() -> dict:
 def doc_sd_job() -> dict:
     """The doc's kubernetes_sd scrape config."""
     return doc_block(lambda b: "scrape_configs" in b)["scrape_configs"][0]
+
+
+PROMETHEUS_OPERATOR_VERSION = "v0.85.0"  # the PodMonitor CRD the doc's PodMonitor is checked against
+
+
+def podmonitor_crd() -> Path:
+    """prometheus-operator's PodMonitor CRD, from its Go module (pinned) via the Go module proxy."""
+    mod = f"github.com/prometheus-operator/prometheus-operator@{PROMETHEUS_OPERATOR_VERSION}"
+    done = subprocess.run(["go", "mod", "download", "-json", mod], cwd="/", capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "GO111MODULE": "on"})
+    assert done.returncode == 0, f"go mod download {mod}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+    return Path(json.loads(done.stdout)["Dir"]) / "example" / "prometheus-operator-crd" / "monitoring.coreos.com_podmonitors.yaml"
 
 
 # ---------------------------------------------------------------- a recording proxy

@@ -17,12 +17,13 @@ import kubernetes
 import pytest
 import yaml
 
-from analysis_helpers import DOC, doc_block, doc_sd_job, doc_template, doc_yaml
+from analysis_helpers import DOC, doc_block, doc_sd_job, doc_template, doc_yaml, podmonitor_crd
 from teal.analysis import parse_metrics
 from teal.analysis.engine import rollout_variables
 from teal.analysis.model import check_promql, pod_name, pod_regex, render, with_color
 from teal.analysis.prometheus import resolve_queries
 from teal.devenv.fakeapp import FakeApp
+from teal.devenv.crds import crd_documents, install_crds
 from teal.devenv.podsd import PodDiscovery
 from teal.devenv.prometheus import pod_sd_job
 from teal.devenv.wait import wait_for
@@ -75,6 +76,35 @@ def with_file_sd(job: dict, path) -> dict:
     """The doc's job, discovering from a file_sd file instead of the apiserver."""
     assert job.pop("kubernetes_sd_configs") == [{"role": "pod"}]
     return {**job, "file_sd_configs": [{"files": [str(path)], "refresh_interval": "1s"}]}
+
+
+def doc_podmonitor() -> dict:
+    """The doc's PodMonitor, with its relabelings variant merged in."""
+    monitor = doc_block(lambda b: b.get("kind") == "PodMonitor")
+    [endpoint] = doc_block(lambda b: set(b) == {"podMetricsEndpoints"})["podMetricsEndpoints"]
+    monitor["spec"]["podMetricsEndpoints"][0].update(endpoint)
+    return monitor
+
+
+@pytest.mark.cluster
+def test_the_documented_podmonitor_fits_prometheus_operators_schema(k8s, namespace):
+    """Created (strict field validation) against the real PodMonitor CRD of prometheus-operator."""
+    crds = crd_documents([podmonitor_crd()])
+    install_crds(k8s, crds)
+    monitor = doc_podmonitor()
+    assert monitor["metadata"].pop("namespace") == "shop"  # the test's namespace instead
+    co = kubernetes.client.CustomObjectsApi(k8s)
+    co.create_namespaced_custom_object("monitoring.coreos.com", "v1", namespace, "podmonitors", monitor,
+                                       field_validation="Strict")
+    back = co.get_namespaced_custom_object("monitoring.coreos.com", "v1", namespace, "podmonitors",
+                                           monitor["metadata"]["name"])
+    assert back["spec"]["podTargetLabels"] == ["teal.dev/color", "teal.dev/rollout"]
+    assert back["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["targetLabel"] == "teal_color"
+    # the schema is really enforced: a misspelt field is refused
+    typo = {**monitor, "metadata": {"name": "typo"}, "spec": {**monitor["spec"], "podTargetLabel": ["x"]}}
+    with pytest.raises(kubernetes.client.ApiException, match="podTargetLabel"):
+        co.create_namespaced_custom_object("monitoring.coreos.com", "v1", namespace, "podmonitors", typo,
+                                           field_validation="Strict")
 
 
 def test_kubernetes_sd_job_relabelling_passes_promtool(tmp_path):
