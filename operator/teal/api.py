@@ -51,20 +51,28 @@ class SpecError(ValueError):
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h))+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Every duration of a spec (a pause, an analysis interval or delay, a query timeout) is at
+# most 30 days: the CRD schema says so (crds/rollouts.yaml, `720h`), and the parser again
+# for what the schema misses (an older CRD, a plain number), so that no date overflows.
+MAX_DURATION_S = 30 * 24 * 3600.0
 
 
-def parse_duration(value: Any, field: str) -> float:
-    """'30s', '2m', '1h30m', '500ms' or a plain number of seconds -> seconds."""
+def parse_duration(value: Any, field: str, maximum: float = MAX_DURATION_S) -> float:
+    """'30s', '2m', '1h30m', '500ms' or a plain number of seconds -> seconds (at most `maximum`)."""
     if value is None:
         raise SpecError(field, "a duration is required")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < 0:
+        if not value >= 0:  # also NaN
             raise SpecError(field, f"duration must not be negative, got {value}")
-        return float(value)
-    text = str(value).strip()
-    if not _DURATION.match(text):
-        raise SpecError(field, f"{text!r} is not a duration like 30s, 2m or 1h30m")
-    return sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(text))
+        seconds = float(value)
+    else:
+        text = str(value).strip()
+        if not _DURATION.match(text):
+            raise SpecError(field, f"{text!r} is not a duration like 30s, 2m or 1h30m")
+        seconds = sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(text))
+    if seconds > maximum:
+        raise SpecError(field, f"{value!r} is longer than the limit of {maximum / 3600:g}h")
+    return seconds
 
 
 def template_hash(template: Mapping[str, Any]) -> str:

@@ -206,9 +206,7 @@ class Controller:
         try:
             spec = parse_spec(body.get("spec") or {})
         except SpecError as e:
-            new = core.invalid_spec(status, str(e), now, body["metadata"].get("generation"))
-            await self._write(body, status, new)
-            return None if new == status else RESYNC_SECONDS
+            return await self._cannot_decide(loop, body, status, f"invalid spec: {e}", "InvalidSpec", now)
         loop.workload_ref = spec.workload_ref.name if spec.workload_ref else None
         routing = spec.blue_green.traffic_routing
         loop.route = (routing.kind, routing.name) if routing else None
@@ -222,9 +220,16 @@ class Controller:
         else:
             observed = dataclasses.replace(observed, weights=selector_weights(spec, observed))
         extra_status: dict[str, Any] = {}
-        if spec.analysis:
-            observed, extra_status = await self._analysis(body, spec, status, observed, now)
-        plan = core.decide(spec, status, observed, now, body["metadata"].get("generation"))
+        try:
+            if spec.analysis:
+                observed, extra_status = await self._analysis(body, spec, status, observed, now)
+            plan = core.decide(spec, status, observed, now, body["metadata"].get("generation"))
+        except (ApiException, asyncio.CancelledError):
+            raise
+        except Exception as e:  # a bug for this one Rollout: say so in its status, still honour an abort
+            log.exception("%s/%s: cannot decide", loop.namespace, loop.name)
+            return await self._cannot_decide(loop, body, status, f"cannot decide: {type(e).__name__}: {e}",
+                                             "ReconcileError", now)
         plan.status.update(extra_status)
         if not (plan.status.get("release") or {}).get("analysisKey"):
             plan.status.pop("analysisRun", None)
@@ -246,6 +251,24 @@ class Controller:
             # watch event is missed (the route's CRD may have appeared after start-up).
             requeue = min(requeue, ROUTE_RESYNC_SECONDS)
         return requeue
+
+    async def _cannot_decide(self, loop: Loop, body, status, message: str, reason: str, now) -> float | None:
+        """Degraded with the error; an abort is acted on all the same (core.cannot_decide)."""
+        fallback = core.Fallback.from_spec(body.get("spec"))
+        loop.services = frozenset(fallback.active_services) | frozenset(
+            [fallback.preview_service] if fallback.preview_service else [])
+        observed = await self.call(self.kube.observe_traffic, body, sorted(loop.services))
+        plan = core.cannot_decide(status, fallback, observed, message, reason, now, body["metadata"].get("generation"))
+        await self._write(body, status, plan.status)
+        loop.pending_events.extend(plan.events)
+        await self._act(loop, body, None, plan, None)
+        events, loop.pending_events = loop.pending_events, []
+        await self._post(body, events)
+        if plan.actions:
+            return MIN_REQUEUE
+        if plan.requeue_after is not None:
+            return plan.requeue_after
+        return None if plan.status == status else RESYNC_SECONDS  # a new event (an abort, a fix) wakes it
 
     async def _write(self, body, old: dict, new: dict) -> None:
         patch = merge_patch(old, new)

@@ -276,14 +276,79 @@ def decide(
     return Plan(status=t.st, actions=_dedupe(t.actions), events=t.events, requeue_after=requeue)
 
 
-def invalid_spec(status: Mapping[str, Any], message: str, now: dt.datetime, generation: int | None) -> dict[str, Any]:
-    """The status for a spec the operator cannot act on: Degraded, nothing touched."""
-    t = _Tick(None, status, None, now)  # type: ignore[arg-type]
+@dataclasses.dataclass(frozen=True)
+class Fallback:
+    """What an unprocessable spec still says about traffic (read leniently from the raw spec)."""
+
+    active_services: tuple[str, ...] = ()
+    preview_service: str | None = None
+    progress_deadline_seconds: int = 600
+    abort_scale_down_delay_seconds: int = 30
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> "Fallback":
+        """Whatever of these a raw spec states readably; defaults for the rest. Never raises."""
+        bg = ((spec or {}).get("strategy") or {}).get("blueGreen") if isinstance(spec, Mapping) else None
+        bg = bg if isinstance(bg, Mapping) else {}
+
+        def seconds(key: str, default: int) -> int:
+            v = bg.get(key)
+            return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31 else default
+
+        active = bg.get("activeServices")
+        preview = bg.get("previewService")
+        return cls(
+            active_services=tuple(s for s in active if isinstance(s, str) and s) if isinstance(active, list) else (),
+            preview_service=preview if isinstance(preview, str) and preview else None,
+            progress_deadline_seconds=seconds("progressDeadlineSeconds", 600),
+            abort_scale_down_delay_seconds=seconds("abortScaleDownDelaySeconds", 30),
+        )
+
+
+def cannot_decide(status: Mapping[str, Any], fallback: Fallback, obs: Observed, message: str, reason: str,
+                  now: dt.datetime, generation: int | None = None) -> Plan:
+    """The plan when the spec cannot be processed (InvalidSpec) or deciding failed (ReconcileError):
+    Degraded naming the error, and an abort -- a user's, a passed progress deadline, or one Teal
+    recorded before -- still acted on: every Service back on the stable colour (when it has
+    ready pods) and the aborted colour scaled down later. Nothing else is touched."""
+    t = _Tick(None, status, obs, now)  # type: ignore[arg-type]
+    st = t.st
     if generation is not None:
-        t.st["observedGeneration"] = generation
-    t.set_phase("Degraded", f"invalid spec: {message}", "InvalidSpec")
+        st["observedGeneration"] = generation
+    release, stable = st.get("release"), st.get("stableColor")
+    text = message
+    if release and stable and not release.get("abortedAt"):
+        since = parse_time(release.get("progressAt")) or now
+        deadline = since + dt.timedelta(seconds=fallback.progress_deadline_seconds)
+        if t.abort_for(release.get("revision")) is None and now >= deadline:
+            _abort(t, release, "ProgressDeadlineExceeded",
+                   f"no progress for {fallback.progress_deadline_seconds}s while the spec could not be processed")
+        elif now < deadline:
+            t.wake_at(deadline)
+    abort = t.abort_for((release or {}).get("revision"))
+    if release and stable and (abort or release.get("abortedAt")):
+        if not release.get("abortedAt"):
+            release["abortedAt"] = iso(now)
+            st["scaleDown"] = {"color": release["color"],
+                               "at": iso(now + dt.timedelta(seconds=fallback.abort_scale_down_delay_seconds))}
+            t.stats("aborted")
+            t.event("Aborted", f"revision {release['revision']} aborted ({(abort or {}).get('reason', 'Aborted')}) "
+                               f"although the spec cannot be processed; all traffic on {stable}", warning=True)
+        st["activeColor"] = stable
+        text += f"; revision {release['revision']} aborted, revision {st.get('stableRevision')} on {stable}"
+        if t.color(stable).ready > 0:
+            for name in fallback.active_services + ((fallback.preview_service,) if fallback.preview_service else ()):
+                svc = obs.services.get(name)
+                if svc is not None and svc.exists and svc.color != stable:
+                    t.actions.append(SelectColor(name, stable))
+        else:
+            text += f" (which has no ready pods: Services left where they are)"
+    st["previewColor"] = release.get("color") if release and not release.get("abortedAt") else None
+    t.set_phase("Degraded", text, reason)
+    _scale_down_idle(t)
     _conditions(t)
-    return t.st
+    requeue = max(0.0, (min(t.wakeups) - now).total_seconds()) if t.wakeups else None
+    return Plan(status=st, actions=_dedupe(t.actions), events=t.events, requeue_after=requeue)
 
 
 def _dedupe(actions: list[Action]) -> list[Action]:

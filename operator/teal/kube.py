@@ -9,7 +9,7 @@ import copy
 import datetime as dt
 import json
 import logging
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -139,6 +139,13 @@ class Kube:
         if svc is None:
             return core.ServiceObs(exists=False)
         return core.ServiceObs(exists=True, color=(svc.spec.selector or {}).get(LABEL_COLOR))
+
+    def observe_traffic(self, body: Mapping[str, Any], services: Iterable[str]) -> core.Observed:
+        """The colours and the named Services only: what acting on an abort needs without a spec."""
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        return core.Observed(template=None, template_hash=None,
+                             colors={c: self.observe_color(ns, name, c) for c in COLORS},
+                             services={s: self.observe_service(ns, s) for s in services})
 
     def observe(self, body: Mapping[str, Any], spec: RolloutSpec) -> core.Observed:
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]

@@ -82,6 +82,7 @@ TEMPLATE_KINDS = ("AnalysisTemplate", "ClusterAnalysisTemplate")
 
 DEFAULT_INTERVAL_S = 30.0
 DEFAULT_COUNT = 1
+MAX_COUNT = 1000  # measurements per run; crds/rollouts.yaml and analysistemplates.yaml say the same
 DEFAULT_CONSECUTIVE_ERROR_LIMIT = 4
 
 
@@ -190,6 +191,8 @@ class Metric:
                 raise err(_camel(f), f"must be a whole number >= 0, got {v!r}")
         if self.count < 1:
             raise err("count", "must be at least 1")
+        if self.count > MAX_COUNT:
+            raise err("count", f"must be at most {MAX_COUNT} (the CRD's limit), got {self.count}")
         if self.failure_limit >= self.count:
             raise err(
                 "failureLimit",
