@@ -79,7 +79,7 @@ def test_address_and_timeout_settings():
         p.close()
     # the default timeout: 10 s (the library's own default is none)
     with provider_from_spec({"address": "http://p"}, secrets({}), None) as p:
-        assert p.timeout == 10.0 and p._client._timeout == 10.0
+        assert p.timeout == 10.0
 
 
 def test_conflicting_auth_rejected():
@@ -100,7 +100,7 @@ def test_provider_cache_reuses_and_rotates():
     assert cache.get(spec, secrets(values)) is a
     values[("t", "token")] = "two"  # a rotated token gives a new provider
     b = cache.get(spec, secrets(values))
-    assert b is not a and b._client.headers["Authorization"] == "Bearer two"
+    assert b is not a and b.headers["Authorization"] == "Bearer two"
     cache.get({"address": "http://q"}, secrets({}))
     assert len(cache) == 2
     cache.close()

@@ -2,12 +2,12 @@
 
 The core asks for an analysis run by writing `status.release.analysisKey`
 ("<revision>:<run>[:<step>]"). On the next reconcile this driver measures the metrics
-that are due in the query thread pool (so a slow Prometheus delays only this Rollout)
-and hands the run's verdict to the core.
+that are due and hands the run's verdict to the core. The queries are awaited (aiohttp,
+with a bulkhead per Prometheus server), so a slow or hung Prometheus holds no thread and
+delays only the Rollouts that query it; the template and Secret reads go to the API pool.
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 from typing import Any, Mapping
@@ -36,19 +36,17 @@ async def run(ctl, body, spec: RolloutSpec, status: Mapping[str, Any], observed:
     )
     state = status.get("analysisRun") if (status.get("analysisRun") or {}).get("key") == key else None
     api = ctl.kube.api_client
-    ev = await asyncio.get_running_loop().run_in_executor(
-        ctl.query_pool,
-        lambda: analysis.evaluate(
-            spec.analysis,
-            key,
-            variables=variables,
-            state=state,
-            history=status.get("analysis"),
-            fetch_template=analysis.template_fetcher(api, ns),
-            read_secret=analysis.secret_reader(api, ns),
-            now=now,
-            default_address=SETTINGS.prometheus_address,
-        ),
+    ev = await analysis.evaluate_async(
+        spec.analysis,
+        key,
+        variables=variables,
+        state=state,
+        history=status.get("analysis"),
+        fetch_template=analysis.template_fetcher(api, ns),
+        read_secret=analysis.secret_reader(api, ns),
+        now=now,
+        default_address=SETTINGS.prometheus_address,
+        offload=ctl.call,
     )
     extra: dict[str, Any] = {"analysisRun": ev.state, "analysis": ev.history}
     return dataclasses.replace(observed, analysis=ev.run), extra

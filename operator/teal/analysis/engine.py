@@ -1,9 +1,9 @@
 """One analysis tick for the operator: parse, measure what is due, fold, record.
 
 This is the seam the reconcile loop calls (a few lines, see `evaluate`). It blocks on
-Prometheus (bounded by the provider's timeout per query), so async callers run it in a
-worker thread: `await asyncio.to_thread(evaluate, ...)` or `await evaluate_async(...)`;
-a slow Prometheus then delays only the Rollouts that use it.
+Prometheus (bounded by the provider's timeout per query); the event loop awaits
+`evaluate_async(...)` instead, which takes the same arguments and awaits the queries,
+so a slow Prometheus delays only the Rollouts that use it.
 
     ev = analysis.evaluate(
         spec.analysis, key,
@@ -22,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-from typing import Any, Callable, Mapping, Sequence
+import functools
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from ..core import AnalysisRun
 from .model import AnalysisConfigError, Measurement, QueryResult, judge, parse_metrics, with_color
-from .prometheus import Provider, ProviderCache, measure, resolve_queries
+from .prometheus import Provider, ProviderCache, ameasure, measure, resolve_queries
 from .run import advance, due, record
 
 __all__ = [
@@ -96,6 +97,63 @@ def rollout_variables(
     return with_color(plain, color)
 
 
+@dataclasses.dataclass
+class _Tick:
+    """What one tick of run `key` has to measure."""
+
+    key: str
+    variables: Mapping[str, str | None]
+    color: str
+    now: dt.datetime
+    metrics: list = dataclasses.field(default_factory=list)
+    todo: list = dataclasses.field(default_factory=list)
+    provider: Provider | None = None
+    outage: QueryResult | None = None  # the server is down: record the rest as errors unasked
+
+    def skipped(self, m) -> Measurement | None:
+        if self.outage is None:
+            return None
+        q, bq = resolve_queries(m, self.variables, self.color)
+        return judge(m, self.outage, None, q, self.key, self.color, self.now, baseline_query=bq)
+
+    def took(self, meas: Measurement) -> Measurement:
+        if meas.error_kind in _OUTAGE:
+            self.outage = QueryResult.failure(meas.error_kind, f"{_tail(meas.message)} (not queried again this round)")
+        return meas
+
+
+def _plan(analysis_spec, key, *, variables, state, fetch_template, read_secret, now, names=None, provider=None,
+          providers=None, default_address=None, **_ignored) -> _Tick:
+    """Parse the metrics and pick those due; the provider only when something is due.
+
+    Blocking (templates and Secrets are read from the API); raises AnalysisConfigError.
+    """
+    tick = _Tick(key, variables, str(variables.get("color") or ""), now)
+    if names is None:
+        names = names_for_key(analysis_spec, key)
+    tick.metrics = parse_metrics(analysis_spec, names, fetch_template)
+    tick.todo = due(state, key, tick.metrics, now)
+    if tick.todo:
+        tick.provider = provider or (PROVIDERS if providers is None else providers).get((analysis_spec or {}).get("prometheus"), read_secret, default_address)
+    return tick
+
+
+def _finish(tick: _Tick, new: list[Measurement], state, history, history_limit: int = 20) -> Evaluation:
+    new_state, run = advance(state, tick.key, tick.metrics, new, tick.now)
+    return Evaluation(run=run, state=new_state, measurements=new, history=record(history, new, history_limit))
+
+
+def _failed(key: str, e: AnalysisConfigError, state, history) -> Evaluation:
+    msg = str(e)
+    return Evaluation(
+        run=AnalysisRun(key=key, verdict="Failed", message=msg, error=msg),
+        state=dict(state) if state else None,
+        measurements=[],
+        history=[dict(h) for h in (history or [])],
+        config_error=e,
+    )
+
+
 def evaluate(
     analysis_spec: Mapping[str, Any] | None,
     key: str,
@@ -119,46 +177,41 @@ def evaluate(
     colour keeps its traffic) and in `config_error`. Kubernetes API errors other than
     "not found" (reading templates or Secrets) propagate, so the caller retries.
     """
-    color = str(variables.get("color") or "")
     try:
-        if names is None:
-            names = names_for_key(analysis_spec, key)
-        metrics = parse_metrics(analysis_spec, names, fetch_template)
-        todo = due(state, key, metrics, now)
-        new: list[Measurement] = []
-        if todo:
-            if provider is None:
-                prom = (analysis_spec or {}).get("prometheus")
-                provider = (providers or PROVIDERS).get(prom, read_secret, default_address)
-            outage: QueryResult | None = None
-            for m in todo:
-                if outage is not None:
-                    q, bq = resolve_queries(m, variables, color)
-                    new.append(judge(m, outage, None, q, key, color, now, baseline_query=bq))
-                    continue
-                meas = measure(provider, m, variables, key, color, now)
-                if meas.error_kind in _OUTAGE:
-                    outage = QueryResult.failure(meas.error_kind, f"{_tail(meas.message)} (not queried again this round)")
-                new.append(meas)
-        new_state, run = advance(state, key, metrics, new, now)
+        tick = _plan(analysis_spec, key, variables=variables, state=state, fetch_template=fetch_template,
+                     read_secret=read_secret, now=now, names=names, provider=provider, providers=providers,
+                     default_address=default_address)
+        new = [tick.skipped(m) or tick.took(measure(tick.provider, m, variables, key, tick.color, now)) for m in tick.todo]
+        return _finish(tick, new, state, history, history_limit)
     except AnalysisConfigError as e:
-        msg = str(e)
-        return Evaluation(
-            run=AnalysisRun(key=key, verdict="Failed", message=msg, error=msg),
-            state=dict(state) if state else None,
-            measurements=[],
-            history=[dict(h) for h in (history or [])],
-            config_error=e,
-        )
-    return Evaluation(run=run, state=new_state, measurements=new, history=record(history, new, history_limit))
+        return _failed(key, e, state, history)
+
+
+async def evaluate_async(
+    analysis_spec: Mapping[str, Any] | None,
+    key: str,
+    *,
+    offload: Callable[..., Awaitable[Any]] | None = None,
+    history_limit: int = 20,
+    **kw: Any,
+) -> Evaluation:
+    """`evaluate` for the event loop: the queries are awaited (`ameasure`), so a hung
+    Prometheus holds no thread and delays only the Rollouts that query it (each server
+    has its own bulkhead, see teal.analysis.prometheus). Reading templates and Secrets
+    blocks: `offload(fn)` runs it (default: asyncio.to_thread).
+    """
+    offload = offload or asyncio.to_thread
+    try:
+        tick = await offload(functools.partial(_plan, analysis_spec, key, **kw))
+        new: list[Measurement] = []
+        for m in tick.todo:
+            new.append(tick.skipped(m) or tick.took(await ameasure(tick.provider, m, tick.variables, key, tick.color, tick.now)))
+        return _finish(tick, new, kw.get("state"), kw.get("history"), history_limit)
+    except AnalysisConfigError as e:
+        return _failed(key, e, kw.get("state"), kw.get("history"))
 
 
 def _tail(message: str) -> str:
     """'error-rate: query failed (timeout): no answer ...' -> 'no answer ...'."""
     head, sep, rest = message.partition("): ")
     return rest if sep else message
-
-
-async def evaluate_async(*args: Any, **kwargs: Any) -> Evaluation:
-    """`evaluate` in a worker thread, so the event loop keeps serving other Rollouts."""
-    return await asyncio.to_thread(evaluate, *args, **kwargs)

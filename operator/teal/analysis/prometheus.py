@@ -1,35 +1,35 @@
 """The Prometheus provider (I/O) and `measure`, which turns one metric into a Measurement.
 
 `Provider` is a two-method interface (`query`, `is_online`) so tests and other backends
-can stand in for Prometheus. `PrometheusProvider` is built on
-prometheus_api_client.PrometheusConnect with:
-- a timeout on every request (default 10 s; the library's default is none), also sent to
-  Prometheus as the query's `timeout` parameter so the server gives up first;
-- no silent retries (the library retries 3 times with back-off by default, which would
-  multiply the timeout); a failed measurement is simply measured again at the next
-  interval and counted against consecutiveErrorLimit;
-- bearer token, basic auth, extra headers (e.g. X-Scope-OrgID), a CA bundle or insecure.
+can stand in for Prometheus; a provider may also have `aquery`, the same query awaited.
+`PrometheusProvider` speaks the HTTP query API with aiohttp:
+- a timeout on every request (default 10 s), also sent to Prometheus as the query's
+  `timeout` parameter so the server gives up first;
+- no retries; a failed measurement is simply measured again at the next interval and
+  counted against consecutiveErrorLimit;
+- bearer token, basic auth, extra headers (e.g. X-Scope-OrgID), a CA bundle or insecure;
+- a bulkhead per server: at most `PER_SERVER_LIMIT` queries in flight to one address
+  (per event loop); the wait for a slot counts against the query's timeout.
 
-Calls block (requests); run them in a worker thread (asyncio.to_thread) from async code.
+The operator awaits `aquery`: waiting for a hung Prometheus costs no thread, and the
+limit keeps one server from hogging sockets. `query` runs the same code in an event loop
+of its own for synchronous callers.
 """
 from __future__ import annotations
 
+import asyncio
 import ast
 import datetime as dt
 import hashlib
 import json
-import os
 import re
-import tempfile
+import ssl
 import threading
 import weakref
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
-import requests
-from prometheus_api_client.exceptions import PrometheusApiClientException
-from prometheus_api_client.prometheus_connect import PrometheusConnect
-from urllib3.util.retry import Retry
+import aiohttp
 
 from .model import (
     AnalysisConfigError,
@@ -48,10 +48,13 @@ __all__ = [
     "ProviderCache",
     "provider_from_spec",
     "measure",
+    "ameasure",
     "DEFAULT_TIMEOUT_S",
+    "PER_SERVER_LIMIT",
 ]
 
 DEFAULT_TIMEOUT_S = 10.0
+PER_SERVER_LIMIT = 16  # queries in flight to one Prometheus server at a time
 
 
 @runtime_checkable
@@ -67,19 +70,23 @@ class Provider(Protocol):
 _STATUS_RE = re.compile(r"^HTTP Status Code (\d+) \((.*)\)$", re.DOTALL)
 
 
-def _api_error(exc: PrometheusApiClientException) -> tuple[int | None, str | None, str]:
-    """(HTTP status, Prometheus errorType, error text) from the library's exception text."""
+def _api_error(exc: BaseException | str) -> tuple[int | None, str | None, str]:
+    """(HTTP status, errorType, error text) from "HTTP Status Code 400 (b'...')" text."""
     text = str(exc)
     m = _STATUS_RE.match(text)
     if not m:
         return None, None, text
-    status = int(m.group(1))
     body: Any = m.group(2)
     try:
         raw = ast.literal_eval(body)
         body = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     except (ValueError, SyntaxError):
         pass
+    return _http_error(int(m.group(1)), body)
+
+
+def _http_error(status: int, body: str) -> tuple[int, str | None, str]:
+    """(HTTP status, Prometheus errorType, error text) of an answer other than 200."""
     try:
         doc = json.loads(body)
     except (TypeError, ValueError):
@@ -113,7 +120,7 @@ def _labels(series: Mapping[str, Any]) -> str:
 
 
 def _parse_result(result: Any) -> QueryResult:
-    """An instant query's `data.result` (the library drops resultType) -> QueryResult."""
+    """An instant query's `data.result` (resultType is implied by its shape) -> QueryResult."""
     if isinstance(result, list) and len(result) == 2 and not any(isinstance(x, Mapping) for x in result):
         # scalar [ts, "1.5"] (or string [ts, "text"])
         try:
@@ -141,19 +148,29 @@ def _parse_result(result: Any) -> QueryResult:
         return QueryResult.failure("bad_response", f"unexpected series {str(result[0])[:200]}")
 
 
-def _timeout_error(exc: BaseException) -> bool:
-    if isinstance(exc, requests.Timeout):
-        return True
-    seen = 0
-    cur: BaseException | None = exc
-    while cur is not None and seen < 6:
-        if "timed out" in str(cur).lower() or "timeout" in type(cur).__name__.lower():
-            return True
-        nxt = cur.__cause__ or cur.__context__
-        if nxt is None and cur.args and isinstance(cur.args[0], BaseException):
-            nxt = cur.args[0]
-        cur, seen = nxt, seen + 1
-    return False
+_BULKHEADS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]]" = weakref.WeakKeyDictionary()
+
+
+def _server(address: str) -> str:
+    u = urlparse(address)
+    return f"{u.scheme}://{u.netloc}"
+
+
+def _bulkhead(server: str) -> asyncio.Semaphore:
+    """The query slots of one Prometheus server in the running event loop."""
+    per_loop = _BULKHEADS.setdefault(asyncio.get_running_loop(), {})
+    slot = per_loop.get(server)
+    if slot is None:
+        slot = per_loop[server] = asyncio.Semaphore(PER_SERVER_LIMIT)
+    return slot
+
+
+def _ssl_setting(ca_file: str | None, ca_data: str | None, insecure: bool) -> ssl.SSLContext | bool:
+    if insecure:
+        return False
+    if ca_file or ca_data:
+        return ssl.create_default_context(cafile=ca_file, cadata=ca_data)
+    return True
 
 
 class PrometheusProvider:
@@ -170,52 +187,48 @@ class PrometheusProvider:
         ca_file: str | None = None,
         ca_data: str | None = None,
         insecure: bool = False,
-        retries: int = 0,
     ):
         if not address:
             raise AnalysisConfigError("no Prometheus address", field="spec.analysis.prometheus.address")
         if not timeout or timeout <= 0:
             raise AnalysisConfigError(f"timeout must be positive, got {timeout!r}", field="spec.analysis.prometheus.timeout")
         self.address = address.rstrip("/")
+        self.server = _server(self.address)
         self.timeout = float(timeout)
-        hdrs = {str(k): str(v) for k, v in (headers or {}).items()}
+        self.headers = {str(k): str(v) for k, v in (headers or {}).items()}
         if bearer_token:
-            hdrs["Authorization"] = f"Bearer {bearer_token.strip()}"
-        self._ca_tmp: str | None = None
-        if ca_data:
-            fd, path = tempfile.mkstemp(prefix="teal-prom-ca-", suffix=".crt")
-            with os.fdopen(fd, "w") as f:
-                f.write(ca_data)
-            self._ca_tmp = path
-            ca_file = path
-        session = requests.Session()
-        session.trust_env = False  # no HTTP(S)_PROXY surprises for an in-cluster address
-        session.verify = False if insecure else (ca_file or True)
-        self._session = session
-        self._client = PrometheusConnect(
-            url=self.address,
-            headers=hdrs or None,
-            disable_ssl=insecure,
-            retry=Retry(total=retries, connect=retries, read=False, status=0, redirect=2, backoff_factor=0, raise_on_status=False),
-            auth=basic_auth,
-            session=session,
-            timeout=self.timeout,
-        )
+            self.headers["Authorization"] = f"Bearer {bearer_token.strip()}"
+        self._auth = aiohttp.BasicAuth(*basic_auth) if basic_auth else None
+        try:
+            self._ssl = _ssl_setting(ca_file, ca_data, insecure)
+        except (ssl.SSLError, OSError, ValueError) as e:
+            raise AnalysisConfigError(f"unusable CA certificate: {e}", field="spec.analysis.prometheus.caSecretRef") from None
         # the server-side evaluation limit, a little below ours, so a slow query says so
         self._server_timeout = f"{max(0.1, self.timeout * 0.9):.3f}"
-        self._finalizer = weakref.finalize(self, PrometheusProvider._cleanup, session, self._ca_tmp)
+        self._sessions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession]" = weakref.WeakKeyDictionary()
 
-    @staticmethod
-    def _cleanup(session: requests.Session, ca_tmp: str | None) -> None:
-        session.close()
-        if ca_tmp:
-            try:
-                os.unlink(ca_tmp)
-            except OSError:
-                pass
+    def _new_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=PER_SERVER_LIMIT, ssl=self._ssl),
+            headers=self.headers,
+            auth=self._auth,
+            trust_env=False,  # no HTTP(S)_PROXY surprises for an in-cluster address
+            timeout=aiohttp.ClientTimeout(total=self.timeout + 1),  # backstop; aquery's own deadline comes first
+        )
 
     def close(self) -> None:
-        self._finalizer()
+        """Close the connection pools (each in its own loop, when that loop still runs)."""
+        for loop, session in list(self._sessions.items()):
+            if not session.closed and not loop.is_closed():
+                loop.call_soon_threadsafe(lambda s=session: asyncio.ensure_future(s.close()))
+        self._sessions.clear()
+
+    async def aclose(self) -> None:
+        """Close the connection pool of the running loop (and schedule the others')."""
+        session = self._sessions.pop(asyncio.get_running_loop(), None)
+        if session is not None:
+            await session.close()
+        self.close()
 
     def __enter__(self) -> "PrometheusProvider":
         return self
@@ -226,24 +239,55 @@ class PrometheusProvider:
     def __repr__(self) -> str:
         return f"PrometheusProvider({self.address!r}, timeout={self.timeout:g})"
 
+    async def aquery(self, promql: str) -> QueryResult:
+        """One instant query, awaited; never raises for transport or server errors."""
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            session = self._sessions[loop] = self._new_session()
+        return await self._guarded(session, promql)
+
     def query(self, promql: str) -> QueryResult:
-        """One instant query; never raises for transport or server errors."""
+        """`aquery` for synchronous callers (its own event loop and connection)."""
         try:
-            result = self._client.custom_query(promql, params={"timeout": self._server_timeout})
-        except PrometheusApiClientException as e:
-            status, error_type, text = _api_error(e)
-            kind = _kind_for(status, error_type)
-            where = f"HTTP {status}" if status else "error"
-            return QueryResult.failure(kind, f"{where} from {self.address}: {text}")
-        except requests.exceptions.SSLError as e:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._query_once(promql))
+        box: list[QueryResult] = []  # called from a coroutine: don't nest loops in its thread
+        t = threading.Thread(target=lambda: box.append(asyncio.run(self._query_once(promql))))
+        t.start()
+        t.join()
+        return box[0]
+
+    async def _query_once(self, promql: str) -> QueryResult:
+        async with self._new_session() as session:
+            return await self._guarded(session, promql)
+
+    async def _guarded(self, session: aiohttp.ClientSession, promql: str) -> QueryResult:
+        slot = _bulkhead(self.server)
+        busy = slot.locked()
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with slot:
+                    return await self._ask(session, promql)
+        except TimeoutError:
+            why = f" (all {PER_SERVER_LIMIT} query slots for {self.server} were taken)" if busy else ""
+            return QueryResult.failure("timeout", f"no answer from {self.address} within {self.timeout:g}s{why}")
+        except (aiohttp.ClientSSLError, ssl.SSLError) as e:
             return QueryResult.failure("tls", f"TLS error talking to {self.address}: {_short(e)}")
-        except requests.RequestException as e:
-            if _timeout_error(e):
-                return QueryResult.failure("timeout", f"no answer from {self.address} within {self.timeout:g}s")
+        except (aiohttp.ClientError, OSError) as e:
             return QueryResult.failure("unavailable", f"cannot reach {self.address}: {_short(e)}")
         except (ValueError, KeyError, TypeError) as e:  # 200 with a body that is not Prometheus's
             return QueryResult.failure("bad_response", f"{self.address} did not answer like Prometheus: {_short(e)}")
-        return _parse_result(result)
+
+    async def _ask(self, session: aiohttp.ClientSession, promql: str) -> QueryResult:
+        params = {"query": str(promql), "timeout": self._server_timeout}
+        async with session.get(f"{self.address}/api/v1/query", params=params) as resp:
+            status, body = resp.status, await resp.text(errors="replace")
+        if status != 200:
+            status, error_type, text = _http_error(status, body)
+            return QueryResult.failure(_kind_for(status, error_type), f"HTTP {status} from {self.address}: {text}")
+        return _parse_result(json.loads(body)["data"]["result"])
 
     def is_online(self) -> bool:
         """True when the query API answers (with this provider's credentials)."""
@@ -252,12 +296,13 @@ class PrometheusProvider:
 
 
 def _short(e: BaseException) -> str:
+    os_error = getattr(e, "os_error", None)
+    if isinstance(os_error, OSError) and os_error.strerror:
+        return os_error.strerror
     text = str(e)
     m = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
     if m:
         return m.group(0).strip()
-    if "Read timed out" in text:
-        return "read timed out"
     return text[:200]
 
 
@@ -408,6 +453,14 @@ class ProviderCache:
                 p.close()
             self._items.clear()
 
+    async def aclose(self) -> None:
+        """`close` from the event loop whose connection pools it closes."""
+        with self._lock:
+            items = list(self._items.values())
+            self._items.clear()
+        for p in items:
+            await p.aclose()
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -415,16 +468,29 @@ class ProviderCache:
 # ---------------------------------------------------------------- measure
 
 
-def _safe_query(provider: Provider, promql: str) -> QueryResult:
-    try:
-        r = provider.query(promql)
-    except Exception as e:  # a provider must not take the reconcile down with it
-        return QueryResult.failure("provider", f"{type(e).__name__}: {e}")
+def _checked(r: Any) -> QueryResult:
     if not isinstance(r, QueryResult):
         return QueryResult.failure("provider", f"the provider returned {type(r).__name__}, not a QueryResult")
     if r.value is not None and not isinstance(r.value, float):
         r = QueryResult(value=float(r.value), empty=r.empty, error=r.error, error_kind=r.error_kind)
     return r
+
+
+def _safe_query(provider: Provider, promql: str) -> QueryResult:
+    try:
+        return _checked(provider.query(promql))
+    except Exception as e:  # a provider must not take the reconcile down with it
+        return QueryResult.failure("provider", f"{type(e).__name__}: {e}")
+
+
+async def _asafe_query(provider: Provider, promql: str) -> QueryResult:
+    """Awaits the provider's `aquery`; a provider without one runs `query` in a thread."""
+    try:
+        aquery = getattr(provider, "aquery", None)
+        r = await aquery(promql) if aquery else await asyncio.to_thread(provider.query, promql)
+        return _checked(r)
+    except Exception as e:
+        return QueryResult.failure("provider", f"{type(e).__name__}: {e}")
 
 
 def resolve_queries(metric: Metric, variables: Mapping[str, str | None], color: str | None = None) -> tuple[str, str | None]:
@@ -453,6 +519,15 @@ def resolve_queries(metric: Metric, variables: Mapping[str, str | None], color: 
     return q, bq
 
 
+def _rejected(r: QueryResult, metric: Metric, query: str, field: str) -> None:
+    """Prometheus's own 'bad_data' answer is a configuration error, not a measurement."""
+    if r.error_kind == "bad_data":
+        what = "query" if field == "query" else "baseline query"
+        raise AnalysisConfigError(
+            f"Prometheus rejected the {what}: {r.error} (query: {query})", metric=metric.name, template=metric.template, field=field
+        )
+
+
 def measure(
     provider: Provider,
     metric: Metric,
@@ -469,19 +544,28 @@ def measure(
     """
     q, bq = resolve_queries(metric, variables, color)
     value = _safe_query(provider, q)
-    if value.error_kind == "bad_data":
-        raise AnalysisConfigError(
-            f"Prometheus rejected the query: {value.error} (query: {q})", metric=metric.name, template=metric.template, field="query"
-        )
+    _rejected(value, metric, q, "query")
     baseline = None
     if bq is not None and value.error is None and not value.no_data:
         baseline = _safe_query(provider, bq)
-        if baseline.error_kind == "bad_data":
-            raise AnalysisConfigError(
-                f"Prometheus rejected the baseline query: {baseline.error} (query: {bq})",
-                metric=metric.name,
-                template=metric.template,
-                field="baseline",
-            )
+        _rejected(baseline, metric, bq, "baseline")
     return judge(metric, value, baseline, q, key, color, now, baseline_query=bq)
 
+
+async def ameasure(
+    provider: Provider,
+    metric: Metric,
+    variables: Mapping[str, str | None],
+    key: str,
+    color: str,
+    now: dt.datetime,
+) -> Measurement:
+    """`measure`, awaiting the provider (see `_asafe_query`)."""
+    q, bq = resolve_queries(metric, variables, color)
+    value = await _asafe_query(provider, q)
+    _rejected(value, metric, q, "query")
+    baseline = None
+    if bq is not None and value.error is None and not value.no_data:
+        baseline = await _asafe_query(provider, bq)
+        _rejected(baseline, metric, bq, "baseline")
+    return judge(metric, value, baseline, q, key, color, now, baseline_query=bq)
