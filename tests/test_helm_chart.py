@@ -268,8 +268,9 @@ def test_servicemonitor_and_pdb(helm, chart_dir):
 
 @pytest.mark.cluster
 def test_notes_tell_what_to_do_next(helm, chart_dir, cluster):
-    # `helm install --dry-run=client` renders NOTES.txt (helm template does not); it asks the cluster its version
-    proc = run([helm, "install", "t", str(chart_dir), "--dry-run=client", "--namespace", "teal-system",
+    # `helm install --dry-run=server` renders NOTES.txt (helm template does not); the server mode lets the
+    # chart's lookup see that the CRDs exist already (applied by another fixture), as a real install would
+    proc = run([helm, "install", "t", str(chart_dir), "--dry-run=server", "--namespace", "teal-system",
                 "--set", "rbac.scope=namespaced", "--set", "watchNamespaces={shop}"],
                env={"KUBECONFIG": cluster.kubeconfig})
     notes = proc.stdout.split("NOTES:", 1)[1]
