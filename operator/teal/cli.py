@@ -767,6 +767,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", default="10m", help="how long to wait, like 30s, 10m, 1h (default 10m)")
     s.add_argument("--interval", type=float, default=1.0, help="seconds between checks (default 1)")
 
+    from .cli_handover import add_parser as add_handover
+
+    add_handover(command)
+
     li = command("lint", "validate manifests offline against Teal's CRD schemas and rules", with_name=False)
     li.add_argument("-f", "--filename", action="append", required=True, metavar="FILE",
                     help="a manifest file, a directory of them, or - for stdin (repeatable)")
@@ -790,6 +794,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "lint":
             return cmd_lint(args)
         cluster = connect(args)
+        from .cli_handover import cmd_handover
+
         handlers: dict[str, Callable[[Cluster, argparse.Namespace], int]] = {
             "get": cmd_get,
             "list": cmd_list,
@@ -800,6 +806,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "resume": lambda c, a: cmd_pause(c, a, False),
             "undo": cmd_undo,
             "status": cmd_status,
+            "handover": cmd_handover,
         }
         return handlers[args.command](cluster, args)
     except CliError as exc:
