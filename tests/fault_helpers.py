@@ -43,6 +43,7 @@ from kmock._internal import dicts, rendering  # kmock 0.8 exposes no public merg
 from kubernetes import client
 
 from teal import controller as teal_controller
+from teal import kopf_compat
 from teal.api import ANNOTATION_HASH, ANNOTATION_REVISION, LABEL_COLOR, LABEL_ROLLOUT, template_hash
 from teal.controller import Controller, Loop
 from teal.kube import Kube
@@ -361,7 +362,7 @@ async def running_controller(api: FakeApi) -> AsyncIterator[TracedController]:
         ctl.kube.api_client.close()
 
 
-def kopf_registry(api: FakeApi) -> kopf.OperatorRegistry:
+def kopf_registry(api: FakeApi, error_backoffs: tuple[float, ...] | None = None) -> kopf.OperatorRegistry:
     """A registry with Teal's handlers (from kopf's default registry, where teal.controller
     registers them) and a login to the fake API. kopf 1.45 has no public way to copy
     handlers, and its fallback login loads a kubeconfig into the kubernetes client's
@@ -378,11 +379,17 @@ def kopf_registry(api: FakeApi) -> kopf.OperatorRegistry:
     def _login(**_: Any) -> kopf.ConnectionInfo:
         return kopf.ConnectionInfo(server=server)
 
+    if error_backoffs is not None:  # after Teal's startup handler: kopf's own API retries, shortened
+        @kopf.on.startup(registry=registry)
+        def _backoffs(settings: kopf.OperatorSettings, **_: Any) -> None:
+            settings.networking.error_backoffs = error_backoffs
+
     return registry
 
 
 @contextlib.asynccontextmanager
-async def running_operator(api: FakeApi) -> AsyncIterator[TracedController]:
+async def running_operator(api: FakeApi, error_backoffs: tuple[float, ...] | None = None
+                           ) -> AsyncIterator[TracedController]:
     """The real kopf operator with Teal's handlers (and its startup settings) on the fake
     API, cluster-wide; stopped, with Teal's loops, afterwards.
 
@@ -390,9 +397,10 @@ async def running_operator(api: FakeApi) -> AsyncIterator[TracedController]:
     joined without blocking this loop, which serves the fake API. (In this loop, kopf
     would take the fake API's request handlers for its own hung tasks and wait 5 s for
     them at exit, and it would install its signal handlers.)"""
+    kopf_compat.install()  # as `teal run` does
     ctl = TracedController(Kube(api_client(api)))
     teal_controller.CONTROLLER = ctl  # the startup handler's controller() returns it
-    registry = kopf_registry(api)
+    registry = kopf_registry(api, error_backoffs)
     stop, ready = threading.Event(), threading.Event()
     crashed: list[BaseException] = []
 

@@ -285,3 +285,47 @@ async def test_kopf_relists_after_410_gone_and_teal_reacts() -> None:
             assert lists[1].id > watches[0].id, "the second list came after the 410"
             assert api.requests(GET, ROLLOUTS, kmock.name("late"))
             await until(lambda: switched(api, NS, "app"), 10, "the listed Rollout switched too")
+
+
+# ------------------------------------------------------------------ kopf's watch: other errors (teal.kopf_compat)
+
+
+def watch_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "teal" and "listing and watching again" in r.getMessage()]
+
+
+async def test_a_watch_error_event_other_than_410_restarts_the_watch_not_the_operator(caplog) -> None:
+    """The first watch of Rollouts answers with an ERROR event with code 500. kopf 1.45 alone
+    raises WatchingError and the operator exits; with teal.kopf_compat the stream ends as
+    after a 410: a warning, a new list, a new watch, and Teal reconciles what it lists."""
+    async with fake_api() as api:
+        seed_release(api, NS, "app")
+        seed_world(api, NS, "late")
+        boom = {"type": "ERROR", "object": {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 500,
+                                            "reason": "InternalError", "message": "etcdserver: request timed out"}}
+        rollout_watches(api)[:1] << 200 << (boom,)
+        api.before(rollout_lists(api)[1:2], lambda _: api.store(ROLLOUTS, rollout(NS, "late", "v2")))
+        async with running_operator(api):  # fails on exit if kopf ended
+            await until(lambda: switched(api, NS, "late"), 20, "Teal switched the Rollout listed after the error")
+            lists, watches = list(rollout_lists(api)), list(rollout_watches(api))
+            assert len(lists) >= 2 and lists[1].id > watches[0].id, "listed again after the error"
+            await until(lambda: switched(api, NS, "app"), 10, "the first Rollout switched too")
+        assert any("etcdserver: request timed out" in w for w in watch_warnings(caplog)), watch_warnings(caplog)
+
+
+async def test_a_watch_request_forbidden_past_kopfs_retries_is_watched_again_not_fatal(caplog) -> None:
+    """Watch requests for Rollouts get 403 (say RBAC being re-applied) until kopf's own
+    retries (shortened here to two) run out. kopf alone then exits; with teal.kopf_compat
+    the stream ends with a warning, kopf lists and watches again after 0.5 s, and a
+    Rollout created meanwhile is reconciled."""
+    async with fake_api() as api:
+        seed_release(api, NS, "app")
+        seed_world(api, NS, "late")
+        api.fail(rollout_watches(api), 403, 3, reason="Forbidden")
+        api.before(rollout_lists(api)[1:2], lambda _: api.store(ROLLOUTS, rollout(NS, "late", "v2")))
+        async with running_operator(api, error_backoffs=(0.05, 0.05)):
+            await until(lambda: switched(api, NS, "late"), 20, "Teal switched the Rollout created during the 403s")
+            assert len(list(rollout_lists(api))) >= 2 and len(list(rollout_watches(api))) >= 4
+        delays = [float(m.group(1)) for w in watch_warnings(caplog)
+                  if (m := re.search(r"again in ([0-9.]+)s$", w)) and "403" in w]
+        assert delays[:1] == [0.5], watch_warnings(caplog)

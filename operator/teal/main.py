@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     controller.SETTINGS.identity = own_identity()
     if args.metrics_port:
         metrics.serve(args.metrics_port)
+    from . import kopf_compat
+
+    kopf_compat.install()  # a watch error other than 410 Gone restarts the watch, not the process
     kopf.run(
         clusterwide=not controller.SETTINGS.namespaces,
         namespaces=controller.SETTINGS.namespaces,
