@@ -1,12 +1,14 @@
 """Property tests of the core's safety rules over random histories of a simulated world."""
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sim import World, rollout_spec
+from sim import World, rollout_spec, template
 
 from teal import core
-from teal.api import other, template_hash
+from teal.api import other, parse_spec, template_hash
 
 IMAGES = ["v1", "v2", "v3", "v4"]
 
@@ -192,3 +194,70 @@ def test_a_refused_deployment_is_never_sent_in_a_loop(spec, history):
     for key, times in sent.items():
         gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
         assert all(g >= 30 for g in gaps), (key, times)
+
+
+class ClaimedWorld(World):
+    """A world where another Rollout may hold a claim on some of the objects this one names."""
+
+    claimed: dict = {}
+
+    def observe(self) -> core.Observed:
+        return dataclasses.replace(super().observe(), claimed=dict(self.claimed))
+
+
+CLAIMABLE = ["Service/app", "Service/app-preview", "HTTPRoute/app"]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs(), st.lists(st.one_of(ops, st.tuples(st.just("claim"), st.sets(st.sampled_from(CLAIMABLE)))),
+                           max_size=40))
+def test_a_claimed_object_is_never_written_by_a_non_owner(spec, history):
+    """While another Rollout holds a claim, no SelectColor/SetWeights touches that object,
+    and the Rollout says so (Degraded, ServiceClaimed, naming the owner)."""
+    w = ClaimedWorld(spec)
+    w.claimed = {}
+    for op, arg in history:
+        if op == "claim":
+            w.claimed = {obj: "other" for obj in arg}
+            continue
+        before = dict(w.services), dict(w.weights or {})
+        if op == "tick":
+            plan = w.tick(arg)
+            for a in plan.actions:
+                if isinstance(a, core.SelectColor):
+                    assert f"Service/{a.service}" not in w.claimed, a
+                if isinstance(a, core.SetWeights):
+                    assert "HTTPRoute/app" not in w.claimed, a
+            if w.claimed:
+                assert (w.status["phase"], w.status["reason"]) == ("Degraded", "ServiceClaimed")
+                assert "claimed by Rollout other" in w.status["message"]
+                assert all(w.services[n] == before[0][n] for n in w.services if f"Service/{n}" in w.claimed)
+        else:
+            apply_op(w, op, arg)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs(), st.lists(ops, max_size=30), st.sampled_from(["delete", "zero"]))
+def test_stable_short_of_pods_is_reported_and_restored(spec, history, fault):
+    """Whatever the release does: a stable colour that serves traffic with no ready pod is
+    reported (Degraded/StableUnavailable), and a deleted one is made again from its template."""
+    w = World(spec)
+    for op, arg in history:
+        apply_op(w, op, arg)
+    st_ = w.status
+    stable = st_.get("stableColor")
+    if not stable or st_.get("activeColor") != stable or st_.get("phase") not in ("Healthy", "Progressing", "Paused") \
+            or w.refused:
+        return
+    if fault == "delete":
+        w.deployments.pop(stable, None)
+    else:
+        w.deployments[stable].ready = 0
+        w.deployments[stable].changed_at_tick = w.ticks  # becomes ready again on the next settle
+    history_template = next(template(i) for i in IMAGES if image_hash(i) == st_["stableHash"])
+    w.last_observed = dataclasses.replace(w.observe(), stable_template=history_template)  # the ControllerRevision
+    plan = core.decide(parse_spec(w.spec), w.status, w.last_observed, w.now, generation=1)
+    assert (plan.status["phase"], plan.status["reason"]) == ("Degraded", "StableUnavailable"), plan.status["message"]
+    if fault == "delete":
+        assert any(isinstance(a, core.DeployColor) and a.color == stable and a.hash == st_["stableHash"]
+                   for a in plan.actions), plan.actions

@@ -26,9 +26,13 @@ LABEL_ROLLOUT = "teal.dev/rollout"
 LABEL_COLOR = "teal.dev/color"
 ANNOTATION_HASH = "teal.dev/template-hash"
 ANNOTATION_REVISION = "teal.dev/revision"
-ANNOTATION_MANAGED_SELECTOR = "teal.dev/managed-by-rollout"
+# On each Service and route a Rollout steers: "<rollout name>/<uid>" (same namespace).
+# A second Rollout naming the object is refused (reason ServiceClaimed) while the owner
+# exists and still names it; written and removed with a resourceVersion guard.
+ANNOTATION_CLAIMED_BY = "teal.dev/claimed-by"
 
 ROUTER_KINDS = ("gatewayAPI", "nginx", "istio")  # spec.strategy.blueGreen.trafficRouting.<kind>
+ROUTE_OBJECT_KIND = {"gatewayAPI": "HTTPRoute", "nginx": "Ingress", "istio": "VirtualService"}
 
 BLUE = "blue"
 GREEN = "green"
@@ -218,3 +222,22 @@ def parse_spec(spec: Mapping[str, Any]) -> RolloutSpec:
         revision_history_limit=int(spec.get("revisionHistoryLimit", 10)),
         analysis=spec.get("analysis"),
     )
+
+
+def steered_objects(spec: Mapping[str, Any] | None) -> list[str]:
+    """"Service/<name>" and "<RouteKind>/<name>" for what a raw spec steers (read leniently:
+    also for a spec that does not parse, so claims can be kept and released)."""
+    bg = ((spec or {}).get("strategy") or {}).get("blueGreen") if isinstance(spec, Mapping) else None
+    if not isinstance(bg, Mapping):
+        return []
+    names = list(bg.get("activeServices") or []) if isinstance(bg.get("activeServices"), list) else []
+    if bg.get("previewService"):
+        names.append(bg["previewService"])
+    out = [f"Service/{n}" for n in names if isinstance(n, str) and n]
+    routing = bg.get("trafficRouting")
+    if isinstance(routing, Mapping):
+        for kind, field in (("gatewayAPI", "httpRoute"), ("nginx", "ingress"), ("istio", "virtualService")):
+            body = routing.get(kind)
+            if isinstance(body, Mapping) and isinstance(body.get(field), str) and body[field]:
+                out.append(f"{ROUTE_OBJECT_KIND[kind]}/{body[field]}")
+    return sorted(set(out))

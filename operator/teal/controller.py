@@ -28,7 +28,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from . import core, metrics
-from .api import COLORS, GROUP, LABEL_ROLLOUT, PLURAL, ROUTER_KINDS, VERSION, SpecError, parse_spec
+from .api import COLORS, GROUP, LABEL_ROLLOUT, PLURAL, ROUTER_KINDS, VERSION, SpecError, parse_spec, steered_objects
 from .kube import REFUSALS, Kube, api_message, merge_patch, owner_reference
 
 log = logging.getLogger("teal")
@@ -99,6 +99,13 @@ class Loop:
                 await asyncio.wait_for(self.poke.wait(), timeout=min(max(delay, 0.0), RESYNC_SECONDS))
             except asyncio.TimeoutError:
                 pass
+
+
+def _set_claims(status: dict[str, Any], held: list[str]) -> None:
+    if held:
+        status["claims"] = sorted(held)
+    else:
+        status.pop("claims", None)
 
 
 def selector_weights(spec, observed: core.Observed) -> dict[str, int] | None:
@@ -212,10 +219,13 @@ class Controller:
         loop.route = (routing.kind, routing.name) if routing else None
         loop.services = frozenset(spec.blue_green.active_services) | frozenset(
             [spec.blue_green.preview_service] if spec.blue_green.preview_service else [])
+        held, refused = await self._claim(body, status)
         observed = await self.call(self.kube.observe, body, spec)
-        observed = dataclasses.replace(observed, rejected=loop.rejection)
+        observed = dataclasses.replace(observed, rejected=loop.rejection, claimed=refused)
         router = None
-        if spec.blue_green.traffic_routing is not None:
+        if refused:
+            pass  # nothing of this Rollout's traffic is touched (not even a router's prepare)
+        elif spec.blue_green.traffic_routing is not None:
             router, observed = await self._observe_router(body, spec, observed)
         else:
             observed = dataclasses.replace(observed, weights=selector_weights(spec, observed))
@@ -231,6 +241,7 @@ class Controller:
             return await self._cannot_decide(loop, body, status, f"cannot decide: {type(e).__name__}: {e}",
                                              "ReconcileError", now)
         plan.status.update(extra_status)
+        _set_claims(plan.status, held)
         if not (plan.status.get("release") or {}).get("analysisKey"):
             plan.status.pop("analysisRun", None)
         await self._write(body, status, plan.status)
@@ -252,13 +263,36 @@ class Controller:
             requeue = min(requeue, ROUTE_RESYNC_SECONDS)
         return requeue
 
+    async def _claim(self, body, status) -> tuple[list[str], dict[str, str]]:
+        """Claim the Services and route the spec names; release those it no longer names
+        (status.claims). Returns (held, refused: object -> the Rollout that holds it)."""
+        objects = steered_objects(body.get("spec"))
+        held, refused = await self.call(self.kube.claim, body, objects)
+        stale = [o for o in status.get("claims") or [] if o not in objects]
+        if stale:
+            await self.call(self.kube.release_claims, body, stale)
+        return held, refused
+
+    async def release_claims(self, body) -> None:
+        """Best effort, on the Rollout's deletion (a claim by a Rollout that is gone is taken
+        over anyway, so a missed event costs nothing)."""
+        objects = sorted(set(steered_objects(body.get("spec"))) | set((body.get("status") or {}).get("claims") or []))
+        try:
+            await self.call(self.kube.release_claims, body, objects)
+        except Exception as e:
+            log.info("%s/%s: claims not released on deletion (taken over later): %s",
+                     body["metadata"].get("namespace"), body["metadata"].get("name"), e)
+
     async def _cannot_decide(self, loop: Loop, body, status, message: str, reason: str, now) -> float | None:
         """Degraded with the error; an abort is acted on all the same (core.cannot_decide)."""
         fallback = core.Fallback.from_spec(body.get("spec"))
         loop.services = frozenset(fallback.active_services) | frozenset(
             [fallback.preview_service] if fallback.preview_service else [])
+        held, refused = await self._claim(body, status)
         observed = await self.call(self.kube.observe_traffic, body, sorted(loop.services))
+        observed = dataclasses.replace(observed, claimed=refused)
         plan = core.cannot_decide(status, fallback, observed, message, reason, now, body["metadata"].get("generation"))
+        _set_claims(plan.status, held)
         await self._write(body, status, plan.status)
         loop.pending_events.extend(plan.events)
         await self._act(loop, body, None, plan, None)
@@ -395,6 +429,8 @@ async def _cleanup(**_: Any) -> None:
 async def _rollout_event(event: dict, name: str, namespace: str, **_: Any) -> None:
     if event.get("type") == "DELETED":
         controller().forget(namespace, name)
+        if isinstance(event.get("object"), dict) and (event["object"].get("metadata") or {}).get("uid"):
+            await controller().release_claims(event["object"])
     else:
         controller().wake(namespace, name)
 

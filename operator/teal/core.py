@@ -107,6 +107,11 @@ class Observed:
     template_error: str | None = None  # e.g. the workloadRef Deployment is missing
     analysis: AnalysisRun | None = None
     rejected: Rejection | None = None  # the last DeployColor, refused (fresh from the adapter)
+    # the stable revision's template from the revision history, read when the spec's template is
+    # another one and the stable colour's Deployment is missing (so it can be made again)
+    stable_template: Mapping[str, Any] | None = None
+    # objects this Rollout names that another, existing Rollout has claimed: "Service/x" -> owner
+    claimed: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- actions
@@ -267,13 +272,24 @@ def decide(
     _decide(t)
     _enforce_traffic(t)
     _honest_phase(t)
+    _guard_stable(t)
     _scale_down_idle(t)
     _observed_fields(t)
     _conditions(t)
     requeue = None
     if t.wakeups:
         requeue = max(0.0, (min(t.wakeups) - now).total_seconds())
-    return Plan(status=t.st, actions=_dedupe(t.actions), events=t.events, requeue_after=requeue)
+    return Plan(status=t.st, actions=_unclaimed(t, _dedupe(t.actions)), events=t.events, requeue_after=requeue)
+
+
+def _unclaimed(t: _Tick, actions: list[Action]) -> list[Action]:
+    """Never write an object another Rollout has claimed (a second line behind ServiceClaimed)."""
+    if not t.obs.claimed:
+        return actions
+    route_claimed = any(not k.startswith("Service/") for k in t.obs.claimed)
+    return [a for a in actions if not (
+        (isinstance(a, SelectColor) and f"Service/{a.service}" in t.obs.claimed)
+        or (isinstance(a, SetWeights) and route_claimed))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,7 +364,7 @@ def cannot_decide(status: Mapping[str, Any], fallback: Fallback, obs: Observed, 
     _scale_down_idle(t)
     _conditions(t)
     requeue = max(0.0, (min(t.wakeups) - now).total_seconds()) if t.wakeups else None
-    return Plan(status=st, actions=_dedupe(t.actions), events=t.events, requeue_after=requeue)
+    return Plan(status=st, actions=_unclaimed(t, _dedupe(t.actions)), events=t.events, requeue_after=requeue)
 
 
 def _dedupe(actions: list[Action]) -> list[Action]:
@@ -376,6 +392,12 @@ def _decide(t: _Tick) -> None:
     spec, obs, st = t.spec, t.obs, t.st
 
     # 1. Problems the operator cannot act around: say so, touch nothing.
+    if obs.claimed:
+        owners = "; ".join(f"{obj.replace('/', ' ', 1)} is claimed by Rollout {owner}"
+                           for obj, owner in sorted(obs.claimed.items()))
+        t.set_phase("Degraded", f"{owners} (annotation teal.dev/claimed-by); nothing was written to it",
+                    "ServiceClaimed")
+        return
     missing = [s for s in _service_names(spec) if not (obs.services.get(s) or ServiceObs(False)).exists]
     if missing:
         names = ", ".join(missing)
@@ -502,11 +524,14 @@ def _ensure_stable(t: _Tick) -> Mapping[str, Any] | None:
     c = st["stableColor"]
     obs = t.color(c)
     refused = None
-    if not obs.exists and t.obs.template_hash == st["stableHash"]:
-        deploy = DeployColor(c, t.obs.template, st["stableHash"], st["stableRevision"], spec.replicas)
+    template = t.obs.template if t.obs.template_hash == st["stableHash"] else t.obs.stable_template
+    if not obs.exists and template is not None:
+        deploy = DeployColor(c, template, st["stableHash"], st["stableRevision"], spec.replicas)
         refused = _refusal(t, deploy)
         if refused is None or _retry_due(t, refused):
             t.actions.append(deploy)
+            t.event("StableRestored", f"the Deployment of the stable colour {c} was missing: made again from "
+                                      f"revision {st['stableRevision']}", warning=True)
     elif obs.exists and obs.replicas != spec.replicas:
         t.actions.append(ScaleColor(c, spec.replicas))
     if (st.get("scaleDown") or {}).get("color") == c:
@@ -956,7 +981,7 @@ def _desired_weights(t: _Tick) -> dict[str, int] | None:
 def _enforce_traffic(t: _Tick) -> None:
     """Point Services and routes where status says, but never at a colour without ready pods."""
     st, spec = t.st, t.spec
-    if st.get("reason") in ("ServiceNotFound", "TemplateNotFound"):
+    if st.get("reason") in ("ServiceNotFound", "TemplateNotFound", "ServiceClaimed"):
         return
     active = st.get("activeColor")
     if active is None:
@@ -994,6 +1019,30 @@ def _honest_phase(t: _Tick) -> None:
         isinstance(a, SelectColor) and a.service in t.spec.blue_green.active_services)]
     if moving and t.st.get("phase") == "Healthy":
         t.set_phase("Progressing", f"moving traffic to {t.st.get('activeColor')}", "Switching")
+
+
+def _guard_stable(t: _Tick) -> None:
+    """A release in progress (or a Healthy phase) never hides an outage of the stable colour
+    that serves the traffic: with no ready pod it is Degraded/StableUnavailable (a Warning
+    Event, Stalled=True) until it recovers; _ensure_stable meanwhile restores it."""
+    st = t.st
+    c = st.get("stableColor")
+    if not c or st.get("activeColor") != c or t.spec.replicas == 0 or st.get("phase") not in (
+            "Healthy", "Progressing", "Paused"):
+        return
+    obs = t.color(c)
+    if obs.ready > 0:
+        return
+    if not obs.exists:
+        restorable = t.obs.template_hash == st.get("stableHash") or t.obs.stable_template is not None
+        how = "its Deployment is missing; " + ("it is being made again" if restorable else
+                                               "its template is not in the revision history: it cannot be made again")
+    else:
+        how = f"0/{t.spec.replicas} pods ready"
+    message = f"the stable colour {c} (revision {st.get('stableRevision')}) has no ready pods: {how}"
+    if st.get("release"):
+        message += f"; meanwhile: {st.get('message')}"
+    t.set_phase("Degraded", message, "StableUnavailable")
 
 
 def _scale_down_idle(t: _Tick) -> None:

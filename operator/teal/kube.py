@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from . import core
 from .api import (
+    ANNOTATION_CLAIMED_BY,
     ANNOTATION_HASH,
     ANNOTATION_REVISION,
     API_VERSION,
@@ -27,6 +28,7 @@ from .api import (
     PLURAL,
     VERSION,
     RolloutSpec,
+    steered_objects,
     template_hash,
 )
 
@@ -36,6 +38,16 @@ TIMEOUT = (5, 20)  # connect, read: no call may hang a Rollout's loop
 # Answers that refuse what was sent, not how: invalid (400, 422) or forbidden by a quota,
 # a policy, an admission webhook or RBAC (403). Sending the same again gets the same answer.
 REFUSALS = (400, 403, 422)
+# the route objects a Rollout may claim (as controller.ROUTE_RESOURCES watches them)
+ROUTE_API = {
+    "HTTPRoute": ("gateway.networking.k8s.io", "v1", "httproutes"),
+    "Ingress": ("networking.k8s.io", "v1", "ingresses"),
+    "VirtualService": ("networking.istio.io", "v1", "virtualservices"),
+}
+
+
+def claim_value(body: Mapping[str, Any]) -> str:
+    return f"{body['metadata']['name']}/{body['metadata']['uid']}"
 
 
 def api_message(e: ApiException, limit: int = 600) -> str:
@@ -155,13 +167,101 @@ class Kube:
             [spec.blue_green.preview_service] if spec.blue_green.preview_service else []
         ):
             services[svc] = self.observe_service(ns, svc)
+        colors = {c: self.observe_color(ns, name, c) for c in COLORS}
+        want = template_hash(template) if template is not None else None
+        status = body.get("status") or {}
+        stable, stable_hash = status.get("stableColor"), status.get("stableHash")
+        stable_template = None
+        if stable in COLORS and stable_hash and stable_hash != want and not colors[stable].exists:
+            stable_template = self.revision_template(ns, name, stable_hash)
         return core.Observed(
             template=template,
-            template_hash=template_hash(template) if template is not None else None,
-            colors={c: self.observe_color(ns, name, c) for c in COLORS},
+            template_hash=want,
+            colors=colors,
             services=services,
             template_error=error,
+            stable_template=stable_template,
         )
+
+    def revision_template(self, namespace: str, rollout: str, hash_: str) -> dict[str, Any] | None:
+        """The pod template of a revision, from its ControllerRevision (record_revision); None if gone."""
+        rev = _get(self.apps.read_namespaced_controller_revision, f"{rollout}-{hash_}", namespace,
+                   _request_timeout=TIMEOUT)
+        template = ((rev.data or {}) if rev is not None else {}).get("template")
+        return dict(template) if isinstance(template, dict) else None  # named by its hash: <rollout>-<hash>
+
+    # ------------------------------------------------------------ claims
+
+    def _claim_meta(self, namespace: str, obj: str) -> tuple[str, str | None] | None:
+        """(resourceVersion, claim annotation) of "Kind/name", or None if it does not exist."""
+        kind, name = obj.split("/", 1)
+        if kind == "Service":
+            svc = _get(self.core.read_namespaced_service, name, namespace, _request_timeout=TIMEOUT)
+            if svc is None:
+                return None
+            return svc.metadata.resource_version, (svc.metadata.annotations or {}).get(ANNOTATION_CLAIMED_BY)
+        group, version, plural = ROUTE_API[kind]
+        got = _get(self.custom.get_namespaced_custom_object, group, version, namespace, plural, name,
+                   _request_timeout=TIMEOUT)
+        if got is None:
+            return None
+        meta = got["metadata"]
+        return meta["resourceVersion"], (meta.get("annotations") or {}).get(ANNOTATION_CLAIMED_BY)
+
+    def _set_claim(self, namespace: str, obj: str, resource_version: str, value: str | None) -> None:
+        """Write (or with None remove) the claim; a 409 means someone wrote in between."""
+        kind, name = obj.split("/", 1)
+        patch = {"metadata": {"resourceVersion": resource_version, "annotations": {ANNOTATION_CLAIMED_BY: value}}}
+        if kind == "Service":
+            self.core.patch_namespaced_service(name, namespace, patch, _request_timeout=TIMEOUT)
+        else:
+            group, version, plural = ROUTE_API[kind]
+            self.custom.patch_namespaced_custom_object(group, version, namespace, plural, name, patch,
+                                                       _request_timeout=TIMEOUT)
+
+    def _claim_holds(self, namespace: str, claim: str, obj: str) -> bool:
+        """Does the claiming Rollout exist (same uid, not being deleted) and still name obj?"""
+        owner, _, uid = claim.partition("/")
+        ro = self.get_rollout(namespace, owner) if owner else None
+        return bool(ro and ro["metadata"].get("uid") == uid and not ro["metadata"].get("deletionTimestamp")
+                    and obj in steered_objects(ro.get("spec")))
+
+    def claim(self, body: Mapping[str, Any], objects: list[str]) -> tuple[list[str], dict[str, str]]:
+        """Claim each object ("Service/x", "HTTPRoute/y", ...): ours already, free, or held
+        by a Rollout that is gone or no longer names it (taken over). Returns what this Rollout
+        holds and, for the rest, the owning Rollout's name. Missing objects are skipped."""
+        ns, mine = body["metadata"]["namespace"], claim_value(body)
+        held, refused = [], {}
+        for obj in objects:
+            meta = self._claim_meta(ns, obj)
+            if meta is None:
+                continue
+            rv, claim = meta
+            if claim == mine:
+                held.append(obj)
+            elif claim and claim.partition("/")[0] != body["metadata"]["name"] and self._claim_holds(ns, claim, obj):
+                refused[obj] = claim.partition("/")[0]
+            else:
+                if claim:
+                    log.info("%s/%s: taking over %s from %s (gone, or no longer names it)", ns,
+                             body["metadata"]["name"], obj, claim)
+                self._set_claim(ns, obj, rv, mine)
+                held.append(obj)
+        return held, refused
+
+    def release_claims(self, body: Mapping[str, Any], objects: list[str]) -> None:
+        """Remove this Rollout's claim from objects it no longer names (or all, on deletion)."""
+        ns, mine = body["metadata"]["namespace"], claim_value(body)
+        for obj in objects:
+            if "/" not in obj or obj.split("/", 1)[0] not in ("Service", *ROUTE_API):
+                continue
+            meta = self._claim_meta(ns, obj)
+            if meta is not None and meta[1] == mine:
+                try:
+                    self._set_claim(ns, obj, meta[0], None)
+                except ApiException as e:
+                    if e.status != 404:
+                        raise
 
     # ------------------------------------------------------------ writing
 
