@@ -714,6 +714,16 @@ class LocalCluster:
         status, body = self._raw("GET", "/readyz")
         return status == 200 and body.strip() == b"ok"
 
+    def restart_apiserver(self, timeout: float = 60) -> None:
+        """SIGKILL kube-apiserver and start it again on the same port, etcd untouched
+        (for chaos tests: every client's connections and watches break at once)."""
+        old = self.components["kube-apiserver"]
+        old.signal_group(signal.SIGKILL)
+        self._reap([old], 10)
+        old.close_log()
+        self._spawn("kube-apiserver", old.args)
+        self._wait(self._apiserver_ready, timeout, "kube-apiserver to be ready again")
+
     # kubeconfigs
     def kubeconfig_dict(self, token: str, user: str = "admin") -> dict[str, Any]:
         """A kubeconfig (as a dict) for this cluster authenticating with ``token``."""
