@@ -186,3 +186,29 @@ def test_two_rollouts_created_in_the_same_second(env, k8s):
     assert claim_of(env, "shared") == f"{winner}/{uid(env, winner)}"
     assert watch.colors == [None, "blue"], watch.colors
     print(f"created {created}; {winner} won")
+
+
+def test_a_route_is_claimed_too(k8s, namespace, metered, router_crds):  # noqa: F811
+    """Two Rollouts whose trafficRouting names the same HTTPRoute: the second is refused
+    and neither the route nor the second Rollout's Services are written by it."""
+    from routing_helpers import ACTIVE, ROLLOUT, RoutingEnv, make_owner
+    from test_e2e_weighted import make_route, weighted_rollout
+
+    routing = RoutingEnv(k8s, namespace, make_owner(k8s, namespace))
+    routing.active_service(color=None)
+    routing.active_service(name="other", color=None)
+    spec = make_route(routing, "gatewayAPI")
+    env = Env(k8s, namespace)
+    env.create_rollout(weighted_rollout("gatewayAPI", spec))
+    env.wait_phase("Healthy", name=ROLLOUT, activeColor="blue", timeout=60)
+    route = routing.get_httproute("checkout")
+    assert route["metadata"]["annotations"][CLAIM] == f"{ROLLOUT}/{uid(env, ROLLOUT)}"
+    assert env.status(ROLLOUT)["claims"] == ["HTTPRoute/checkout", f"Service/{ACTIVE}"]
+    other = weighted_rollout("gatewayAPI", spec)
+    other["metadata"]["name"] = "other"
+    other["spec"]["strategy"]["blueGreen"]["activeServices"] = ["other"]
+    env.create_rollout(other)
+    st = env.wait_phase("Degraded", reason="ServiceClaimed", name="other", timeout=30)
+    assert f"HTTPRoute checkout is claimed by Rollout {ROLLOUT}" in st["message"], st["message"]
+    assert routing.get_httproute("checkout")["metadata"]["resourceVersion"] == route["metadata"]["resourceVersion"]
+    assert env.selector_color("other") is None and env.replicas("blue", name="other") is None
