@@ -4,7 +4,8 @@ whose Prometheus answers (issue 12, failure 4).
 The analysis of 100 Rollouts points at a server that accepts connections and never answers
 (analysis_helpers.Silent); one more Rollout's analysis queries the real Prometheus. The
 queries are awaited on the event loop, as the operator's analysis_driver does, with the
-blocking template/Secret reads offloaded to a small thread pool like the operator's API pool.
+blocking template/Secret reads offloaded to a small thread pool like the operator's API pool;
+the last test does the same with the real operator and 40 Rollouts on the local control plane.
 Before the bulkheads, every query took a thread of one shared pool of 32: the hung queries
 held all of them and the healthy run waited out their timeouts. How long the healthy run
 takes, alone and beside the hung ones, is measured by bench/bench_bulkhead.py.
@@ -19,13 +20,14 @@ import threading
 import pytest
 
 from analysis_helpers import Silent
+from operator_helpers import Env, rollout
 from teal.analysis import SUCCESSFUL
 from teal.analysis.engine import evaluate_async, rollout_variables
 from teal.analysis.prometheus import PER_SERVER_LIMIT, ProviderCache
 from teal.devenv.prometheus import LocalPrometheus
 from teal.devenv.wait import wait_for
 
-pytestmark = pytest.mark.prometheus
+pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(120)]
 
 HUNG_ROLLOUTS = 100
 HUNG_TIMEOUT = "60s"  # far longer than the healthy run may take even on a loaded machine
@@ -110,3 +112,49 @@ async def test_a_query_waiting_for_a_slot_times_out_with_its_own_deadline_and_sa
             await asyncio.gather(*holders, return_exceptions=True)
             await providers.aclose()
             pool.shutdown(wait=True)
+
+
+# ------------------------------------------------------------------ the real operator on the local control plane
+
+OPERATOR_HUNG = 40  # more than the 32 query threads the operator had before the bulkheads
+
+
+def labelled_rollout(name: str, analysis: dict | None) -> dict:
+    body = rollout(name=name, replicas=1)
+    del body["spec"]["strategy"]["blueGreen"]["previewService"]
+    body["spec"]["selector"] = {"matchLabels": {"app": name}}
+    body["spec"]["template"]["metadata"]["labels"] = {"app": name}
+    if analysis:
+        body["spec"]["analysis"] = analysis
+    return body
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_rollouts_on_a_hung_prometheus_do_not_delay_a_healthy_one_in_the_operator(k8s, namespace, prometheus,
+                                                                                   teal_operator) -> None:
+    """40 Rollouts start a release whose analysis queries a server that never answers (60 s
+    timeout); then a Rollout whose analysis queries the real Prometheus releases, analysed,
+    before any hung query has timed out (no hung Rollout has a measurement yet)."""
+    env = Env(k8s, namespace)
+    with Silent() as hung:
+        def gate(address: str, timeout: str) -> dict:
+            return {"prometheus": {"address": address, "timeout": timeout}, "interval": "1s", "count": 2,
+                    "prePromotion": ["gate"],
+                    "metrics": [{"name": "gate", "query": "vector(0)", "thresholdRange": {"max": 0.01}}]}
+
+        names = [f"h{i}" for i in range(OPERATOR_HUNG)]
+        for name in names + ["ok"]:
+            env.create_service(name, {"app": name})
+            analysis = gate(hung.url, "60s") if name != "ok" else gate(prometheus.url, "10s")
+            env.create_rollout(labelled_rollout(name, analysis))
+        for name in names + ["ok"]:
+            env.wait_phase("Healthy", name=name, stableRevision="1", timeout=90)
+        for name in names:
+            env.set_image("v2", name=name, labels={"app": name})
+        wait_for(lambda: len(hung.conns) >= PER_SERVER_LIMIT, timeout=60, what="hung queries in flight")
+        env.set_image("v2", name="ok", labels={"app": "ok"})
+        st = env.wait_phase("Healthy", name="ok", stableRevision="2", timeout=50)
+        assert [m["verdict"] for m in st["analysis"] if m["run"] == "2:prePromotion"] == [SUCCESSFUL, SUCCESSFUL]
+        assert not any(env.status(name).get("analysis") for name in names), "a hung query timed out first"
+        assert all(env.status(name)["phase"] == "Progressing" for name in names)
