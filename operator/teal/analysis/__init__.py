@@ -3,7 +3,7 @@
 - model:      Metric, parse_metrics, render, QueryResult, Measurement, judge (pure)
 - run:        due, advance, record: the state of one analysis run (pure)
 - prometheus: Provider, PrometheusProvider, provider_from_spec, measure (I/O)
-- engine:     evaluate: one tick for the reconcile loop (I/O, blocking: use a thread)
+- engine:     evaluate (blocking) / evaluate_async (awaits the queries): one tick for the reconcile loop
 - kube:       template_fetcher, secret_reader (Kubernetes lookups)
 
 Nothing here depends on kopf.
