@@ -171,7 +171,7 @@ class Verdict:
 
 
 def _utc(local: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
-    return local.replace(tzinfo=None).replace(tzinfo=UTC).astimezone(UTC)
+    return local.replace(tzinfo=tz, fold=0).astimezone(UTC)
 
 
 def _intervals(windows: tuple[Window, ...], tz: dt.tzinfo, lo: dt.datetime, hi: dt.datetime
