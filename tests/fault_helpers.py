@@ -44,9 +44,9 @@ from kubernetes import client
 
 from teal import controller as teal_controller
 from teal import kopf_compat
-from teal.api import ANNOTATION_HASH, ANNOTATION_REVISION, LABEL_COLOR, LABEL_ROLLOUT, template_hash
+from teal.api import ANNOTATION_CLAIMED_BY, ANNOTATION_HASH, ANNOTATION_REVISION, LABEL_COLOR, LABEL_ROLLOUT, template_hash
 from teal.controller import Controller, Loop
-from teal.kube import Kube
+from teal.kube import Kube, claim_value
 
 ROLLOUTS = kmock.resource("teal.dev", "v1alpha1", "rollouts")
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
@@ -488,7 +488,15 @@ def seed_release(api: FakeApi, ns: str, name: str, replicas: int = 2) -> None:
     spec asks for v2, and green already runs v2 with every pod ready, so Teal switches both
     Services to green (a fast rollback to the warm colour) with no Deployment to wait for."""
     seed_world(api, ns, name, replicas)
-    api.store(ROLLOUTS, rollout(ns, name, "v2", replicas))
+    ro = api.store(ROLLOUTS, rollout(ns, name, "v2", replicas))
+    # as the operator left revision 1: the Rollout has claimed both Services
+    services = [name, f"{name}-preview"]
+    for svc in services:
+        body = api.stored(SERVICES, ns, svc)
+        body["metadata"]["annotations"] = {ANNOTATION_CLAIMED_BY: claim_value(ro)}
+        api.store(SERVICES, body)
+    ro["status"]["claims"] = sorted(f"Service/{svc}" for svc in services)
+    api.store(ROLLOUTS, ro)
 
 
 def selector_color(api: FakeApi, ns: str, service_name: str) -> str | None:
