@@ -23,12 +23,11 @@ from teal.analysis.engine import evaluate, names_for_key, rollout_variables
 from teal.analysis.prometheus import (
     PrometheusProvider,
     ProviderCache,
-    _api_error,
+    _http_error,
     _parse_result,
     provider_from_spec,
 )
 from teal.devenv.procs import free_port
-from prometheus_api_client.exceptions import PrometheusApiClientException
 
 T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 VARS = rollout_variables(
@@ -151,13 +150,11 @@ def test_parse_results():
     assert _parse_result([1, "text"]).error_kind == "bad_data"
 
 
-def test_api_error_reads_prometheus_error_body():
-    exc = PrometheusApiClientException(
-        "HTTP Status Code 400 (b'{\"status\":\"error\",\"errorType\":\"bad_data\",\"error\":\"1:6: parse error: unexpected \\\\\"(\\\\\"\"}')"
-    )
-    status, kind, text = _api_error(exc)
+def test_http_error_reads_prometheus_error_body():
+    body = '{"status":"error","errorType":"bad_data","error":"1:6: parse error: unexpected \\"(\\""}'
+    status, kind, text = _http_error(400, body)
     assert (status, kind) == (400, "bad_data") and "parse error" in text
-    assert _api_error(PrometheusApiClientException("HTTP Status Code 502 (b'<html>bad gateway</html>')"))[:2] == (502, None)
+    assert _http_error(502, "<html>bad gateway</html>")[:2] == (502, None)
 
 
 # ---------------------------------------------------------------- evaluate with a scripted provider

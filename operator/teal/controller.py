@@ -46,7 +46,6 @@ class Settings:
     priority: int = 0
     identity: str = ""
     api_workers: int = 32  # threads for Kubernetes calls
-    query_workers: int = 32  # threads for Prometheus queries (kept apart: a dead Prometheus can't starve the API calls)
     routers: tuple[str, ...] = ROUTER_KINDS  # traffic routers this operator may use (and watch the routes of)
 
 
@@ -121,7 +120,6 @@ class Controller:
         self.kube = kube or Kube()
         self.loops: dict[tuple[str, str], Loop] = {}
         self.api_pool = concurrent.futures.ThreadPoolExecutor(SETTINGS.api_workers, thread_name_prefix="teal-api")
-        self.query_pool = concurrent.futures.ThreadPoolExecutor(SETTINGS.query_workers, thread_name_prefix="teal-query")
         self.leading = asyncio.Event()
         self.leading.set()
         self.gate: asyncio.Task | None = None
@@ -199,7 +197,6 @@ class Controller:
         await asyncio.gather(*(lp.task for lp in self.loops.values() if lp.task), return_exceptions=True)
         self.loops.clear()
         self.api_pool.shutdown(wait=False, cancel_futures=True)
-        self.query_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- one reconcile
     async def reconcile(self, loop: Loop) -> float | None:

@@ -18,7 +18,6 @@ of its own for synchronous callers.
 from __future__ import annotations
 
 import asyncio
-import ast
 import datetime as dt
 import hashlib
 import json
@@ -65,24 +64,6 @@ class Provider(Protocol):
 
 
 # ---------------------------------------------------------------- the Prometheus provider
-
-
-_STATUS_RE = re.compile(r"^HTTP Status Code (\d+) \((.*)\)$", re.DOTALL)
-
-
-def _api_error(exc: BaseException | str) -> tuple[int | None, str | None, str]:
-    """(HTTP status, errorType, error text) from "HTTP Status Code 400 (b'...')" text."""
-    text = str(exc)
-    m = _STATUS_RE.match(text)
-    if not m:
-        return None, None, text
-    body: Any = m.group(2)
-    try:
-        raw = ast.literal_eval(body)
-        body = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    except (ValueError, SyntaxError):
-        pass
-    return _http_error(int(m.group(1)), body)
 
 
 def _http_error(status: int, body: str) -> tuple[int, str | None, str]:
