@@ -46,13 +46,16 @@ def test_aggregated_roles_rendered(helm, chart_dir):
     status = {"get", "update", "patch"}
     assert _rules(roles["t-teal-aggregate-to-view"]) == {
         "rollouts": READ, "rollouts/status": READ, "rollouts/scale": READ,
-        "analysistemplates": READ, "clusteranalysistemplates": READ}
+        "analysistemplates": READ, "clusteranalysistemplates": READ,
+        "releasepolicies": READ, "clusterreleasepolicies": READ}
     assert _rules(roles["t-teal-aggregate-to-edit"]) == {
         "rollouts": WRITE, "rollouts/status": status, "rollouts/scale": status,
-        "analysistemplates": WRITE, "clusteranalysistemplates": READ}
+        "analysistemplates": WRITE, "clusteranalysistemplates": READ,
+        "releasepolicies": WRITE, "clusterreleasepolicies": READ}
     assert _rules(roles["t-teal-aggregate-to-admin"]) == {
         "rollouts": WRITE, "rollouts/status": status, "rollouts/scale": status,
-        "analysistemplates": WRITE, "clusteranalysistemplates": WRITE}
+        "analysistemplates": WRITE, "clusteranalysistemplates": WRITE,
+        "releasepolicies": WRITE, "clusterreleasepolicies": WRITE}
 
     out = run([helm, "template", "t", str(chart_dir), "--set", "rbac.aggregateToDefaultRoles=false"]).stdout
     assert "aggregate-to-" not in out

@@ -28,6 +28,8 @@ NAMESPACED_NEEDS: dict[tuple[str, str], set[str]] = {
     ("teal.dev", "rollouts/status"): {"get", "patch", "update"},
     ("teal.dev", "rollouts/finalizers"): {"update"},
     ("teal.dev", "analysistemplates"): {"get", "list", "watch"},
+    ("teal.dev", "releasepolicies"): {"get", "list", "watch"},
+    ("teal.dev", "releasepolicies/status"): {"get", "patch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "update", "patch", "delete"},
     ("apps", "deployments/scale"): {"patch"},
     ("apps", "controllerrevisions"): {"get", "list", "watch", "create", "patch", "delete"},
@@ -41,6 +43,8 @@ NAMESPACED_NEEDS: dict[tuple[str, str], set[str]] = {
 }
 CLUSTER_NEEDS: dict[tuple[str, str], set[str]] = {
     ("teal.dev", "clusteranalysistemplates"): {"get", "list", "watch"},
+    ("teal.dev", "clusterreleasepolicies"): {"get", "list", "watch"},
+    ("teal.dev", "clusterreleasepolicies/status"): {"get", "patch"},
 }
 # Only a cluster-wide operator discovers namespaces and CRDs at run time (kopf's scanning).
 CLUSTER_MODE_ONLY: dict[tuple[str, str], set[str]] = {

@@ -24,7 +24,8 @@ import yaml
 from cli_helpers import CHART, CRDS, ROOT, Rollouts, healthy_status, rollout_manifest, run
 from teal.devenv.wait import wait_for
 
-TEAL_CRDS = ["rollouts.teal.dev", "analysistemplates.teal.dev", "clusteranalysistemplates.teal.dev"]
+TEAL_CRDS = ["rollouts.teal.dev", "analysistemplates.teal.dev", "clusteranalysistemplates.teal.dev",
+             "releasepolicies.teal.dev", "clusterreleasepolicies.teal.dev"]
 PEERING_CRDS = ["kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"]
 KEEP = "helm.sh/resource-policy"
 

@@ -18,6 +18,13 @@ ClusterRole, in namespaced mode into a Role in each watched namespace.
 - apiGroups: ["teal.dev"]
   resources: ["analysistemplates"]
   verbs: ["get", "list", "watch"]
+# Release windows and freezes: read them, report a policy's validity on its status.
+- apiGroups: ["teal.dev"]
+  resources: ["releasepolicies"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["teal.dev"]
+  resources: ["releasepolicies/status"]
+  verbs: ["get", "patch"]
 # The two colour Deployments <name>-blue / <name>-green.
 - apiGroups: ["apps"]
   resources: ["deployments"]
@@ -74,6 +81,12 @@ ClusterRole, in namespaced mode into a Role in each watched namespace.
 - apiGroups: ["teal.dev"]
   resources: ["clusteranalysistemplates"]
   verbs: ["get", "list", "watch"]
+- apiGroups: ["teal.dev"]
+  resources: ["clusterreleasepolicies"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["teal.dev"]
+  resources: ["clusterreleasepolicies/status"]
+  verbs: ["get", "patch"]
 {{- if not (include "teal.namespaced" .) }}
 # A cluster-wide kopf operator follows CRDs appearing at run time (a Gateway API installed
 # after Teal gets its routes watched without a restart). Read only.
