@@ -82,3 +82,24 @@ def test_fallback_reads_only_what_is_readable():
     f = core.Fallback.from_spec({"strategy": {"blueGreen": {
         "activeServices": ["a", 3, ""], "previewService": "p", "progressDeadlineSeconds": True}}})
     assert (f.active_services, f.preview_service, f.progress_deadline_seconds) == (("a",), "p", 600)
+
+
+def test_an_abort_moves_the_weights_back_when_the_route_still_parses():
+    w = World(spec=rollout_spec(trafficRouting={"gatewayAPI": {"httpRoute": "app"}},
+                                steps=[{"setWeight": 30}, {"pause": {}}]))
+    w.run(3)
+    w.set_image("v2")
+    w.until(lambda w: w.status.get("reason") == "AwaitingPromotion" or w.weights == {"blue": 70, "green": 30})
+    assert w.weights == {"blue": 70, "green": 30}
+    w.spec["strategy"]["blueGreen"].update(HUGE)
+    w.status["abort"] = {"revision": w.status["release"]["revision"], "reason": "AbortedByUser", "message": "m"}
+    plan = fallback_tick(w, reason="ReconcileError", message="cannot decide: OverflowError: boom")
+    assert core.SetWeights((("blue", 100), ("green", 0))) in plan.actions
+    assert w.weights == {"blue": 100, "green": 0} and w.services["app"] == "blue"
+    assert fallback_tick(w).actions == []  # converged: nothing asked again
+
+
+def test_an_unreadable_route_leaves_the_weights_but_still_moves_the_services():
+    fallback = core.Fallback.from_spec({"strategy": {"blueGreen": {"activeServices": ["app"],
+                                                                   "trafficRouting": {"gatewayAPI": {}}}}})
+    assert fallback.traffic_routing is None and fallback.active_services == ("app",)

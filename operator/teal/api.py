@@ -158,7 +158,7 @@ def _step(raw: Mapping[str, Any], i: int) -> Step:
     raise SpecError(field, "a step needs setWeight or pause")
 
 
-def _routing(raw: Mapping[str, Any] | None) -> TrafficRouting | None:
+def parse_traffic_routing(raw: Mapping[str, Any] | None) -> TrafficRouting | None:
     if not raw:
         return None
     field = "spec.strategy.blueGreen.trafficRouting"
@@ -189,7 +189,7 @@ def parse_spec(spec: Mapping[str, Any]) -> RolloutSpec:
     weights = [s.set_weight for s in steps if s.set_weight is not None]
     if any(b < a for a, b in zip(weights, weights[1:])):
         raise SpecError("spec.strategy.blueGreen.steps", f"setWeight values must not decrease, got {weights}")
-    routing = _routing(strategy.get("trafficRouting"))
+    routing = parse_traffic_routing(strategy.get("trafficRouting"))
     if steps and any(s.set_weight not in (None, 0, 100) for s in steps) and routing is None:
         raise SpecError(
             "spec.strategy.blueGreen.steps",

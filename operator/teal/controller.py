@@ -223,7 +223,8 @@ class Controller:
         if refused:
             pass  # nothing of this Rollout's traffic is touched (not even a router's prepare)
         elif spec.blue_green.traffic_routing is not None:
-            router, observed = await self._observe_router(body, spec, observed)
+            router, observed = await self._observe_router(
+                body, spec.blue_green.traffic_routing, spec.blue_green.active_services, observed)
         else:
             observed = dataclasses.replace(observed, weights=selector_weights(spec, observed))
         extra_status: dict[str, Any] = {}
@@ -288,11 +289,18 @@ class Controller:
         held, refused = await self._claim(body, status)
         observed = await self.call(self.kube.observe_traffic, body, sorted(loop.services))
         observed = dataclasses.replace(observed, claimed=refused)
+        router = None
+        if fallback.traffic_routing is not None and not refused:  # an abort moves the weights back too
+            try:
+                router, observed = await self._observe_router(
+                    body, fallback.traffic_routing, fallback.active_services, observed)
+            except Exception as e:  # the Services are moved all the same; the next reconcile tries the route again
+                log.warning("%s/%s: route not read while the spec cannot be processed: %s", loop.namespace, loop.name, e)
         plan = core.cannot_decide(status, fallback, observed, message, reason, now, body["metadata"].get("generation"))
         _set_claims(plan.status, held)
         await self._write(body, status, plan.status)
         loop.pending_events.extend(plan.events)
-        await self._act(loop, body, None, plan, None)
+        await self._act(loop, body, None, plan, router)
         events, loop.pending_events = loop.pending_events, []
         await self._post(body, events)
         if plan.actions:
@@ -348,11 +356,11 @@ class Controller:
             log.warning("%s/%s: the apiserver refused Deployment %s (%s): %s", loop.namespace, loop.name,
                         manifest["metadata"]["name"], e.status, message)
 
-    async def _observe_router(self, body, spec, observed: core.Observed):
+    async def _observe_router(self, body, routing, active_services, observed: core.Observed):
         from . import routers
 
         name = body["metadata"]["name"]
-        kind = spec.blue_green.traffic_routing.kind
+        kind = routing.kind
         if kind not in SETTINGS.routers:
             enabled = ", ".join(SETTINGS.routers) or "none"
             return None, dataclasses.replace(observed, router_unavailable=True, router_error=(
@@ -364,8 +372,8 @@ class Controller:
                 body["metadata"]["namespace"],
                 name,
                 owner_reference(body),
-                spec.blue_green.traffic_routing,
-                routers.ColorServices.for_rollout(name, spec.blue_green.active_services),
+                routing,
+                routers.ColorServices.for_rollout(name, active_services),
             )
             await self.call(router.prepare)
             weights = await self.call(router.get_weights)

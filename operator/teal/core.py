@@ -28,7 +28,7 @@ import datetime as dt
 import re
 from typing import Any, Mapping
 
-from .api import BLUE, COLORS, RolloutSpec, Step, other
+from .api import BLUE, COLORS, RolloutSpec, Step, TrafficRouting, other, parse_traffic_routing
 
 # ---------------------------------------------------------------- observed world
 
@@ -300,6 +300,7 @@ class Fallback:
     preview_service: str | None = None
     progress_deadline_seconds: int = 600
     abort_scale_down_delay_seconds: int = 30
+    traffic_routing: TrafficRouting | None = None  # when it still parses: an abort moves the weights back too
 
     @classmethod
     def from_spec(cls, spec: Any) -> "Fallback":
@@ -313,7 +314,13 @@ class Fallback:
 
         active = bg.get("activeServices")
         preview = bg.get("previewService")
+        try:
+            raw = bg.get("trafficRouting")
+            routing = parse_traffic_routing(raw) if isinstance(raw, Mapping) else None
+        except Exception:  # unreadable: Services are still moved, the route is left as it is
+            routing = None
         return cls(
+            traffic_routing=routing,
             active_services=tuple(s for s in active if isinstance(s, str) and s) if isinstance(active, list) else (),
             preview_service=preview if isinstance(preview, str) and preview else None,
             progress_deadline_seconds=seconds("progressDeadlineSeconds", 600),
@@ -357,6 +364,8 @@ def cannot_decide(status: Mapping[str, Any], fallback: Fallback, obs: Observed, 
                 svc = obs.services.get(name)
                 if svc is not None and svc.exists and svc.color != stable:
                     t.actions.append(SelectColor(name, stable))
+            if fallback.traffic_routing is not None and obs.weights and obs.weights.get(stable) != 100:
+                t.actions.append(SetWeights(tuple((c, 100 if c == stable else 0) for c in COLORS)))
         else:
             text += f" (which has no ready pods: Services left where they are)"
     st["previewColor"] = release.get("color") if release and not release.get("abortedAt") else None
