@@ -29,6 +29,7 @@ import re
 from typing import Any, Mapping
 
 from .api import BLUE, COLORS, RolloutSpec, Step, TrafficRouting, other, parse_traffic_routing
+from .policy import Gate, hold
 
 # ---------------------------------------------------------------- observed world
 
@@ -112,6 +113,8 @@ class Observed:
     stable_template: Mapping[str, Any] | None = None
     # objects this Rollout names that another, existing Rollout has claimed: "Service/x" -> owner
     claimed: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # release windows and freezes that apply to this Rollout (teal.policy), evaluated here at `now`
+    gates: tuple[Gate, ...] = ()
 
 
 # ---------------------------------------------------------------- actions
@@ -449,6 +452,9 @@ def _decide(t: _Tick) -> None:
 
     # 4. A new template (or the first sight of this one): start or supersede a release.
     if not release or release.get("hash") != want:
+        if _held_start(t, release, want):
+            _ensure_stable(t)
+            return
         release = _start_release(t, release, want)
     _ensure_stable(t)
     _run_release(t, release)
@@ -595,6 +601,31 @@ def _start_release(t: _Tick, old: Mapping[str, Any] | None, want: str) -> dict[s
         t.event("ReleaseStarted", f"revision {release['revision']} starts on {color}")
     st["release"] = release
     return release
+
+
+def _held(t: _Tick, message: str, opens_at: dt.datetime | None) -> None:
+    """Held by a release window or a freeze: still Progressing (kstatus Reconciling, never
+    Stalled), woken when it opens, one Event per hold (not one per tick: the 'in 14h' changes)."""
+    t.wake_at(opens_at)
+    t.set_phase("Progressing", message, "HeldByPolicy")
+    if t.old.get("reason") != "HeldByPolicy":
+        t.event("HeldByPolicy", message)
+
+
+def _held_start(t: _Tick, release: Mapping[str, Any] | None, want: str) -> bool:
+    """Does a HoldBeforeStart policy or a freeze keep this new template from starting? Never a
+    fast rollback (the warm idle colour already runs it), never while a release runs (it is
+    superseded as before, and held at its next gate)."""
+    if not t.obs.gates or (release and not release.get("abortedAt")):
+        return False
+    idle = t.color(other(t.st["stableColor"]))
+    if idle.available(want, t.spec.replicas) and idle.ready > 0:
+        return False
+    h = hold(t.obs.gates, t.now, before_start=True)
+    if h is None:
+        return False
+    _held(t, f"the new template waits: {h.message}", h.opens_at)
+    return True
 
 
 def _cancel_release(t: _Tick, release: Mapping[str, Any], why: str) -> None:
@@ -808,6 +839,15 @@ def _run_release(t: _Tick, release: dict[str, Any]) -> None:
         key = f"{rev}:{run}" if step is None else f"{rev}:{run}:{step}"
         return key in (release.get("passed") or [])
 
+    def held(what: str) -> bool:
+        """A window or freeze holds the next move of traffic (never a fast rollback)."""
+        h = None if release.get("fastRollback") else hold(t.obs.gates, t.now)
+        if h is None:
+            return False
+        progressed("Held")
+        _held(t, f"revision {rev} on {color} waits before {what}: {h.message}", h.opens_at)
+        return True
+
     # -- after the switch: verify, then make it stable
     if release.get("switchedAt"):
         st["activeColor"] = color
@@ -868,10 +908,14 @@ def _run_release(t: _Tick, release: dict[str, Any]) -> None:
             progressed("AwaitingPromotion")
             t.set_phase("Paused", f"revision {rev} ready on {color}; waiting for promote", "AwaitingPromotion")
             return
+        if held("promotion"):
+            return
         release["promoted"] = True
         if target != full:
             return _run_release(t, release)  # scale up to full size first
     elif steps and not release.get("promoted"):
+        if held("promotion"):
+            return
         release["promoted"] = True  # steps gate the traffic from here on
         if target != full:
             return _run_release(t, release)
@@ -891,6 +935,8 @@ def _run_release(t: _Tick, release: dict[str, Any]) -> None:
                     break
                 _next_step(t, release)
                 continue
+            if release.get("weight", 0) != w and held(f"step {i + 1}/{len(steps)} ({w}%)"):
+                return
             release["weight"] = w
             if not t.servable(color) and w > 0:
                 _abort(t, release, "NewColorUnavailable", f"{color} has no ready pods at step {i + 1}")
@@ -942,6 +988,8 @@ def _run_release(t: _Tick, release: dict[str, Any]) -> None:
     release.pop("weight", None)
     if not t.servable(color):
         t.set_phase("Progressing", f"revision {rev}: {color} has no ready pods; not switching", "WaitingForPods")
+        return
+    if held("the switch"):
         return
     release["switchedAt"] = iso(t.now)
     release["stage"] = "Switched"

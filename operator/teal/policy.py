@@ -325,3 +325,51 @@ def _human(d: dt.timedelta) -> str:
     if s >= 3600:
         return f"{s // 3600}h{(s % 3600) // 60}m" if s % 3600 >= 60 else f"{s // 3600}h"
     return f"{max(1, -(-s // 60))}m"
+
+
+# ---------------------------------------------------------------- gates: what decide() is given
+
+
+HOLD_BEFORE_START, HOLD_BEFORE_PROMOTION = "HoldBeforeStart", "HoldBeforePromotion"
+
+
+@dataclasses.dataclass(frozen=True)
+class Freeze:
+    reason: str
+    by: str = ""
+    until: dt.datetime | None = None  # aware; None: until unfrozen
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """One policy that applies to a Rollout (selected by the controller; evaluated by the core)."""
+
+    source: str  # "ReleasePolicy shop/trading-hours", "Rollout annotation teal.dev/freeze"
+    policy: Policy | None = None  # None: a freeze only
+    behaviour: str = HOLD_BEFORE_PROMOTION
+    freeze: Freeze | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Hold:
+    source: str
+    message: str
+    opens_at: dt.datetime | None  # None: when someone unfreezes, or beyond the horizon
+
+
+def hold(gates: tuple[Gate, ...], now: dt.datetime, before_start: bool = False) -> Hold | None:
+    """The first gate that holds a release at `now` (a freeze first), or None when all are open.
+    `before_start`: only gates whose behaviour is HoldBeforeStart (and freezes) hold a start."""
+    for g in sorted(gates, key=lambda g: g.freeze is None):
+        if before_start and g.freeze is None and g.behaviour != HOLD_BEFORE_START:
+            continue
+        if g.freeze is not None and (g.freeze.until is None or now < g.freeze.until):
+            f = g.freeze
+            who = f" by {f.by}" if f.by else ""
+            until = f"until {f.until.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if f.until else "until unfrozen"
+            return Hold(g.source, f"frozen{who} ({g.source}): {f.reason}; {until}", f.until)
+        if g.policy is not None and g.policy.windows:
+            v = evaluate(g.policy, now)
+            if not v.open:
+                return Hold(g.source, describe(g.policy, v, now), v.next_opening)
+    return None
