@@ -101,3 +101,25 @@ def test_what_cel_cannot_check_passes_the_schema_and_fails_in_the_evaluator(kube
     got = yaml.safe_load(apply(kubectl, ns, spec).stdout)["spec"]
     with pytest.raises(P.PolicyError, match=error):
         P.policy_from_spec("p", got)
+
+
+def doc_examples() -> list[dict]:
+    import re
+    text = (ROOT / "docs" / "release-policy.md").read_text()
+    return [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+
+
+def test_the_docs_show_every_kind_of_window():
+    specs = [d["spec"] for d in doc_examples()]
+    windows = [w for s in specs for w in (s.get("windows") or []) + (s.get("denyWindows") or [])]
+    assert {"days", "schedule", "from"} <= {k for w in windows for k in w} and any("freeze" in s for s in specs)
+
+
+@pytest.mark.parametrize("doc", doc_examples(), ids=lambda d: f"{d['kind']}-{d['metadata']['name']}")
+def test_the_docs_examples_apply_and_evaluate(kubectl, ns, doc):
+    doc = yaml.safe_load(yaml.safe_dump(doc))
+    if doc["kind"] == "ReleasePolicy":
+        doc["metadata"]["namespace"] = ns
+    proc = run([kubectl, "apply", "--dry-run=server", "--validate=strict", "-o", "yaml", "-f", "-"],
+               input=yaml.safe_dump(doc))
+    P.policy_from_spec(doc["metadata"]["name"], yaml.safe_load(proc.stdout)["spec"])

@@ -770,6 +770,9 @@ def parser() -> argparse.ArgumentParser:
     from .cli_handover import add_parser as add_handover
 
     add_handover(command)
+    from .cli_freeze import add_parser as add_freeze
+
+    add_freeze(command)
 
     li = command("lint", "validate manifests offline against Teal's CRD schemas and rules", with_name=False)
     li.add_argument("-f", "--filename", action="append", required=True, metavar="FILE",
@@ -794,6 +797,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "lint":
             return cmd_lint(args)
         cluster = connect(args)
+        from .cli_freeze import cmd_freeze, cmd_unfreeze
         from .cli_handover import cmd_handover
 
         handlers: dict[str, Callable[[Cluster, argparse.Namespace], int]] = {
@@ -807,6 +811,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "undo": cmd_undo,
             "status": cmd_status,
             "handover": cmd_handover,
+            "freeze": cmd_freeze,
+            "unfreeze": cmd_unfreeze,
         }
         return handlers[args.command](cluster, args)
     except CliError as exc:

@@ -27,7 +27,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from . import core, metrics
+from . import core, metrics, policy_kube
 from .api import COLORS, GROUP, LABEL_ROLLOUT, PLURAL, ROUTER_KINDS, VERSION, SpecError, parse_spec, steered_objects
 from .kube import REFUSALS, Kube, api_message, merge_patch, owner_reference
 
@@ -206,7 +206,7 @@ class Controller:
             self.forget(loop.namespace, loop.name)
             return None
         status = body.get("status") or {}
-        now = dt.datetime.now(dt.timezone.utc)
+        now = policy_kube.now()
         try:
             spec = parse_spec(body.get("spec") or {})
         except SpecError as e:
@@ -218,7 +218,8 @@ class Controller:
             [spec.blue_green.preview_service] if spec.blue_green.preview_service else [])
         held, refused = await self._claim(body, status)
         observed = await self.call(self.kube.observe, body, spec)
-        observed = dataclasses.replace(observed, rejected=loop.rejection, claimed=refused)
+        gates = await self.call(policy_kube.gates_for, body, policy_kube.namespace_labels(self.kube))
+        observed = dataclasses.replace(observed, rejected=loop.rejection, claimed=refused, gates=gates)
         router = None
         if refused:
             pass  # nothing of this Rollout's traffic is touched (not even a router's prepare)
