@@ -123,3 +123,24 @@ def test_the_docs_examples_apply_and_evaluate(kubectl, ns, doc):
     proc = run([kubectl, "apply", "--dry-run=server", "--validate=strict", "-o", "yaml", "-f", "-"],
                input=yaml.safe_dump(doc))
     P.policy_from_spec(doc["metadata"]["name"], yaml.safe_load(proc.stdout)["spec"])
+
+
+def test_lint_checks_policies_offline(tmp_path):
+    from cli_helpers import teal
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump_all(doc_examples()))
+    res = teal("lint", "-f", str(good))
+    assert res.code == 0, res
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump_all([
+        {"apiVersion": "teal.dev/v1alpha1", "kind": "ReleasePolicy", "metadata": {"name": "zone"},
+         "spec": {"timeZone": "Europe/Londn", "windows": [TRADING]}},
+        {"apiVersion": "teal.dev/v1alpha1", "kind": "ClusterReleasePolicy", "metadata": {"name": "cron"},
+         "spec": {"windows": [{"name": "x", "schedule": "0 25 * * *", "duration": "1h"}]}},
+        {"apiVersion": "teal.dev/v1alpha1", "kind": "ReleasePolicy", "metadata": {"name": "days"},
+         "spec": {"windows": [dict(TRADING, days=["Monday"])]}},
+    ]))
+    res = teal("lint", "-f", str(bad))
+    assert res.code == 1, res
+    text = res.out + res.err
+    assert "'Europe/Londn' is not a known IANA time zone" in text and "outside 0-23" in text and "Monday" in text, text

@@ -710,8 +710,15 @@ def lint_text(text: str, source: str, index: CrdIndex, result: LintResult) -> No
             continue
         result.checked += 1
         warnings: list[str] = []
-        for path, message in validate_object(doc, crd, warnings):
+        found = list(validate_object(doc, crd, warnings))
+        for path, message in found:
             result.problems.append(Problem(source, kind, name, path, message))
+        if not found and kind in ("ReleasePolicy", "ClusterReleasePolicy"):
+            from .policy import PolicyError, policy_from_spec  # what CEL cannot check: zones, cron
+            try:
+                policy_from_spec(name, doc.get("spec") or {})
+            except PolicyError as e:
+                result.problems.append(Problem(source, kind, name, "spec", str(e)))
         result.warnings.extend(f"{source}: {kind}/{name}: {w}" for w in warnings)
 
 
