@@ -76,11 +76,33 @@ def test_held_outside_a_window_and_promoted_when_it_opens(new_env, clock):
                                                                    "Stalled": "False"}
     assert env.selector_color("app") == "blue"
     wait_for(lambda: "HeldByPolicy" in env.events(), timeout=30, what="the HeldByPolicy Event")
+    for argv in (["get", "app"], ["list", "-o", "wide"]):  # kubectl teal shows the hold
+        res = teal("-n", env.ns, *argv)
+        assert res.code == 0 and "held by window later (UTC): opens" in res.out, res
     clock_file.write_text(str((start - dt.datetime.now(dt.timezone.utc)).total_seconds() + 5))
     env.patch_spec({"minReadySeconds": 0})  # any event wakes it; the requeue would too, at the opening
     env.wait_phase("Healthy", activeColor="green", stableRevision="2", timeout=60)
     assert env.events().count("HeldByPolicy") == 1
     clock_file.write_text("0")
+
+
+def test_an_invalid_policy_is_reported_on_its_status_and_holds_nothing(new_env, clock):
+    env = new_env()
+    policy = {"apiVersion": f"{G}/{V}", "kind": "ReleasePolicy", "metadata": {"name": "typo"},
+              "spec": {"timeZone": "Europe/Londn", "freeze": {"reason": "never applies"},
+                       "windows": [{"name": "w", "days": ["Mon"], "start": "09:00", "end": "10:00"}]}}
+    env.custom.create_namespaced_custom_object(G, V, env.ns, "releasepolicies", policy)
+
+    def status() -> dict:
+        return env.custom.get_namespaced_custom_object(G, V, env.ns, "releasepolicies", "typo").get("status") or {}
+    wait_for(lambda: status().get("conditions"), timeout=30, what="the policy's status")
+    (ready,) = status()["conditions"]
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidPolicy")
+    assert ready["message"] == "timeZone 'Europe/Londn' is not a known IANA time zone (e.g. Europe/London)"
+    env.create_rollout(rollout())
+    env.wait_phase("Healthy", stableRevision="1")
+    env.set_image("v2")
+    env.wait_phase("Healthy", stableRevision="2", activeColor="green")
 
 
 def test_a_freeze_holds_twenty_rollouts_across_namespaces_and_releases_them(new_env, clock):

@@ -53,15 +53,6 @@ def parse_until(text: str | None, now: dt.datetime) -> str | None:
     return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def who(cluster: Cluster) -> str:
-    try:
-        review = cluster.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
-                                 {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
-        return ((review.get("status") or {}).get("userInfo") or {}).get("username") or "unknown"
-    except CliError:
-        return "unknown"
-
-
 def _policy_path(cluster: Cluster, all_ns: bool, name: str = "") -> str:
     base = (f"/apis/{GROUP}/{VERSION}/clusterreleasepolicies" if all_ns
             else f"/apis/{GROUP}/{VERSION}/namespaces/{cluster.namespace}/releasepolicies")
@@ -78,7 +69,7 @@ def _target(cluster: Cluster, args: argparse.Namespace) -> str:
 
 def cmd_freeze(cluster: Cluster, args: argparse.Namespace) -> int:
     target = _target(cluster, args)
-    record = {"reason": args.reason, "by": who(cluster)}
+    record = {"reason": args.reason, "by": cluster.whoami() or "unknown"}
     until = parse_until(args.until, dt.datetime.now(dt.timezone.utc))
     if until:
         record["until"] = until
