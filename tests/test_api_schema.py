@@ -230,11 +230,11 @@ def _keys_read_by(source: str) -> set[str]:
 
 
 def test_every_key_parse_spec_reads_is_a_crd_field():
-    source = "\n".join(inspect.getsource(f) for f in (api.parse_spec, api._step, api._routing))
+    source = "\n".join(inspect.getsource(f) for f in (api.parse_spec, api._step, api.parse_traffic_routing))
     keys = _keys_read_by(source)
     names = {p.rsplit(".", 1)[-1].rstrip("[]{}") for p, _ in walk(node("spec"), "spec")}
-    # routing kinds/names are read through a dict literal in _routing: check its values too
-    literal = {v.value for n in ast.walk(ast.parse(inspect.getsource(api._routing)))
+    # routing kinds/names are read through a dict literal in parse_traffic_routing: check its values too
+    literal = {v.value for n in ast.walk(ast.parse(inspect.getsource(api.parse_traffic_routing)))
                if isinstance(n, ast.Dict) for v in (*n.keys, *n.values)
                if isinstance(v, ast.Constant) and isinstance(v.value, str)}
     assert {"activeServices", "setWeight", "httpRoute", "revisionHistoryLimit"} <= keys | literal  # the collector works
