@@ -95,7 +95,8 @@ def chart_args(k8s, namespace: str) -> list[str]:
 
 def weighted(kind: str) -> dict:
     body = rollout(name=f"via-{kind.lower()}", trafficRouting={kind: ROUTES[kind]}, steps=[{"setWeight": 50}])
-    body["spec"]["strategy"]["blueGreen"]["activeServices"] = ["app"]
+    # a Service of its own: two Rollouts may not steer one Service (ServiceClaimed)
+    body["spec"]["strategy"]["blueGreen"]["activeServices"] = [body["metadata"]["name"]]
     del body["spec"]["strategy"]["blueGreen"]["previewService"]
     return body
 
@@ -120,7 +121,9 @@ def test_disabled_and_absent_routers(bare_cluster, bare_k8s, helm, chart_dir, tm
             env.create_service("app-preview")
             env.create_rollout(rollout())
             for kind in ROUTES:
-                env.create_rollout(weighted(kind))
+                body = weighted(kind)
+                env.create_service(body["metadata"]["name"])
+                env.create_rollout(body)
             env.wait_phase("Healthy", activeColor="blue", stableRevision="1", timeout=90)
             for kind in ("nginx", "istio"):  # switched off in the chart
                 st = env.wait_phase("Degraded", name=f"via-{kind.lower()}", reason="RouterUnavailable", timeout=30)
@@ -156,8 +159,8 @@ def test_a_router_crd_installed_later_is_used_without_a_restart(bare_cluster, ba
         op = OperatorProcess(chart.kubeconfig, tmp_path / "operator.log", extra_args=chart_args(bare_k8s, op_ns)).start()
         try:
             env = Env(bare_k8s, app_ns)
-            env.create_service("app")
             body = weighted("gatewayAPI")
+            env.create_service(body["metadata"]["name"])
             env.create_rollout(body)
             name = body["metadata"]["name"]
             env.wait_phase("Degraded", name=name, reason="RouterUnavailable", timeout=60)

@@ -28,7 +28,8 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from . import core, metrics, policy_kube
-from .api import COLORS, GROUP, LABEL_ROLLOUT, PLURAL, ROUTER_KINDS, VERSION, SpecError, parse_spec, steered_objects
+from .api import (COLORS, GROUP, LABEL_ROLLOUT, PLURAL, ROUTE_OBJECT_KIND, ROUTER_KINDS, VERSION, SpecError, parse_spec,
+                  steered_objects)
 from .kube import REFUSALS, Kube, api_message, merge_patch, owner_reference
 
 log = logging.getLogger("teal")
@@ -264,10 +265,13 @@ class Controller:
 
     async def _claim(self, body, status) -> tuple[list[str], dict[str, str]]:
         """Claim the Services and route the spec names; release those it no longer names
-        (status.claims). Returns (held, refused: object -> the Rollout that holds it)."""
-        objects = steered_objects(body.get("spec"))
+        (status.claims). Returns (held, refused: object -> the Rollout that holds it).
+        Routes of a router this operator does not use are neither read nor claimed (it may
+        have no permission to): the Rollout is told RouterUnavailable instead."""
+        usable = {"Service", *(ROUTE_OBJECT_KIND[k] for k in SETTINGS.routers)}
+        objects = [o for o in steered_objects(body.get("spec")) if o.split("/", 1)[0] in usable]
         held, refused = await self.call(self.kube.claim, body, objects)
-        stale = [o for o in status.get("claims") or [] if o not in objects]
+        stale = [o for o in status.get("claims") or [] if o not in objects and o.split("/", 1)[0] in usable]
         if stale:
             await self.call(self.kube.release_claims, body, stale)
         return held, refused
