@@ -247,7 +247,7 @@ def test_templates_and_secrets_are_read_for_parse_metrics(installed, k8s, namesp
         assert read("prom-token", "token") == "s3cret"
         assert read("prom-token", "other") is None and read("missing", "token") is None
         with provider_from_spec({"address": "http://p", "bearerTokenSecretRef": {"name": "prom-token"}}, read) as p:
-            assert p._client.headers["Authorization"] == "Bearer s3cret"
+            assert p.headers["Authorization"] == "Bearer s3cret"
         with pytest.raises(AnalysisConfigError, match="Secret 'missing'"):
             provider_from_spec({"address": "http://p", "bearerTokenSecretRef": {"name": "missing"}}, read)
     finally:
