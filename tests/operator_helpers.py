@@ -201,6 +201,27 @@ class Env:
         return [e.reason for e in evs.items]
 
 
+def app_env(api_client, namespace: str) -> Env:
+    """A namespace's Env with the Services app and app-preview (what `rollout()` names)."""
+    e = Env(api_client, namespace)
+    e.create_service("app")
+    e.create_service("app-preview")
+    return e
+
+
+def live_rollout(e: Env) -> Env:
+    """Rollout app live on blue: promotion by hand, the old colour kept warm for 300 s."""
+    e.create_rollout(rollout(autoPromote=False, scaleDownDelaySeconds=300))
+    e.wait_phase("Healthy", activeColor="blue", stableRevision="1")
+    return e
+
+
+@pytest.fixture
+def env(k8s, namespace, teal_operator) -> Env:
+    """A fresh namespace with the Services app and app-preview; the session's operator runs."""
+    return app_env(k8s, namespace)
+
+
 _POD_COLOR = re.compile(r"-(blue|green)-[a-z0-9]+-[a-z0-9]+$")
 
 

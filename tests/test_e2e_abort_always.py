@@ -25,14 +25,6 @@ HUGE = "100000000000000000000h"
 CRD = "rollouts.teal.dev"
 
 
-@pytest.fixture
-def env(k8s, namespace, teal_operator) -> Env:
-    e = Env(k8s, namespace)
-    e.create_service("app")
-    e.create_service("app-preview")
-    return e
-
-
 def _without_bounds(node):
     """The schema minus the 720h rules (what the CRD was before issue 12)."""
     if isinstance(node, dict):

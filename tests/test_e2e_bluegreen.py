@@ -13,14 +13,6 @@ from teal.devenv.wait import wait_for
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
 
-@pytest.fixture
-def env(k8s, namespace, teal_operator) -> Env:
-    e = Env(k8s, namespace)
-    e.create_service("app")
-    e.create_service("app-preview")
-    return e
-
-
 def first_release(env: Env, **bg) -> dict:
     env.create_rollout(rollout(**bg))
     return env.wait_phase("Healthy", activeColor="blue", stableRevision="1")

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import pytest
 from cli_helpers import teal
-from operator_helpers import Env, rollout
+from operator_helpers import Env, app_env, live_rollout
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
 
 @pytest.fixture
 def env(k8s, namespace, teal_operator) -> Env:
-    e = Env(k8s, namespace)
-    e.create_service("app")
-    e.create_service("app-preview")
-    e.create_rollout(rollout(autoPromote=False, scaleDownDelaySeconds=300))
-    e.wait_phase("Healthy", activeColor="blue", stableRevision="1")
-    return e
+    return live_rollout(app_env(k8s, namespace))
 
 
 def test_promote_then_status_succeeds(env):

@@ -18,14 +18,6 @@ from teal.devenv.wait import wait_for
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
 
-@pytest.fixture
-def env(k8s, namespace, teal_operator) -> Env:
-    e = Env(k8s, namespace)
-    e.create_service("app")
-    e.create_service("app-preview")
-    return e
-
-
 def paused_release(env: Env) -> None:
     env.create_rollout(rollout(autoPromote=False))
     env.wait_phase("Healthy", activeColor="blue", stableRevision="1", timeout=60)

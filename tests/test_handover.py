@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from cli_helpers import teal
 from kubernetes.client.exceptions import ApiException
-from operator_helpers import EndpointRecorder, Env, rollout
+from operator_helpers import EndpointRecorder, Env, app_env, live_rollout, rollout
 
 from teal.devenv.wait import wait_for
 
@@ -25,12 +25,7 @@ def gone(fn, *args) -> bool:
 
 @pytest.fixture
 def env(k8s, namespace, teal_operator) -> Env:
-    e = Env(k8s, namespace)
-    e.create_service("app")
-    e.create_service("app-preview")
-    e.create_rollout(rollout(autoPromote=False, scaleDownDelaySeconds=300))
-    e.wait_phase("Healthy", activeColor="blue", stableRevision="1")
-    return e
+    return live_rollout(app_env(k8s, namespace))
 
 
 def test_deleting_a_rollout_deletes_both_colours_and_the_service_loses_its_endpoints(env):
