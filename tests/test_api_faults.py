@@ -28,6 +28,7 @@ from fault_helpers import (
     fake_api,
     rollout,
     rollout_status,
+    status_body,
     running_controller,
     running_operator,
     seed_release,
@@ -273,8 +274,7 @@ async def test_kopf_relists_after_410_gone_and_teal_reacts() -> None:
     async with fake_api() as api:
         seed_release(api, NS, "app")
         seed_world(api, NS, "late")
-        gone = {"type": "ERROR", "object": {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 410,
-                                            "reason": "Expired", "message": "too old resource version"}}
+        gone = {"type": "ERROR", "object": status_body(410, "Expired", "too old resource version")}
         rollout_watches(api)[:1] << 200 << (gone,)
         api.before(rollout_lists(api)[1:2], lambda _: api.store(ROLLOUTS, rollout(NS, "late", "v2")))
         async with running_operator(api):
@@ -301,8 +301,7 @@ async def test_a_watch_error_event_other_than_410_restarts_the_watch_not_the_ope
     async with fake_api() as api:
         seed_release(api, NS, "app")
         seed_world(api, NS, "late")
-        boom = {"type": "ERROR", "object": {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 500,
-                                            "reason": "InternalError", "message": "etcdserver: request timed out"}}
+        boom = {"type": "ERROR", "object": status_body(500, "InternalError", "etcdserver: request timed out")}
         rollout_watches(api)[:1] << 200 << (boom,)
         api.before(rollout_lists(api)[1:2], lambda _: api.store(ROLLOUTS, rollout(NS, "late", "v2")))
         async with running_operator(api):  # fails on exit if kopf ended
