@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .api import ANNOTATION_REVISION, COLORS
 
@@ -28,7 +29,7 @@ def parse_time(value: Any) -> dt.datetime | None:
         t = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return None
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def age(value: Any, now: dt.datetime | None = None) -> str:
@@ -36,7 +37,7 @@ def age(value: Any, now: dt.datetime | None = None) -> str:
     t = parse_time(value)
     if t is None:
         return "-"
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     s = max(0, int((now - t).total_seconds()))
     if s < 120:
         return f"{s}s"
@@ -147,6 +148,9 @@ def _router_text(bg: Mapping[str, Any]) -> str:
     return "atomic switch of Service selectors"
 
 
+Section = tuple[str, list[str]]  # (title line, child lines)
+
+
 def rollout_tree(
     ro: Mapping[str, Any],
     deployments: Mapping[str, Mapping[str, Any] | None],
@@ -159,133 +163,18 @@ def rollout_tree(
     g = Glyphs(_utf8() if unicode is None else unicode)
     meta, spec, st = ro.get("metadata") or {}, ro.get("spec") or {}, ro.get("status") or {}
     bg = (spec.get("strategy") or {}).get("blueGreen") or {}
-    name = meta.get("name", "?")
-    lines = [f"Rollout {meta.get('namespace', '?')}/{name}"]
+    sections = [_phase_section(meta, spec, st), _revision_section(st, g)]
+    sections += _strategy_sections(spec, bg, st, g)
+    sections.append(_colour_section(meta.get("name", "?"), st, deployments))
+    sections += _service_sections(bg, services, g)
+    sections += _analysis_sections(st, measurements)
+    sections += _request_sections(st)
+    sections += _condition_sections(st, now)
+    return _draw(f"Rollout {meta.get('namespace', '?')}/{meta.get('name', '?')}", sections, g)
 
-    sections: list[tuple[str, list[str]]] = []  # (title line, child lines)
 
-    phase = st.get("phase") or "Unknown"
-    reason = f" ({st['reason']})" if st.get("reason") and st.get("reason") != phase else ""
-    stale = ""
-    if st.get("observedGeneration") is not None and st.get("observedGeneration") != meta.get("generation"):
-        stale = f"  [status is for generation {st.get('observedGeneration')}, spec is {meta.get('generation')}]"
-    if not st:
-        stale = "  [no status yet: is the Teal operator running?]"
-    phase_children = [st["message"]] if st.get("message") else []
-    if spec.get("paused"):
-        phase_children.append("spec.paused is true (kubectl teal resume)")
-    sections.append((f"Phase      {phase}{reason}{stale}", phase_children))
-
-    cur, stable = st.get("currentRevision"), st.get("stableRevision")
-    rev = f"current {cur or '-'}"
-    if st.get("currentHash"):
-        rev += f" ({st['currentHash']})"
-    rev += f" {g.dot} stable {stable or '-'}"
-    if st.get("stableHash"):
-        rev += f" ({st['stableHash']})"
-    if st.get("stableColor"):
-        rev += f" on {st['stableColor']}"
-    sections.append((f"Revisions  {rev}", []))
-
-    steps = bg.get("steps") or []
-    strat = [_router_text(bg)]
-    strat.append("autoPromote" if bg.get("autoPromote", True) else "manual promote")
-    if steps:
-        strat.append(f"{len(steps)} steps")
-    if spec.get("workloadRef"):
-        strat.append(f"template from deployment/{spec['workloadRef'].get('name', '?')}")
-    sections.append((f"Strategy   {f' {g.dot} '.join(strat)}", []))
-
-    if st.get("currentStep"):
-        n = int(st["currentStep"])
-        sections.append((f"Step       {n}/{len(steps)} {_step_text(steps, n)}".rstrip(), []))
-    if st.get("weights"):
-        w = st["weights"]
-        sections.append((f"Weights    {f' {g.dot} '.join(f'{c} {w[c]}%' for c in COLORS if c in w)}", []))
-
-    # colours
-    colour_rows = []
-    for c in COLORS:
-        dep = deployments.get(c)
-        roles = []
-        if st.get("activeColor") == c:
-            roles.append("active")
-        if st.get("stableColor") == c:
-            roles.append("stable")
-        if st.get("previewColor") == c:
-            roles.append("preview")
-        if (st.get("scaleDown") or {}).get("color") == c:
-            roles.append(f"scale-down at {st['scaleDown'].get('at', '?')}")
-        ann = ((dep or {}).get("metadata") or {}).get("annotations") or {}
-        revision = ann.get(ANNOTATION_REVISION)
-        colour_rows.append([
-            c,
-            ", ".join(roles) or "idle",
-            f"revision {revision}" if revision else "revision -",
-            _ready(dep),
-            f"deployment/{name}-{c}",
-            _images(dep) if dep else "",
-        ])
-    sections.append(("Colours", table(colour_rows).splitlines()))
-
-    # services
-    svc_rows = []
-    for role, names in (("active", bg.get("activeServices") or []), ("preview", [bg["previewService"]] if bg.get("previewService") else [])):
-        for s in names:
-            svc = services.get(s)
-            if svc is None:
-                svc_rows.append([s, role, "missing"])
-                continue
-            sel = ((svc.get("spec") or {}).get("selector") or {}).get("teal.dev/color")
-            svc_rows.append([s, role, f"{g.arrow} {sel}" if sel else f"{g.arrow} (no teal.dev/color yet)"])
-    if svc_rows:
-        sections.append(("Services", table(svc_rows).splitlines()))
-
-    # measurements
-    analysis = st.get("analysis") or []
-    if analysis:
-        shown = list(analysis)[-measurements:] if measurements > 0 else []
-        rows = []
-        for m in shown:
-            t = parse_time(m.get("at"))
-            value = fmt_number(m.get("value"))
-            if m.get("baseline") is not None:
-                value += f" (baseline {fmt_number(m.get('baseline'))})"
-            rows.append([
-                t.strftime("%H:%M:%S") if t else "-",
-                str(m.get("metric", "?")),
-                str(m.get("color") or ""),
-                value,
-                str(m.get("verdict") or "") + (" (dry run)" if m.get("dryRun") else ""),
-                str(m.get("phase") or ""),
-                str(m.get("message") or ""),
-            ])
-        title = f"Analysis   last {len(shown)} of {len(analysis)} measurements"
-        sections.append((title, table(rows).splitlines() if rows else []))
-    run = st.get("analysisRun")
-    if isinstance(run, Mapping) and run:
-        desc = ", ".join(f"{k}={v}" for k, v in run.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool))
-        if desc:
-            sections.append((f"Analysis run  {desc}", []))
-
-    abort = st.get("abort")
-    if abort:
-        sections.append((
-            f"Abort      revision {abort.get('revision', '?')}: {abort.get('reason', '?')}"
-            + (f": {abort['message']}" if abort.get("message") else ""),
-            [],
-        ))
-    promote = st.get("promote")
-    if promote:
-        what = "full" if promote.get("full") else (f"step {promote['step']}" if promote.get("step") else "current step")
-        sections.append((f"Promote    revision {promote.get('revision', '?')} ({what}) requested", []))
-
-    conds = st.get("conditions") or []
-    if conds:
-        rows = [[str(c.get("type", "?")), str(c.get("status", "?")), str(c.get("reason") or ""),
-                 age(c.get("lastTransitionTime"), now), str(c.get("message") or "")] for c in conds]
-        sections.append(("Conditions", table(rows).splitlines()))
-
+def _draw(head: str, sections: Sequence[Section], g: Glyphs) -> str:
+    lines = [head]
     for i, (title, children) in enumerate(sections):
         last = i == len(sections) - 1
         lines.append((g.last if last else g.tee) + title)
@@ -293,3 +182,139 @@ def rollout_tree(
         for j, child in enumerate(children):
             lines.append(prefix + (g.last if j == len(children) - 1 else g.tee) + child)
     return "\n".join(lines)
+
+
+def _phase_section(meta: Mapping[str, Any], spec: Mapping[str, Any], st: Mapping[str, Any]) -> Section:
+    phase = st.get("phase") or "Unknown"
+    reason = f" ({st['reason']})" if st.get("reason") and st.get("reason") != phase else ""
+    stale = ""
+    if st.get("observedGeneration") is not None and st.get("observedGeneration") != meta.get("generation"):
+        stale = f"  [status is for generation {st.get('observedGeneration')}, spec is {meta.get('generation')}]"
+    if not st:
+        stale = "  [no status yet: is the Teal operator running?]"
+    children = [st["message"]] if st.get("message") else []
+    if spec.get("paused"):
+        children.append("spec.paused is true (kubectl teal resume)")
+    return (f"Phase      {phase}{reason}{stale}", children)
+
+
+def _revision_section(st: Mapping[str, Any], g: Glyphs) -> Section:
+    rev = f"current {st.get('currentRevision') or '-'}"
+    if st.get("currentHash"):
+        rev += f" ({st['currentHash']})"
+    rev += f" {g.dot} stable {st.get('stableRevision') or '-'}"
+    if st.get("stableHash"):
+        rev += f" ({st['stableHash']})"
+    if st.get("stableColor"):
+        rev += f" on {st['stableColor']}"
+    return (f"Revisions  {rev}", [])
+
+
+def _strategy_sections(spec: Mapping[str, Any], bg: Mapping[str, Any], st: Mapping[str, Any], g: Glyphs) -> list[Section]:
+    steps = bg.get("steps") or []
+    strat = [_router_text(bg), "autoPromote" if bg.get("autoPromote", True) else "manual promote"]
+    if steps:
+        strat.append(f"{len(steps)} steps")
+    if spec.get("workloadRef"):
+        strat.append(f"template from deployment/{spec['workloadRef'].get('name', '?')}")
+    out: list[Section] = [(f"Strategy   {f' {g.dot} '.join(strat)}", [])]
+    if st.get("currentStep"):
+        n = int(st["currentStep"])
+        out.append((f"Step       {n}/{len(steps)} {_step_text(steps, n)}".rstrip(), []))
+    if st.get("weights"):
+        w = st["weights"]
+        out.append((f"Weights    {f' {g.dot} '.join(f'{c} {w[c]}%' for c in COLORS if c in w)}", []))
+    return out
+
+
+def _roles(st: Mapping[str, Any], c: str) -> list[str]:
+    roles = [role for role, key in (("active", "activeColor"), ("stable", "stableColor"), ("preview", "previewColor"))
+             if st.get(key) == c]
+    if (st.get("scaleDown") or {}).get("color") == c:
+        roles.append(f"scale-down at {st['scaleDown'].get('at', '?')}")
+    return roles
+
+
+def _colour_section(name: str, st: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any] | None]) -> Section:
+    rows = []
+    for c in COLORS:
+        dep = deployments.get(c)
+        ann = ((dep or {}).get("metadata") or {}).get("annotations") or {}
+        revision = ann.get(ANNOTATION_REVISION)
+        rows.append([
+            c,
+            ", ".join(_roles(st, c)) or "idle",
+            f"revision {revision}" if revision else "revision -",
+            _ready(dep),
+            f"deployment/{name}-{c}",
+            _images(dep) if dep else "",
+        ])
+    return ("Colours", table(rows).splitlines())
+
+
+def _service_sections(bg: Mapping[str, Any], services: Mapping[str, Mapping[str, Any] | None], g: Glyphs) -> list[Section]:
+    rows = []
+    preview = [bg["previewService"]] if bg.get("previewService") else []
+    for role, names in (("active", bg.get("activeServices") or []), ("preview", preview)):
+        for s in names:
+            svc = services.get(s)
+            if svc is None:
+                rows.append([s, role, "missing"])
+                continue
+            sel = ((svc.get("spec") or {}).get("selector") or {}).get("teal.dev/color")
+            rows.append([s, role, f"{g.arrow} {sel}" if sel else f"{g.arrow} (no teal.dev/color yet)"])
+    return [("Services", table(rows).splitlines())] if rows else []
+
+
+def _measurement_row(m: Mapping[str, Any]) -> list[str]:
+    t = parse_time(m.get("at"))
+    value = fmt_number(m.get("value"))
+    if m.get("baseline") is not None:
+        value += f" (baseline {fmt_number(m.get('baseline'))})"
+    return [
+        t.strftime("%H:%M:%S") if t else "-",
+        str(m.get("metric", "?")),
+        str(m.get("color") or ""),
+        value,
+        str(m.get("verdict") or "") + (" (dry run)" if m.get("dryRun") else ""),
+        str(m.get("phase") or ""),
+        str(m.get("message") or ""),
+    ]
+
+
+def _analysis_sections(st: Mapping[str, Any], measurements: int) -> list[Section]:
+    out: list[Section] = []
+    analysis = st.get("analysis") or []
+    if analysis:
+        shown = list(analysis)[-measurements:] if measurements > 0 else []
+        rows = [_measurement_row(m) for m in shown]
+        title = f"Analysis   last {len(shown)} of {len(analysis)} measurements"
+        out.append((title, table(rows).splitlines() if rows else []))
+    run = st.get("analysisRun")
+    if isinstance(run, Mapping) and run:
+        desc = ", ".join(f"{k}={v}" for k, v in run.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool))
+        if desc:
+            out.append((f"Analysis run  {desc}", []))
+    return out
+
+
+def _request_sections(st: Mapping[str, Any]) -> list[Section]:
+    out: list[Section] = []
+    abort = st.get("abort")
+    if abort:
+        detail = f": {abort['message']}" if abort.get("message") else ""
+        out.append((f"Abort      revision {abort.get('revision', '?')}: {abort.get('reason', '?')}{detail}", []))
+    promote = st.get("promote")
+    if promote:
+        what = "full" if promote.get("full") else (f"step {promote['step']}" if promote.get("step") else "current step")
+        out.append((f"Promote    revision {promote.get('revision', '?')} ({what}) requested", []))
+    return out
+
+
+def _condition_sections(st: Mapping[str, Any], now: dt.datetime | None) -> list[Section]:
+    conds = st.get("conditions") or []
+    if not conds:
+        return []
+    rows = [[str(c.get("type", "?")), str(c.get("status", "?")), str(c.get("reason") or ""),
+             age(c.get("lastTransitionTime"), now), str(c.get("message") or "")] for c in conds]
+    return [("Conditions", table(rows).splitlines())]
