@@ -1,7 +1,7 @@
 # The two commands a newcomer needs (see README.md):
 #   make sandbox   a local control plane + Prometheus, the operator, and a demo release
 #   make test      the whole test suite against real components
-.PHONY: sandbox sandbox-bad test test-fast bench crds image dist
+.PHONY: sandbox sandbox-bad test test-fast lint bench crds image dist
 
 sandbox:
 	bash hack/sandbox.sh
@@ -15,6 +15,10 @@ test:
 # the pure tests only (no cluster, no Prometheus): seconds
 test-fast:
 	bash hack/test.sh -m "not cluster and not prometheus"
+
+# ruff (lint + format check) and mypy (strict on the core, the API and the Kubernetes client)
+lint:
+	bash hack/lint.sh
 
 bench:
 	bash hack/bench.sh
