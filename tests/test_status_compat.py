@@ -1,0 +1,78 @@
+"""Statuses written by the previous core (the dict-based one, before teal.status) still work.
+
+tests/data/status-v1/*.json hold real (spec, status, observed, now) inputs of decide() and
+cannot_decide(), captured from that code (tests/data/status-v1/capture_v1.py) with the plans it
+returned. The typed status must read each one and write it back byte for byte (a previous
+operator version reads what this one writes, users and `kubectl teal` read the same keys),
+and the core must make the very same plan on it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from teal import api, core
+
+DATA = Path(__file__).parent / "data" / "status-v1"
+CASES = [(f.stem, i, c) for f in sorted(DATA.glob("*.json")) for i, c in enumerate(json.loads(f.read_text()))]
+
+
+def observed(o: dict[str, Any]) -> core.Observed:
+    a = o["analysis"]
+    return core.Observed(
+        template=o["template"],
+        template_hash=o["template_hash"],
+        colors={c: core.ColorObs(**v) for c, v in o["colors"].items()},
+        services={n: core.ServiceObs(**v) for n, v in o["services"].items()},
+        weights=o["weights"],
+        router_error=o["router_error"],
+        router_unavailable=o["router_unavailable"],
+        template_error=o["template_error"],
+        analysis=None if a is None else core.AnalysisRun(
+            key=a["key"], verdict=a["verdict"], message=a["message"], error=a["error"],
+            next_at=core.parse_time(a["next_at"])),
+        rejected=core.Rejection(**o["rejected"]) if o["rejected"] else None,
+        stable_template=o["stable_template"],
+        claimed=o["claimed"],
+    )
+
+
+def plan_json(p: core.Plan) -> dict[str, Any]:
+    import dataclasses
+
+    return json.loads(json.dumps({
+        "status": p.status,
+        "actions": [{"kind": type(a).__name__, **dataclasses.asdict(a)} for a in p.actions],
+        "events": [dataclasses.asdict(e) for e in p.events],
+        "requeue_after": p.requeue_after,
+    }))
+
+
+def test_the_data_covers_every_part_of_a_release():
+    statuses = [json.loads(c["status"]) for _, _, c in CASES] + [c["plan"]["status"] for _, _, c in CASES]
+    reasons = {s.get("reason") for s in statuses}
+    assert {"Deploying", "PausedAtStep", "Analysis", "AnalysisInconclusive", "AwaitingPromotion", "Healthy",
+            "SettingWeights", "DeploymentRejected", "ProgressDeadlineExceeded"} <= reasons, reasons
+    assert any((s.get("release") or {}).get("abortedAt") for s in statuses)
+    assert any((s.get("release") or {}).get("passed") for s in statuses)
+    assert any("analysisRun" in s for s in statuses)
+    assert any("someFutureField" in s for s in statuses)
+    assert len(CASES) > 300
+
+
+@pytest.mark.parametrize("name,i,case", CASES, ids=[f"{n}-{i}" for n, i, _ in CASES])
+def test_same_plan_as_the_previous_core(name: str, i: int, case: dict[str, Any]) -> None:
+    status = json.loads(case["status"])
+    obs = observed(case["observed"])
+    now = dt.datetime.fromisoformat(case["now"])
+    if case["kind"] == "cannot_decide":
+        plan = core.cannot_decide(status, core.Fallback.from_spec(case["spec"]), obs, case["message"],
+                                  case["reason"], now, case["generation"])
+    else:
+        plan = core.decide(api.parse_spec(case["spec"]), status, obs, now, case["generation"])
+    assert plan_json(plan) == case["plan"]
+    assert json.loads(case["status"]) == status, "decide() changed the status it was given"
