@@ -10,6 +10,7 @@ One analysis run (5 measurements, 250 ms apart, against a real local Prometheus)
 
     python bench/bench_bulkhead.py [--hung 100] [--no-before]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,14 +29,26 @@ KEY = "2:prePromotion"
 
 
 def spec(address: str, count: int) -> dict:
-    return {"interval": "250ms", "count": count, "prePromotion": ["error-rate"],
-            "prometheus": {"address": address, "timeout": "10s"},
-            "metrics": [{"name": "error-rate", "query": "vector(0)", "thresholdRange": {"max": 0.01}}]}
+    return {
+        "interval": "250ms",
+        "count": count,
+        "prePromotion": ["error-rate"],
+        "prometheus": {"address": address, "timeout": "10s"},
+        "metrics": [{"name": "error-rate", "query": "vector(0)", "thresholdRange": {"max": 0.01}}],
+    }
 
 
 def kwargs(name: str, providers: ProviderCache) -> dict:
-    variables = rollout_variables(namespace="bench", name=name, color="green", stable_color="blue", revision=2,
-                                  stable_revision=1, active_services=[name], preview_service=None)
+    variables = rollout_variables(
+        namespace="bench",
+        name=name,
+        color="green",
+        stable_color="blue",
+        revision=2,
+        stable_revision=1,
+        active_services=[name],
+        preview_service=None,
+    )
     return dict(variables=variables, fetch_template=lambda k, n: None, read_secret=lambda n, k: None, providers=providers)
 
 
@@ -44,7 +57,7 @@ async def run(analysis: dict, name: str, providers: ProviderCache, pool, before:
     loop = asyncio.get_running_loop()
     state = history = None
     while True:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         kw = dict(kwargs(name, providers), state=state, history=history, now=now)
         if before:
             ev = await loop.run_in_executor(pool, lambda: evaluate(analysis, KEY, **kw))
@@ -53,7 +66,7 @@ async def run(analysis: dict, name: str, providers: ProviderCache, pool, before:
         state, history = ev.state, ev.history
         if ev.run.next_at is None:
             return ev.run.verdict
-        await asyncio.sleep(max(0.0, (ev.run.next_at - dt.datetime.now(dt.timezone.utc)).total_seconds()))
+        await asyncio.sleep(max(0.0, (ev.run.next_at - dt.datetime.now(dt.UTC)).total_seconds()))
 
 
 async def case(prom_url: str, hung: int, before: bool) -> float:

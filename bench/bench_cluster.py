@@ -55,8 +55,8 @@ def processes_named(*names: str) -> list[int]:
                     stat = f.read()
             except OSError:
                 continue
-            comm = stat[stat.find("(") + 1:stat.rfind(")")]
-            state = stat[stat.rfind(")") + 2:].split()[0]
+            comm = stat[stat.find("(") + 1 : stat.rfind(")")]
+            state = stat[stat.rfind(")") + 2 :].split()[0]
             if comm in names and state != "Z":
                 pids.append(int(entry))
     return pids
@@ -69,8 +69,10 @@ def bench_warm_build(force: bool) -> None:
     # The script runs `pkill -x etcd` and `pkill -x prometheus`: never kill someone's running ones.
     victims = processes_named("etcd", "prometheus")
     if victims and not force:
-        figure("build_binaries_warm_seconds",
-               f"skipped (the script would pkill running etcd/prometheus {victims}; --force-warm-build to run it)")
+        figure(
+            "build_binaries_warm_seconds",
+            f"skipped (the script would pkill running etcd/prometheus {victims}; --force-warm-build to run it)",
+        )
         return
     t = time.monotonic()
     proc = subprocess.run(["bash", str(ROOT / "hack" / "build-binaries.sh")], capture_output=True, text=True)
@@ -143,8 +145,11 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=10.0, help="idle seconds before reading memory (default 10)")
     cache_log = Path(os.environ.get("TEAL_CACHE", Path.home() / ".cache" / "teal")) / "build-times.log"
     ap.add_argument("--build-log", default=os.environ.get("TEAL_BUILD_LOG", str(cache_log)))
-    ap.add_argument("--force-warm-build", action="store_true",
-                    help="time hack/build-binaries.sh even if it would pkill running etcd/prometheus")
+    ap.add_argument(
+        "--force-warm-build",
+        action="store_true",
+        help="time hack/build-binaries.sh even if it would pkill running etcd/prometheus",
+    )
     args = ap.parse_args()
     figure("cpus", os.cpu_count() or 0)
     bench_warm_build(args.force_warm_build)

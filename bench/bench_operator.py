@@ -10,6 +10,7 @@ apiserver's watch delivery but not the kubelet (there is none: kwok). Prints p50
 
     python bench/bench_operator.py [--releases 20]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,12 +27,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "operator"))
 
 from stats import summary  # noqa: E402
+
 from teal.devenv.cluster import LocalCluster  # noqa: E402
 from teal.devenv.crds import crd_documents, install_crds  # noqa: E402
 from teal.devenv.operator import OperatorProcess  # noqa: E402
 
 NS = "bench"
-
 
 
 class Watch(threading.Thread):
@@ -79,8 +80,9 @@ def main() -> int:
         custom = kubernetes.client.CustomObjectsApi(api)
         core.create_namespace({"metadata": {"name": NS}})
         for svc in ("app", "app-preview"):
-            core.create_namespaced_service(NS, {"metadata": {"name": svc}, "spec": {
-                "selector": {"app": "demo"}, "ports": [{"port": 80}]}})
+            core.create_namespaced_service(
+                NS, {"metadata": {"name": svc}, "spec": {"selector": {"app": "demo"}, "ports": [{"port": 80}]}}
+            )
         op = OperatorProcess(cluster.kubeconfig, work / "operator.log", ["-A"], log_level="warning").start()
         try:
             svc_watch = Watch(core.list_namespaced_service, NS, field_selector="metadata.name=app")
@@ -89,18 +91,41 @@ def main() -> int:
             dep_watch.start()
 
             def image(i: int) -> dict:
-                return {"metadata": {"labels": {"app": "demo"}},
-                        "spec": {"containers": [{"name": "app", "image": f"example.com/app:{i}"}]}}
+                return {
+                    "metadata": {"labels": {"app": "demo"}},
+                    "spec": {"containers": [{"name": "app", "image": f"example.com/app:{i}"}]},
+                }
 
-            custom.create_namespaced_custom_object("teal.dev", "v1alpha1", NS, "rollouts", {
-                "apiVersion": "teal.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "app"},
-                "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "demo"}}, "template": image(0),
-                         "strategy": {"blueGreen": {"activeServices": ["app"], "previewService": "app-preview",
-                                                    "scaleDownDelaySeconds": 600, "abortScaleDownDelaySeconds": 0}},
-                         "analysis": {"prometheus": {"address": "http://127.0.0.1:9"}, "initialDelay": "1h",
-                                      "postPromotion": ["hold"],
-                                      "metrics": [{"name": "hold", "query": "vector(0)", "thresholdRange": {"max": 1}}]}},
-            })
+            custom.create_namespaced_custom_object(
+                "teal.dev",
+                "v1alpha1",
+                NS,
+                "rollouts",
+                {
+                    "apiVersion": "teal.dev/v1alpha1",
+                    "kind": "Rollout",
+                    "metadata": {"name": "app"},
+                    "spec": {
+                        "replicas": 3,
+                        "selector": {"matchLabels": {"app": "demo"}},
+                        "template": image(0),
+                        "strategy": {
+                            "blueGreen": {
+                                "activeServices": ["app"],
+                                "previewService": "app-preview",
+                                "scaleDownDelaySeconds": 600,
+                                "abortScaleDownDelaySeconds": 0,
+                            }
+                        },
+                        "analysis": {
+                            "prometheus": {"address": "http://127.0.0.1:9"},
+                            "initialDelay": "1h",
+                            "postPromotion": ["hold"],
+                            "metrics": [{"name": "hold", "query": "vector(0)", "thresholdRange": {"max": 1}}],
+                        },
+                    },
+                },
+            )
 
             def selector(obj) -> str | None:
                 return (obj.spec.selector or {}).get("teal.dev/color")
@@ -111,23 +136,36 @@ def main() -> int:
                 status = custom.get_namespaced_custom_object("teal.dev", "v1alpha1", NS, "rollouts", "app")["status"]
                 stable = status["stableColor"]
                 new = "green" if stable == "blue" else "blue"
-                custom.patch_namespaced_custom_object("teal.dev", "v1alpha1", NS, "rollouts", "app",
-                                                      {"spec": {"template": image(i)}})
+                custom.patch_namespaced_custom_object(
+                    "teal.dev", "v1alpha1", NS, "rollouts", "app", {"spec": {"template": image(i)}}
+                )
 
                 def available(d, new=new, i=i) -> bool:
                     s = d.status
-                    return (d.metadata.name == f"app-{new}" and d.spec.template.spec.containers[0].image.endswith(f":{i}")
-                            and (s.observed_generation or 0) >= d.metadata.generation
-                            and (s.available_replicas or 0) >= 3 and (s.updated_replicas or 0) >= 3
-                            and (s.replicas or 0) == 3)
+                    return (
+                        d.metadata.name == f"app-{new}"
+                        and d.spec.template.spec.containers[0].image.endswith(f":{i}")
+                        and (s.observed_generation or 0) >= d.metadata.generation
+                        and (s.available_replicas or 0) >= 3
+                        and (s.updated_replicas or 0) >= 3
+                        and (s.replicas or 0) == 3
+                    )
 
                 t_avail, _ = dep_watch.wait(available)
                 t_switch, _ = svc_watch.wait(lambda o, new=new: selector(o) == new)
                 switch.append(t_switch - t_avail)
-                rev = custom.get_namespaced_custom_object("teal.dev", "v1alpha1", NS, "rollouts", "app")["status"]["currentRevision"]
+                rev = custom.get_namespaced_custom_object("teal.dev", "v1alpha1", NS, "rollouts", "app")["status"][
+                    "currentRevision"
+                ]
                 t_abort = time.monotonic()
-                custom.patch_namespaced_custom_object_status("teal.dev", "v1alpha1", NS, "rollouts", "app", {
-                    "status": {"abort": {"revision": rev, "reason": "AbortedByUser", "message": "bench"}}})
+                custom.patch_namespaced_custom_object_status(
+                    "teal.dev",
+                    "v1alpha1",
+                    NS,
+                    "rollouts",
+                    "app",
+                    {"status": {"abort": {"revision": rev, "reason": "AbortedByUser", "message": "bench"}}},
+                )
                 t_back, _ = svc_watch.wait(lambda o, stable=stable: selector(o) == stable)
                 revert.append(t_back - t_abort)
                 # drain stale events before the next round

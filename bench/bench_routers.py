@@ -10,6 +10,7 @@ set_weights alone and of get_weights alone, and the time of prepare(). Without
 --kubeconfig it starts its own LocalCluster (teal.devenv.cluster) and installs the real
 CRDs via hack/fetch-router-crds.sh.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,10 @@ def pct(values: list[float], q: float) -> float:
 
 
 def line(label: str, values: list[float]) -> str:
-    return (f"{label:<22} p50 {pct(values, 0.50):7.1f} ms   p99 {pct(values, 0.99):7.1f} ms   "
-            f"max {max(values) * 1000:7.1f} ms   mean {statistics.fmean(values) * 1000:7.1f} ms")
+    return (
+        f"{label:<22} p50 {pct(values, 0.50):7.1f} ms   p99 {pct(values, 0.99):7.1f} ms   "
+        f"max {max(values) * 1000:7.1f} ms   mean {statistics.fmean(values) * 1000:7.1f} ms"
+    )
 
 
 def bench_router(api: client.ApiClient, kind: str, iterations: int) -> None:
@@ -66,8 +69,7 @@ def bench_router(api: client.ApiClient, kind: str, iterations: int) -> None:
             rounds.append(t2 - t0)
             sets.append(t1 - t0)
             gets.append(t2 - t1)
-        name = {"gatewayAPI": "Gateway API HTTPRoute", "nginx": "NGINX canary Ingress",
-                "istio": "Istio VirtualService"}[kind]
+        name = {"gatewayAPI": "Gateway API HTTPRoute", "nginx": "NGINX canary Ingress", "istio": "Istio VirtualService"}[kind]
         print(f"{name} ({iterations} steps, prepare {prepare * 1000:.1f} ms)")
         print("  " + line("set+get round trip", rounds))
         print("  " + line("set_weights", sets))
@@ -96,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         folders = fetch_router_crds()
         install_crds(api, crd_documents(folders.values()))
-        print(f"router CRDs ({', '.join(p.name for p in folders.values())}) ready in "
-              f"{time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"router CRDs ({', '.join(p.name for p in folders.values())}) ready in {time.perf_counter() - t0:.1f} s", flush=True
+        )
         for kind in ("gatewayAPI", "nginx", "istio"):
             bench_router(api, kind, args.iterations)
     finally:

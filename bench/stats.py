@@ -1,4 +1,5 @@
 """Percentiles and one-line summaries for the benchmarks."""
+
 from __future__ import annotations
 
 import statistics
@@ -11,5 +12,7 @@ def pct(values: list[float], p: float) -> float:
 
 def summary(name: str, seconds: list[float]) -> str:
     ms = [v * 1000 for v in seconds]
-    return (f"{name}: n={len(ms)} p50={pct(ms, 50):.0f}ms p90={pct(ms, 90):.0f}ms p99={pct(ms, 99):.0f}ms "
-            f"mean={statistics.mean(ms):.0f}ms max={max(ms):.0f}ms")
+    return (
+        f"{name}: n={len(ms)} p50={pct(ms, 50):.0f}ms p90={pct(ms, 90):.0f}ms p99={pct(ms, 99):.0f}ms "
+        f"mean={statistics.mean(ms):.0f}ms max={max(ms):.0f}ms"
+    )

@@ -13,6 +13,7 @@ unchanged inputs copies the cached archive, and a change to operator/ rebuilds l
 
 `--relock` re-resolves both locks (current Debian and PyPI versions) and then builds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,10 +47,29 @@ DEB_ROOTS = ["python3.11-minimal", "libpython3.11-stdlib", "base-files", "libstd
 # base-files' scripts), and the libraries of stdlib modules Teal never imports (sqlite3, dbm,
 # readline, curses, nis) -- those modules are removed with them (PRUNE), the ELF check proves it.
 DEB_SKIP = {
-    "dpkg", "tar", "libacl1", "libmd0", "libselinux1", "libpcre2-8-0", "libzstd1", "mawk",
-    "libsqlite3-0", "libdb5.3", "libreadline8", "readline-common", "libncursesw6", "libtinfo6",
-    "libnsl2", "libtirpc3", "libtirpc-common", "libgssapi-krb5-2", "libkrb5-3", "libk5crypto3",
-    "libkrb5support0", "libkeyutils1", "libcom-err2",
+    "dpkg",
+    "tar",
+    "libacl1",
+    "libmd0",
+    "libselinux1",
+    "libpcre2-8-0",
+    "libzstd1",
+    "mawk",
+    "libsqlite3-0",
+    "libdb5.3",
+    "libreadline8",
+    "readline-common",
+    "libncursesw6",
+    "libtinfo6",
+    "libnsl2",
+    "libtirpc3",
+    "libtirpc-common",
+    "libgssapi-krb5-2",
+    "libkrb5-3",
+    "libk5crypto3",
+    "libkrb5support0",
+    "libkeyutils1",
+    "libcom-err2",
 }
 _DYNLOAD = "usr/lib/python3.11/lib-dynload/"
 PRUNE = [  # (folder, regex of names below it) removed from the Debian tree
@@ -145,14 +165,28 @@ class Config:
         machine = PY_PLATFORM[self.arch]
         tags = [f"manylinux_2_{m}_{machine}" for m in range(36, 4, -1)]
         tags += [f"manylinux{t}_{machine}" for t in ("2014", "2010", "1")]
-        return ["--only-binary=:all:", *(a for t in tags for a in ("--platform", t)),
-                "--python-version", self.python, "--implementation", "cp", "--abi", "cp" + self.python.replace(".", "")]
+        return [
+            "--only-binary=:all:",
+            *(a for t in tags for a in ("--platform", t)),
+            "--python-version",
+            self.python,
+            "--implementation",
+            "cp",
+            "--abi",
+            "cp" + self.python.replace(".", ""),
+        ]
 
 
 def load_config() -> Config:
     env = dict(re.findall(r"^(IMAGE_\w+)=(\S*)", (REPO / "hack" / "versions.env").read_text(), re.M))
-    missing = {"IMAGE_DEBIAN_SUITE", "IMAGE_PYTHON", "IMAGE_PIP_VERSION", "IMAGE_SETUPTOOLS_VERSION",
-               "IMAGE_SOURCE_DATE_EPOCH", "IMAGE_REPOSITORY"} - env.keys()
+    missing = {
+        "IMAGE_DEBIAN_SUITE",
+        "IMAGE_PYTHON",
+        "IMAGE_PIP_VERSION",
+        "IMAGE_SETUPTOOLS_VERSION",
+        "IMAGE_SOURCE_DATE_EPOCH",
+        "IMAGE_REPOSITORY",
+    } - env.keys()
     if missing:
         raise BuildError(f"hack/versions.env lacks {', '.join(sorted(missing))}")
     arch = run(["dpkg", "--print-architecture"]).stdout.strip()
@@ -162,9 +196,16 @@ def load_config() -> Config:
         raise BuildError(f"IMAGE_PYTHON={env['IMAGE_PYTHON']} is not the Python of DEB_ROOTS in hack/image/build.py")
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or env["IMAGE_SOURCE_DATE_EPOCH"])
-    return Config(arch=arch, suite=env["IMAGE_DEBIAN_SUITE"], python=env["IMAGE_PYTHON"], epoch=epoch,
-                  ref=f"{env['IMAGE_REPOSITORY']}:{project['version']}", version=project["version"],
-                  pip=env["IMAGE_PIP_VERSION"], setuptools=env["IMAGE_SETUPTOOLS_VERSION"])
+    return Config(
+        arch=arch,
+        suite=env["IMAGE_DEBIAN_SUITE"],
+        python=env["IMAGE_PYTHON"],
+        epoch=epoch,
+        ref=f"{env['IMAGE_REPOSITORY']}:{project['version']}",
+        version=project["version"],
+        pip=env["IMAGE_PIP_VERSION"],
+        setuptools=env["IMAGE_SETUPTOOLS_VERSION"],
+    )
 
 
 def project_dependencies() -> list[str]:
@@ -182,19 +223,23 @@ def debian_lock_entries(cfg: Config) -> list[tuple[str, str, str]]:
     """(package, version, sha256) from the Debian lock; refuses a lock made for other roots."""
     want = digest(cfg.suite, *DEB_ROOTS)
     if lock_header(cfg.debian_lock).get("roots") != want:
-        raise BuildError(f"{cfg.debian_lock.relative_to(REPO)} is missing or was made for other packages; "
-                         "run `hack/build-image.sh --relock`")
+        raise BuildError(
+            f"{cfg.debian_lock.relative_to(REPO)} is missing or was made for other packages; run `hack/build-image.sh --relock`"
+        )
     rows = [line.split() for line in cfg.debian_lock.read_text().splitlines() if line and not line.startswith("#")]
     return [(r[0], r[1], r[3]) for r in rows]
 
 
 def check_python_lock(cfg: Config) -> None:
     if lock_header(cfg.python_lock).get("dependencies") != digest(cfg.python, *project_dependencies()):
-        raise BuildError(f"{cfg.python_lock.relative_to(REPO)} does not match pyproject.toml's dependencies; "
-                         "run `hack/build-image.sh --relock`")
+        raise BuildError(
+            f"{cfg.python_lock.relative_to(REPO)} does not match pyproject.toml's dependencies; "
+            "run `hack/build-image.sh --relock`"
+        )
     if lock_header(cfg.tools_lock).get("tools") != digest(cfg.pip, cfg.setuptools):
-        raise BuildError("hack/image/tools.lock does not match IMAGE_PIP_VERSION/IMAGE_SETUPTOOLS_VERSION; "
-                         "run `hack/build-image.sh --relock`")
+        raise BuildError(
+            "hack/image/tools.lock does not match IMAGE_PIP_VERSION/IMAGE_SETUPTOOLS_VERSION; run `hack/build-image.sh --relock`"
+        )
 
 
 def mmdebstrap_debs(cfg: Config, include: list[str], work: Path) -> list[Path]:
@@ -203,12 +248,24 @@ def mmdebstrap_debs(cfg: Config, include: list[str], work: Path) -> list[Path]:
     target = work / "mmdebstrap"
     try:
         # the extract variant runs nothing of the target, so any architecture resolves on any host
-        run(["mmdebstrap", "--quiet", "--variant=extract", f"--architectures={cfg.arch}", f"--include={','.join(include)}",
-             "--skip=cleanup/apt/cache", cfg.suite, target])
+        run(
+            [
+                "mmdebstrap",
+                "--quiet",
+                "--variant=extract",
+                f"--architectures={cfg.arch}",
+                f"--include={','.join(include)}",
+                "--skip=cleanup/apt/cache",
+                cfg.suite,
+                target,
+            ]
+        )
     except BuildError as exc:
         if "was not found" in str(exc) or "Unable to locate" in str(exc):
-            raise BuildError(f"{exc}\nDebian no longer serves a locked package version (a point release or "
-                             "security update replaced it): run `hack/build-image.sh --relock`") from exc
+            raise BuildError(
+                f"{exc}\nDebian no longer serves a locked package version (a point release or "
+                "security update replaced it): run `hack/build-image.sh --relock`"
+            ) from exc
         raise
     debs = sorted((target / "var/cache/apt/archives").glob("*.deb"))
     kept = work / "debs"
@@ -238,11 +295,25 @@ def relock_arch(cfg: Config, tools: Path, work: Path) -> None:
         "# Debian packages of the operator image: written by `hack/build-image.sh --relock`.\n"
         f"# suite: {cfg.suite}\n# roots: {digest(cfg.suite, *DEB_ROOTS)}\n"
         "# package version architecture sha256 (DEB_SKIP in hack/image/build.py are resolved, not extracted)\n"
-        + "".join(" ".join(r) + "\n" for r in rows))
+        + "".join(" ".join(r) + "\n" for r in rows)
+    )
     log(f"resolving PyPI wheels for {cfg.python} / {cfg.arch}")
     report = work / "report.json"
-    run([tools / "bin/pip", "install", "--quiet", "--dry-run", "--ignore-installed", "--target", work / "unused",
-         "--report", report, *cfg.pip_platform_args(), *project_dependencies()])
+    run(
+        [
+            tools / "bin/pip",
+            "install",
+            "--quiet",
+            "--dry-run",
+            "--ignore-installed",
+            "--target",
+            work / "unused",
+            "--report",
+            report,
+            *cfg.pip_platform_args(),
+            *project_dependencies(),
+        ]
+    )
     lines = []
     for item in json.loads(report.read_text())["install"]:
         sha = item["download_info"]["archive_info"]["hashes"]["sha256"]
@@ -251,9 +322,12 @@ def relock_arch(cfg: Config, tools: Path, work: Path) -> None:
         "# Teal's runtime dependencies in the operator image (pip --require-hashes format):\n"
         "# written by `hack/build-image.sh --relock` from pyproject.toml's dependencies.\n"
         f"# python: {cfg.python} {PY_PLATFORM[cfg.arch]}\n# dependencies: {digest(cfg.python, *project_dependencies())}\n"
-        + "".join(sorted(lines)))
-    log(f"wrote {cfg.debian_lock.relative_to(REPO)} ({len(rows)} packages), "
-        f"{cfg.python_lock.relative_to(REPO)} ({len(lines)} wheels)")
+        + "".join(sorted(lines))
+    )
+    log(
+        f"wrote {cfg.debian_lock.relative_to(REPO)} ({len(rows)} packages), "
+        f"{cfg.python_lock.relative_to(REPO)} ({len(lines)} wheels)"
+    )
 
 
 def relock_tools(cfg: Config, work: Path) -> None:
@@ -261,12 +335,26 @@ def relock_tools(cfg: Config, work: Path) -> None:
     Teal's wheel), with their hashes."""
     dl, boot = work / "tools", work / "boot-venv"  # the host's python3 may have no pip of its own
     run([sys.executable, "-m", "venv", boot])
-    run([boot / "bin/pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d", dl,
-         f"pip=={cfg.pip}", f"setuptools=={cfg.setuptools}"])
-    lines = [f"{w.name.split('-')[0]}=={w.name.split('-')[1]} --hash=sha256:{oci.file_sha256(w)}\n"
-             for w in sorted(dl.glob("*.whl"))]
-    cfg.tools_lock.write_text("# pip and setuptools for hack/image/build.py (pip --require-hashes format)\n"
-                              f"# tools: {digest(cfg.pip, cfg.setuptools)}\n" + "".join(lines))
+    run(
+        [
+            boot / "bin/pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-d",
+            dl,
+            f"pip=={cfg.pip}",
+            f"setuptools=={cfg.setuptools}",
+        ]
+    )
+    lines = [
+        f"{w.name.split('-')[0]}=={w.name.split('-')[1]} --hash=sha256:{oci.file_sha256(w)}\n" for w in sorted(dl.glob("*.whl"))
+    ]
+    cfg.tools_lock.write_text(
+        "# pip and setuptools for hack/image/build.py (pip --require-hashes format)\n"
+        f"# tools: {digest(cfg.pip, cfg.setuptools)}\n" + "".join(lines)
+    )
 
 
 # ---------------------------------------------------------------- downloads (content-addressed)
@@ -302,8 +390,19 @@ def tools_venv(cfg: Config) -> tuple[Path, Path]:
         shutil.rmtree(venv, ignore_errors=True)
         run([sys.executable, "-m", "venv", venv])
         run([venv / "bin/pip", "download", "--quiet", "--no-deps", "--require-hashes", "-r", cfg.tools_lock, "-d", wheels])
-        run([venv / "bin/pip", "install", "--quiet", "--no-index", "--find-links", wheels, "--require-hashes",
-             "-r", cfg.tools_lock])
+        run(
+            [
+                venv / "bin/pip",
+                "install",
+                "--quiet",
+                "--no-index",
+                "--find-links",
+                wheels,
+                "--require-hashes",
+                "-r",
+                cfg.tools_lock,
+            ]
+        )
         (venv / ".complete").touch()
     return venv, wheels
 
@@ -311,8 +410,20 @@ def tools_venv(cfg: Config) -> tuple[Path, Path]:
 def fetch_wheels(cfg: Config, tools: Path) -> Path:
     store = CACHE / "downloads" / f"wheels-{cfg.python}-{cfg.arch}"
     log("downloading the locked wheels (pip skips those it has)")
-    run([tools / "bin/pip", "download", "--quiet", "--no-deps", "--require-hashes", *cfg.pip_platform_args(),
-         "-r", cfg.python_lock, "-d", store])
+    run(
+        [
+            tools / "bin/pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--require-hashes",
+            *cfg.pip_platform_args(),
+            "-r",
+            cfg.python_lock,
+            "-d",
+            store,
+        ]
+    )
     return store
 
 
@@ -334,8 +445,7 @@ def chroot(rootfs: Path, *argv: str, user: bool = False, check: bool = True) -> 
 def compile_bytecode(rootfs: Path, *folders: str) -> None:
     """.pyc files that never look at their source's mtime (unchecked-hash): reproducible, and nothing
     is compiled at run time on the read-only root."""
-    chroot(rootfs, f"/usr/bin/python{PY}", "-m", "compileall", "-q", "-j1", "--invalidation-mode",
-           "unchecked-hash", *folders)
+    chroot(rootfs, f"/usr/bin/python{PY}", "-m", "compileall", "-q", "-j1", "--invalidation-mode", "unchecked-hash", *folders)
 
 
 def check_elf(cfg: Config, rootfs: Path, paths: list[str]) -> None:
@@ -378,8 +488,7 @@ def write(path: Path, text: str, mode: int = 0o644) -> None:
 
 def system_files(rootfs: Path, debs: list[tuple[str, Path]]) -> None:
     """What dpkg and adduser would have written, minus everything that changes between runs."""
-    write(rootfs / "etc/passwd", f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
-          f"teal:x:{UID}:{GID}::/nonexistent:/usr/sbin/nologin\n")
+    write(rootfs / "etc/passwd", f"root:x:0:0:root:/root:/usr/sbin/nologin\nteal:x:{UID}:{GID}::/nonexistent:/usr/sbin/nologin\n")
     write(rootfs / "etc/group", f"root:x:0:\nteal:x:{GID}:\n")
     write(rootfs / "etc/nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n")
     # scanners (Trivy, Grype) read installed Debian packages from here, as in distroless images
@@ -475,9 +584,23 @@ def build_deps(cfg: Config, base: Stage, tools: Path, tool_wheels: Path) -> tupl
         shutil.copy(pip_whl, rootfs / "tmp" / pip_whl.name)
         log(f"installing {len(list(wheels.glob('*.whl')))} wheels into {VENV}")
         chroot(rootfs, f"/usr/bin/python{PY}", "-m", "venv", "--without-pip", VENV)
-        chroot(rootfs, f"{VENV}/bin/python", f"/tmp/{pip_whl.name}/pip", "install", "--quiet", "--no-index",
-               "--no-deps", "--no-compile", "--no-cache-dir", "--disable-pip-version-check", "--require-hashes",
-               "--find-links", "/tmp/wheels", "-r", "/tmp/requirements.lock")
+        chroot(
+            rootfs,
+            f"{VENV}/bin/python",
+            f"/tmp/{pip_whl.name}/pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--require-hashes",
+            "--find-links",
+            "/tmp/wheels",
+            "-r",
+            "/tmp/requirements.lock",
+        )
         for rel in SITE_PRUNE:
             shutil.rmtree(rootfs / VENV.lstrip("/") / f"lib/python{PY}/site-packages" / rel)
         for script in (rootfs / VENV.lstrip("/") / "bin").glob("[Aa]ctivate*"):
@@ -499,17 +622,31 @@ def build_wheel(cfg: Config, tools: Path, out: Path) -> Path:
     src.mkdir()
     for rel in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / rel, src / rel)
-    shutil.copytree(REPO / "operator", src / "operator",
-                    ignore=lambda d, names: [n for n in names if SOURCE_SKIP.search(
-                        os.path.relpath(os.path.join(d, n), REPO))])
+    shutil.copytree(
+        REPO / "operator",
+        src / "operator",
+        ignore=lambda d, names: [n for n in names if SOURCE_SKIP.search(os.path.relpath(os.path.join(d, n), REPO))],
+    )
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(cfg.epoch), PYTHONHASHSEED="0")
-    name = run([tools / "bin/python", "-c", "import sys, setuptools.build_meta as b; print(b.build_wheel(sys.argv[1]))",
-                out / "wheels"], cwd=src, env=env).stdout.strip().splitlines()[-1]
+    name = (
+        run(
+            [
+                tools / "bin/python",
+                "-c",
+                "import sys, setuptools.build_meta as b; print(b.build_wheel(sys.argv[1]))",
+                out / "wheels",
+            ],
+            cwd=src,
+            env=env,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     return out / "wheels" / name
 
 
 def image_config(cfg: Config, stages: list[str]) -> dict:
-    created = dt.datetime.fromtimestamp(cfg.epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = dt.datetime.fromtimestamp(cfg.epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "architecture": cfg.arch,
         "os": "linux",
@@ -523,8 +660,7 @@ def image_config(cfg: Config, stages: list[str]) -> dict:
             "ExposedPorts": {"8080/tcp": {}, "9090/tcp": {}},  # liveness (/healthz), metrics
             "Labels": {
                 "org.opencontainers.image.title": "teal",
-                "org.opencontainers.image.description":
-                    "Teal: blue/green releases with Prometheus analysis and automatic revert",
+                "org.opencontainers.image.description": "Teal: blue/green releases with Prometheus analysis and automatic revert",
                 "org.opencontainers.image.source": "https://github.com/teal-dev/teal",
                 "org.opencontainers.image.licenses": "Apache-2.0",
                 "org.opencontainers.image.version": cfg.version,
@@ -547,19 +683,38 @@ def build_image(cfg: Config, deps: Stage, tools: Path, work: Path, base: Stage) 
         shutil.copy(wheel, rootfs / "tmp/wheels" / wheel.name)
         pip_whl = next((CACHE / "downloads" / "tools").glob(f"pip-{cfg.pip}-*.whl"))
         shutil.copy(pip_whl, rootfs / "tmp" / pip_whl.name)
-        chroot(rootfs, f"{VENV}/bin/python", f"/tmp/{pip_whl.name}/pip", "install", "--quiet", "--no-index", "--no-deps",
-               "--no-compile", "--no-cache-dir", "--disable-pip-version-check", "--find-links", "/tmp/wheels",
-               f"teal-operator=={cfg.version}")
+        chroot(
+            rootfs,
+            f"{VENV}/bin/python",
+            f"/tmp/{pip_whl.name}/pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--find-links",
+            "/tmp/wheels",
+            f"teal-operator=={cfg.version}",
+        )
         clean_tmp(rootfs)
         site = f"{VENV}/lib/python{PY}/site-packages"
         compile_bytecode(rootfs, f"{site}/teal")
-        write(rootfs / "usr/share/teal/packages.txt",
-              f"# {cfg.ref}: what is inside\n# Debian {cfg.suite} ({cfg.arch}), extracted:\n"
-              + "".join(f"{n} {v}\n" for n, v, _ in debian_lock_entries(cfg) if n not in DEB_SKIP)
-              + "# Python wheels (" + VENV + ")\n"
-              + "".join(line.split(" ")[0] + "\n" for line in cfg.python_lock.read_text().splitlines()
-                        if line and not line.startswith("#"))
-              + f"teal-operator=={cfg.version}\n")
+        write(
+            rootfs / "usr/share/teal/packages.txt",
+            f"# {cfg.ref}: what is inside\n# Debian {cfg.suite} ({cfg.arch}), extracted:\n"
+            + "".join(f"{n} {v}\n" for n, v, _ in debian_lock_entries(cfg) if n not in DEB_SKIP)
+            + "# Python wheels ("
+            + VENV
+            + ")\n"
+            + "".join(
+                line.split(" ")[0] + "\n"
+                for line in cfg.python_lock.read_text().splitlines()
+                if line and not line.startswith("#")
+            )
+            + f"teal-operator=={cfg.version}\n",
+        )
         smoke = chroot(rootfs, "teal", "--help", user=True).stdout
         chroot(rootfs, "python", "-c", "import teal.controller, teal.cli, teal.main", user=True)
         if "run" not in smoke:
@@ -571,9 +726,14 @@ def build_image(cfg: Config, deps: Stage, tools: Path, work: Path, base: Stage) 
         return out
     top, _ = stage("teal", image_key(cfg, deps), build, cfg.epoch)
     layers = [base.layer, deps.layer, top.layer]
-    config = image_config(cfg, [f"Debian {cfg.suite} packages ({cfg.debian_lock.name})",
-                                f"{VENV}: Python wheels ({cfg.python_lock.name})",
-                                f"teal-operator {cfg.version} (operator/)"])
+    config = image_config(
+        cfg,
+        [
+            f"Debian {cfg.suite} packages ({cfg.debian_lock.name})",
+            f"{VENV}: Python wheels ({cfg.python_lock.name})",
+            f"teal-operator {cfg.version} (operator/)",
+        ],
+    )
     tmp = out.with_suffix(f".tmp{os.getpid()}")
     oci.write_archive(tmp, config, layers, cfg.ref, cfg.epoch)
     tmp.rename(out)
@@ -605,8 +765,11 @@ PY = "3.11"
 def main(argv: list[str] | None = None) -> int:
     global PY
     ap = argparse.ArgumentParser(prog="hack/build-image.sh", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--output", default=str(REPO / "dist" / "teal-image.oci.tar"),
-                    help="where the archive goes (its summary goes beside it as <name>.json)")
+    ap.add_argument(
+        "--output",
+        default=str(REPO / "dist" / "teal-image.oci.tar"),
+        help="where the archive goes (its summary goes beside it as <name>.json)",
+    )
     ap.add_argument("--relock", action="store_true", help="re-resolve the Debian and PyPI locks, then build")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -638,19 +801,23 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".tmp").rename(out)
     summary = oci.read_archive(out)
     layers = summary["manifest"]["layers"]
-    info = {"ref": cfg.ref, "digest": summary["manifest_digest"], "config_digest": summary["manifest"]["config"]["digest"],
-            "archive": str(out), "archive_size": out.stat().st_size,
-            "compressed_size": sum(x["size"] for x in layers),
-            "uncompressed_size": sum(summary["uncompressed_sizes"]),
-            "seconds": round(time.monotonic() - start, 1),
-            "cache": {"base": base_hit, "deps": deps_hit, "image": image_hit}}
+    info = {
+        "ref": cfg.ref,
+        "digest": summary["manifest_digest"],
+        "config_digest": summary["manifest"]["config"]["digest"],
+        "archive": str(out),
+        "archive_size": out.stat().st_size,
+        "compressed_size": sum(x["size"] for x in layers),
+        "uncompressed_size": sum(summary["uncompressed_sizes"]),
+        "seconds": round(time.monotonic() - start, 1),
+        "cache": {"base": base_hit, "deps": deps_hit, "image": image_hit},
+    }
     meta = out.with_name(out.name.split(".")[0] + ".json")
     meta.write_text(json.dumps(info, indent=1) + "\n")
     prune_cache()
     mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
     log(f"{cfg.ref} {info['digest']}")
-    log(f"{out}: {len(layers)} layers, {mb(info['compressed_size'])} compressed, "
-        f"{mb(info['uncompressed_size'])} uncompressed")
+    log(f"{out}: {len(layers)} layers, {mb(info['compressed_size'])} compressed, {mb(info['uncompressed_size'])} uncompressed")
     hits = ", ".join(k for k, v in info["cache"].items() if v) or "none"
     log(f"built in {info['seconds']}s; cached stages used: {hits}")
     if not all(info["cache"].values()):

@@ -7,6 +7,7 @@ layout (oci-layout, index.json, blobs/sha256/...) plus a Docker manifest.json po
 same blobs, so `docker load` (old and new), containerd's import (`kind load image-archive`)
 and go-containerregistry's tarball reader (`crane push`) all accept it.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -16,8 +17,9 @@ import json
 import os
 import stat
 import tarfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 MT_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -107,17 +109,24 @@ def write_layer(root: Path, paths: Iterable[str], out: Path, epoch: int) -> dict
             return self.gz.write(b)
 
     hardlinks: dict[tuple[int, int], str] = {}
-    with open(out, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
-        with tarfile.open(fileobj=_Tee(gz), mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for rel in with_parents(paths):
-                ti, src = _tarinfo(root, rel, epoch, hardlinks)
-                if src is None:
-                    tar.addfile(ti)
-                else:
-                    with open(src, "rb") as f:
-                        tar.addfile(ti, f)
-    return {"digest": "sha256:" + file_sha256(out), "diff_id": "sha256:" + diff.hexdigest(),
-            "size": out.stat().st_size, "uncompressed_size": plain_size}
+    with (
+        open(out, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz,
+        tarfile.open(fileobj=_Tee(gz), mode="w|", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for rel in with_parents(paths):
+            ti, src = _tarinfo(root, rel, epoch, hardlinks)
+            if src is None:
+                tar.addfile(ti)
+            else:
+                with open(src, "rb") as f:
+                    tar.addfile(ti, f)
+    return {
+        "digest": "sha256:" + file_sha256(out),
+        "diff_id": "sha256:" + diff.hexdigest(),
+        "size": out.stat().st_size,
+        "uncompressed_size": plain_size,
+    }
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, epoch: int) -> None:
@@ -132,8 +141,9 @@ def _add_dir(tar: tarfile.TarFile, name: str, epoch: int) -> None:
     tar.addfile(ti)
 
 
-def write_archive(out: Path, config: dict[str, Any], layers: list[tuple[Path, dict[str, Any]]],
-                  ref: str, epoch: int) -> dict[str, Any]:
+def write_archive(
+    out: Path, config: dict[str, Any], layers: list[tuple[Path, dict[str, Any]]], ref: str, epoch: int
+) -> dict[str, Any]:
     """The image archive: config + layers (gzipped files with their write_layer() info).
 
     `ref` is the full name the loaders tag it with (registry/repo:tag)."""
@@ -152,16 +162,21 @@ def write_archive(out: Path, config: dict[str, Any], layers: list[tuple[Path, di
     index = {
         "schemaVersion": 2,
         "mediaType": MT_INDEX,
-        "manifests": [{
-            "mediaType": MT_MANIFEST, "digest": manifest_digest, "size": len(manifest_bytes),
-            "platform": {"architecture": config["architecture"], "os": config["os"]},
-            # containerd (kind load) names the image after the first, OCI tools after the second
-            "annotations": {"io.containerd.image.name": ref, "org.opencontainers.image.ref.name": tag},
-        }],
+        "manifests": [
+            {
+                "mediaType": MT_MANIFEST,
+                "digest": manifest_digest,
+                "size": len(manifest_bytes),
+                "platform": {"architecture": config["architecture"], "os": config["os"]},
+                # containerd (kind load) names the image after the first, OCI tools after the second
+                "annotations": {"io.containerd.image.name": ref, "org.opencontainers.image.ref.name": tag},
+            }
+        ],
     }
     blob = lambda digest: "blobs/sha256/" + digest.split(":", 1)[1]  # noqa: E731
-    docker_manifest = [{"Config": blob(config_desc["digest"]), "RepoTags": [ref],
-                        "Layers": [blob(info["digest"]) for _, info in layers]}]
+    docker_manifest = [
+        {"Config": blob(config_desc["digest"]), "RepoTags": [ref], "Layers": [blob(info["digest"]) for _, info in layers]}
+    ]
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
         _add_dir(tar, "blobs", epoch)
         _add_dir(tar, "blobs/sha256", epoch)
@@ -179,11 +194,16 @@ def write_archive(out: Path, config: dict[str, Any], layers: list[tuple[Path, di
         _add_bytes(tar, "oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}), epoch)
         _add_bytes(tar, "index.json", canonical_json(index), epoch)
         _add_bytes(tar, "manifest.json", canonical_json(docker_manifest), epoch)
-    return {"digest": manifest_digest, "config_digest": config_desc["digest"], "ref": ref,
-            "archive_sha256": file_sha256(out), "archive_size": out.stat().st_size,
-            "compressed_size": sum(info["size"] for _, info in layers),
-            "uncompressed_size": sum(info["uncompressed_size"] for _, info in layers),
-            "layers": [info for _, info in layers]}
+    return {
+        "digest": manifest_digest,
+        "config_digest": config_desc["digest"],
+        "ref": ref,
+        "archive_sha256": file_sha256(out),
+        "archive_size": out.stat().st_size,
+        "compressed_size": sum(info["size"] for _, info in layers),
+        "uncompressed_size": sum(info["uncompressed_size"] for _, info in layers),
+        "layers": [info for _, info in layers],
+    }
 
 
 def read_archive(path: Path) -> dict[str, Any]:
@@ -223,6 +243,12 @@ def read_archive(path: Path) -> dict[str, Any]:
         names = lambda d: "blobs/" + d["digest"].replace(":", "/")  # noqa: E731
         if docker[0]["Config"] != names(manifest["config"]) or docker[0]["Layers"] != [names(x) for x in manifest["layers"]]:
             raise ValueError("manifest.json (docker load) does not name the OCI manifest's blobs")
-        return {"index": index, "manifest": manifest, "manifest_digest": desc["digest"], "config": config,
-                "docker_manifest": docker, "layer_blobs": [names(x) for x in manifest["layers"]],
-                "uncompressed_sizes": sizes}
+        return {
+            "index": index,
+            "manifest": manifest,
+            "manifest_digest": desc["digest"],
+            "config": config,
+            "docker_manifest": docker,
+            "layer_blobs": [names(x) for x in manifest["layers"]],
+            "uncompressed_sizes": sizes,
+        }

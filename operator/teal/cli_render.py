@@ -1,4 +1,5 @@
 """Text views of Rollouts for `kubectl teal get` and `list` (pure functions of dicts)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -78,8 +79,9 @@ def table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
-def list_table(rollouts: Sequence[Mapping[str, Any]], all_namespaces: bool = False, wide: bool = False,
-               now: dt.datetime | None = None) -> str:
+def list_table(
+    rollouts: Sequence[Mapping[str, Any]], all_namespaces: bool = False, wide: bool = False, now: dt.datetime | None = None
+) -> str:
     header = ["NAME", "PHASE", "ACTIVE", "PREVIEW", "STABLE", "CURRENT", "STEP", "WEIGHTS", "AGE"]
     if all_namespaces:
         header.insert(0, "NAMESPACE")
@@ -119,8 +121,9 @@ def _ready(dep: Mapping[str, Any] | None) -> str:
 def _images(dep_or_template: Mapping[str, Any] | None) -> str:
     if not dep_or_template:
         return ""
-    tmpl = dep_or_template.get("spec", {}).get("template") if "template" in (dep_or_template.get("spec") or {}) \
-        else dep_or_template
+    tmpl = (
+        dep_or_template.get("spec", {}).get("template") if "template" in (dep_or_template.get("spec") or {}) else dep_or_template
+    )
     containers = ((tmpl or {}).get("spec") or {}).get("containers") or []
     return ", ".join(str(c.get("image", "?")) for c in containers)
 
@@ -228,8 +231,11 @@ def _strategy_sections(spec: Mapping[str, Any], bg: Mapping[str, Any], st: Mappi
 
 
 def _roles(st: Mapping[str, Any], c: str) -> list[str]:
-    roles = [role for role, key in (("active", "activeColor"), ("stable", "stableColor"), ("preview", "previewColor"))
-             if st.get(key) == c]
+    roles = [
+        role
+        for role, key in (("active", "activeColor"), ("stable", "stableColor"), ("preview", "previewColor"))
+        if st.get(key) == c
+    ]
     if (st.get("scaleDown") or {}).get("color") == c:
         roles.append(f"scale-down at {st['scaleDown'].get('at', '?')}")
     return roles
@@ -241,14 +247,16 @@ def _colour_section(name: str, st: Mapping[str, Any], deployments: Mapping[str, 
         dep = deployments.get(c)
         ann = ((dep or {}).get("metadata") or {}).get("annotations") or {}
         revision = ann.get(ANNOTATION_REVISION)
-        rows.append([
-            c,
-            ", ".join(_roles(st, c)) or "idle",
-            f"revision {revision}" if revision else "revision -",
-            _ready(dep),
-            f"deployment/{name}-{c}",
-            _images(dep) if dep else "",
-        ])
+        rows.append(
+            [
+                c,
+                ", ".join(_roles(st, c)) or "idle",
+                f"revision {revision}" if revision else "revision -",
+                _ready(dep),
+                f"deployment/{name}-{c}",
+                _images(dep) if dep else "",
+            ]
+        )
     return ("Colours", table(rows).splitlines())
 
 
@@ -315,6 +323,14 @@ def _condition_sections(st: Mapping[str, Any], now: dt.datetime | None) -> list[
     conds = st.get("conditions") or []
     if not conds:
         return []
-    rows = [[str(c.get("type", "?")), str(c.get("status", "?")), str(c.get("reason") or ""),
-             age(c.get("lastTransitionTime"), now), str(c.get("message") or "")] for c in conds]
+    rows = [
+        [
+            str(c.get("type", "?")),
+            str(c.get("status", "?")),
+            str(c.get("reason") or ""),
+            age(c.get("lastTransitionTime"), now),
+            str(c.get("message") or ""),
+        ]
+        for c in conds
+    ]
     return [("Conditions", table(rows).splitlines())]

@@ -18,11 +18,13 @@ cancellation (the operator stopping) passes through.
 Checked against kopf 1.45.2 (pinned in pyproject.toml): `install()` refuses a kopf whose
 `continuous_watch` it does not know, rather than patching blindly.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from kopf._cogs.clients import errors, watching
 
@@ -33,12 +35,12 @@ _ORIGINAL = watching.continuous_watch
 _failures: dict[tuple[str, str | None], int] = {}
 
 
-async def continuous_watch(*, settings: Any, resource: Any, namespace: Any,
-                           operator_pause_waiter: Any) -> AsyncIterator[Any]:
+async def continuous_watch(*, settings: Any, resource: Any, namespace: Any, operator_pause_waiter: Any) -> AsyncIterator[Any]:
     key = (str(resource), namespace)
     try:
-        async for event in _ORIGINAL(settings=settings, resource=resource, namespace=namespace,
-                                     operator_pause_waiter=operator_pause_waiter):
+        async for event in _ORIGINAL(
+            settings=settings, resource=resource, namespace=namespace, operator_pause_waiter=operator_pause_waiter
+        ):
             _failures.pop(key, None)
             yield event
     except (watching.WatchingError, errors.APIError) as e:
@@ -55,7 +57,6 @@ def install() -> None:
     """Patch kopf (idempotent)."""
     if watching.continuous_watch is continuous_watch:
         return
-    if getattr(watching.continuous_watch, "__qualname__", "") != "continuous_watch" or \
-            not hasattr(watching, "infinite_watch"):
+    if getattr(watching.continuous_watch, "__qualname__", "") != "continuous_watch" or not hasattr(watching, "infinite_watch"):
         raise RuntimeError("teal.kopf_compat: this kopf's watching module is not the one it was written for")
     watching.continuous_watch = continuous_watch

@@ -19,6 +19,7 @@ No cron library: croniter is not in the environment and adding it rebuilds every
 virtualenv; its DST handling has also been a source of bugs. The subset here is small and
 fully tested (tests/test_policy.py).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -26,9 +27,10 @@ import dataclasses
 import datetime as dt
 import re
 import zoneinfo
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 MAX_DURATION = dt.timedelta(days=7)
@@ -142,8 +144,10 @@ class Window:
             elif d.weekday() in self.days:
                 assert self.start is not None
                 end_day = d if self.end is not None and self.end > self.start else d + dt.timedelta(days=1)
-                yield (_utc(dt.datetime.combine(d, self.start), tz),
-                       _utc(dt.datetime.combine(end_day, self.end or dt.time(0)), tz))
+                yield (
+                    _utc(dt.datetime.combine(d, self.start), tz),
+                    _utc(dt.datetime.combine(end_day, self.end or dt.time(0)), tz),
+                )
             d += dt.timedelta(days=1)
 
     def describe(self) -> str:
@@ -174,8 +178,9 @@ def _utc(local: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
     return local.replace(tzinfo=tz, fold=0).astimezone(UTC)
 
 
-def _intervals(windows: tuple[Window, ...], tz: dt.tzinfo, lo: dt.datetime, hi: dt.datetime
-               ) -> list[tuple[dt.datetime, dt.datetime, str]]:
+def _intervals(
+    windows: tuple[Window, ...], tz: dt.tzinfo, lo: dt.datetime, hi: dt.datetime
+) -> list[tuple[dt.datetime, dt.datetime, str]]:
     """Every non-empty interval of `windows` that overlaps [lo, hi), sorted by start."""
     first = (lo - MAX_DURATION - dt.timedelta(days=2)).astimezone(tz).date()
     last = (hi + dt.timedelta(days=2)).astimezone(tz).date()
@@ -191,7 +196,7 @@ class _Index:
         self.ivs = ivs
         self.starts = [s for s, _, _ in ivs]
         self.maxend: list[tuple[dt.datetime, str]] = []
-        for s, e, n in ivs:
+        for _, e, n in ivs:
             self.maxend.append(max(self.maxend[-1], (e, n)) if self.maxend else (e, n))
 
     def cover(self, x: dt.datetime) -> tuple[dt.datetime, str] | None:

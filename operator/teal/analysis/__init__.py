@@ -8,6 +8,7 @@
 
 Nothing here depends on kopf.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -17,13 +17,15 @@ so a slow Prometheus delays only the Rollouts that use it.
     patch["status"]["analysisRun"] = ev.state
     patch["status"]["analysis"] = ev.history
 """
+
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import datetime as dt
 import functools
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from ..core import AnalysisRun
 from .model import AnalysisConfigError, Measurement, QueryResult, judge, parse_metrics, with_color
@@ -122,8 +124,21 @@ class _Tick:
         return meas
 
 
-def _plan(analysis_spec, key, *, variables, state, fetch_template, read_secret, now, names=None, provider=None,
-          providers=None, default_address=None, **_ignored) -> _Tick:
+def _plan(
+    analysis_spec,
+    key,
+    *,
+    variables,
+    state,
+    fetch_template,
+    read_secret,
+    now,
+    names=None,
+    provider=None,
+    providers=None,
+    default_address=None,
+    **_ignored,
+) -> _Tick:
     """Parse the metrics and pick those due; the provider only when something is due.
 
     Blocking (templates and Secrets are read from the API); raises AnalysisConfigError.
@@ -134,7 +149,9 @@ def _plan(analysis_spec, key, *, variables, state, fetch_template, read_secret, 
     tick.metrics = parse_metrics(analysis_spec, names, fetch_template)
     tick.todo = due(state, key, tick.metrics, now)
     if tick.todo:
-        tick.provider = provider or (PROVIDERS if providers is None else providers).get((analysis_spec or {}).get("prometheus"), read_secret, default_address)
+        tick.provider = provider or (PROVIDERS if providers is None else providers).get(
+            (analysis_spec or {}).get("prometheus"), read_secret, default_address
+        )
     return tick
 
 
@@ -178,9 +195,19 @@ def evaluate(
     "not found" (reading templates or Secrets) propagate, so the caller retries.
     """
     try:
-        tick = _plan(analysis_spec, key, variables=variables, state=state, fetch_template=fetch_template,
-                     read_secret=read_secret, now=now, names=names, provider=provider, providers=providers,
-                     default_address=default_address)
+        tick = _plan(
+            analysis_spec,
+            key,
+            variables=variables,
+            state=state,
+            fetch_template=fetch_template,
+            read_secret=read_secret,
+            now=now,
+            names=names,
+            provider=provider,
+            providers=providers,
+            default_address=default_address,
+        )
         new = [tick.skipped(m) or tick.took(measure(tick.provider, m, variables, key, tick.color, now)) for m in tick.todo]
         return _finish(tick, new, state, history, history_limit)
     except AnalysisConfigError as e:

@@ -13,13 +13,15 @@ Names: ``result``, ``baseline``, ``true``, ``false``. Functions: ``isNaN``, ``is
 ``abs``, ``min``, ``max``. Operators: ``< <= > >= == !=``, ``and or not`` (or
 ``&& || !``), ``+ - * /``. Nothing else is allowed: no attribute access, no other calls.
 """
+
 from __future__ import annotations
 
 import ast
 import math
 import operator
 import re
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 __all__ = ["ExprError", "Condition", "compile_condition"]
 
@@ -94,11 +96,13 @@ def compile_condition(source: str, allowed: frozenset[str] = frozenset({"result"
     names: set[str] = set()
     _check(tree.body, source, allowed, names)
     body = tree.body
-    boolean = isinstance(body, _BOOLEAN_TOP) or (
-        isinstance(body, ast.UnaryOp) and isinstance(body.op, ast.Not)
-    ) or (isinstance(body, ast.Call) and isinstance(body.func, ast.Name) and body.func.id in ("isNaN", "isInf")) or (
-        isinstance(body, ast.Constant) and isinstance(body.value, bool)
-    ) or (isinstance(body, ast.Name) and body.id in _CONSTS)
+    boolean = (
+        isinstance(body, _BOOLEAN_TOP)
+        or (isinstance(body, ast.UnaryOp) and isinstance(body.op, ast.Not))
+        or (isinstance(body, ast.Call) and isinstance(body.func, ast.Name) and body.func.id in ("isNaN", "isInf"))
+        or (isinstance(body, ast.Constant) and isinstance(body.value, bool))
+        or (isinstance(body, ast.Name) and body.id in _CONSTS)
+    )
     if not boolean:
         raise ExprError(f"`{source}` must be a comparison (for example `result < 0.01`), not a number")
     return Condition(source.strip(), tree, frozenset(names))
@@ -128,7 +132,7 @@ def _check(node: ast.AST, source: str, allowed: frozenset[str], names: set[str])
         for c in node.comparators:
             _check(c, source, allowed, names)
     elif isinstance(node, ast.Constant):
-        if isinstance(node.value, bool) or isinstance(node.value, (int, float)):
+        if isinstance(node.value, bool | int | float):
             return
         raise bad(f"the constant {node.value!r}")
     elif isinstance(node, ast.Name):
@@ -174,7 +178,7 @@ def _eval(node: ast.AST, env: Mapping[str, float | None]) -> Any:
         return _BIN[type(node.op)](_num(_eval(node.left, env)), _num(_eval(node.right, env)))
     if isinstance(node, ast.Compare):
         left = _num(_eval(node.left, env))
-        for op, comp in zip(node.ops, node.comparators):
+        for op, comp in zip(node.ops, node.comparators, strict=True):
             right = _num(_eval(comp, env))
             if not _CMP[type(op)](left, right):
                 return False

@@ -15,6 +15,7 @@ The operator awaits `aquery`: waiting for a hung Prometheus costs no thread, and
 limit keeps one server from hogging sockets. `query` runs the same code in an event loop
 of its own for synchronous callers.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,7 +26,8 @@ import re
 import ssl
 import threading
 import weakref
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 import aiohttp
@@ -129,7 +131,7 @@ def _parse_result(result: Any) -> QueryResult:
         return QueryResult.failure("bad_response", f"unexpected series {str(result[0])[:200]}")
 
 
-_BULKHEADS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]]" = weakref.WeakKeyDictionary()
+_BULKHEADS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
 
 
 def _server(address: str) -> str:
@@ -186,7 +188,7 @@ class PrometheusProvider:
             raise AnalysisConfigError(f"unusable CA certificate: {e}", field="spec.analysis.prometheus.caSecretRef") from None
         # the server-side evaluation limit, a little below ours, so a slow query says so
         self._server_timeout = f"{max(0.1, self.timeout * 0.9):.3f}"
-        self._sessions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession]" = weakref.WeakKeyDictionary()
+        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = weakref.WeakKeyDictionary()
 
     def _new_session(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(
@@ -211,7 +213,7 @@ class PrometheusProvider:
             await session.close()
         self.close()
 
-    def __enter__(self) -> "PrometheusProvider":
+    def __enter__(self) -> PrometheusProvider:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -299,9 +301,7 @@ def _ref(raw: Any, field: str, default_key: str | None) -> tuple[str, str | None
 def _secret(read_secret: Callable[[str, str], str | None], name: str, key: str, field: str) -> str:
     value = read_secret(name, key)
     if value is None:
-        raise AnalysisConfigError(
-            f"Secret {name!r} or its key {key!r} not found in the Rollout's namespace", field=field
-        )
+        raise AnalysisConfigError(f"Secret {name!r} or its key {key!r} not found in the Rollout's namespace", field=field)
     return value
 
 
@@ -361,9 +361,7 @@ def _settings(
         password = _secret(read_secret, name, "password", field)
         basic = (user.strip(), password.strip("\r\n"))
     if (token or basic) and any(k.lower() == "authorization" for k in headers):
-        raise AnalysisConfigError(
-            "an Authorization header conflicts with the token/basic-auth Secret", field=f"{base}.headers"
-        )
+        raise AnalysisConfigError("an Authorization header conflicts with the token/basic-auth Secret", field=f"{base}.headers")
     ca = None
     insecure = bool(spec.get("insecureSkipVerify", False))
     if spec.get("caSecretRef"):
@@ -505,7 +503,10 @@ def _rejected(r: QueryResult, metric: Metric, query: str, field: str) -> None:
     if r.error_kind == "bad_data":
         what = "query" if field == "query" else "baseline query"
         raise AnalysisConfigError(
-            f"Prometheus rejected the {what}: {r.error} (query: {query})", metric=metric.name, template=metric.template, field=field
+            f"Prometheus rejected the {what}: {r.error} (query: {query})",
+            metric=metric.name,
+            template=metric.template,
+            field=field,
         )
 
 

@@ -29,11 +29,13 @@ Rules (close to Argo Rollouts'; differences are marked *):
   reported but never decide; a run made only of dry-run metrics is Successful once they
   are all final (whatever they measured).
 """
+
 from __future__ import annotations
 
 import copy
 import datetime as dt
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..core import AnalysisRun, iso, parse_time
 from .model import ERROR, FAILED, INCONCLUSIVE, SUCCESSFUL, Measurement, Metric
@@ -232,7 +234,9 @@ def _metric_text(m: Metric, s: Mapping[str, Any], phase: str, state: Mapping[str
     return f"{tag}{head} ({_progress(m, s, phase)})"
 
 
-def _message(metrics: list[Metric], states: Mapping[str, Mapping[str, Any]], verdict: str, state: Mapping[str, Any], now: dt.datetime) -> str:
+def _message(
+    metrics: list[Metric], states: Mapping[str, Mapping[str, Any]], verdict: str, state: Mapping[str, Any], now: dt.datetime
+) -> str:
     phases = {m.name: metric_phase(m, states.get(m.name)) for m in metrics}
     deciding = [m for m in metrics if not m.dry_run]
     if verdict == FAILED:
@@ -263,4 +267,3 @@ def describe_run(run: Mapping[str, Any] | None) -> str:
     if not run:
         return "no analysis run"
     return f"{run.get('key')}: {run.get('verdict', RUNNING)}: {run.get('message', '')}"
-
