@@ -2,7 +2,9 @@
 # Sourced by hack/test.sh and hack/sandbox.sh: makes sure everything Teal needs is here,
 # building or installing what is missing, then puts it on PATH.
 #   - binaries (kube-apiserver & co, kubectl, kwok, helm; etcd and Prometheus from Debian)
-#   - a Python virtualenv with Teal and its test dependencies, cached per pyproject.toml
+#   - a Python virtualenv with Teal, its test dependencies and the dev environment (devenv/: the
+#     package teal_devenv, installed here only, never into the operator's wheel or image), cached
+#     per pyproject.toml + devenv/pyproject.toml
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export TEAL_CACHE=${TEAL_CACHE:-$HOME/.cache/teal}
@@ -17,8 +19,8 @@ TEAL_BIN_DIRS=$(echo "$bin_dirs" | paste -sd: -)
 export TEAL_BIN_DIRS
 export PATH="$TEAL_BIN_DIRS:$PATH"
 
-# 2. the virtualenv, keyed by the dependency list
-key=$(cat "$REPO/pyproject.toml" | sha256sum | cut -c1-12)
+# 2. the virtualenv, keyed by the dependency lists (the operator's and the dev environment's)
+key=$(cat "$REPO/pyproject.toml" "$REPO/devenv/pyproject.toml" | sha256sum | cut -c1-12)
 VENV="$TEAL_CACHE/venv-$(python3 -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")')-$key"
 # Two runs at once (a test run and the sandbox, say) share the cache: one makes the
 # virtualenv while the other waits on the lock, instead of deleting it under its feet.
@@ -30,11 +32,11 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
   rm -rf "$VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip >&2
-  "$VENV/bin/pip" install -q -e "$REPO[test]" >&2 || { say "ERROR: pip install failed (is PyPI reachable?)"; exit 1; }
+  "$VENV/bin/pip" install -q -e "$REPO[test]" -e "$REPO/devenv" >&2 || { say "ERROR: pip install failed (is PyPI reachable?)"; exit 1; }
   touch "$VENV/.complete"
 fi
-# point the editable install at this checkout (CI runs in a fresh clone elsewhere)
-"$VENV/bin/pip" install -q --no-deps -e "$REPO" >&2
+# point the editable installs at this checkout (CI runs in a fresh clone elsewhere)
+"$VENV/bin/pip" install -q --no-deps -e "$REPO" -e "$REPO/devenv" >&2
 exec 9>&-
 export PATH="$VENV/bin:$PATH"
 export VIRTUAL_ENV="$VENV"

@@ -6,4 +6,4 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=env.sh
 source "$here/env.sh"
 cd "$REPO"
-exec python -m teal.sandbox "$@"
+exec python -m teal_devenv.sandbox "$@"

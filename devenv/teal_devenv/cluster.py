@@ -12,17 +12,17 @@ on free ports:
 
 Usage::
 
-    from teal.devenv.cluster import LocalCluster
+    from teal_devenv.cluster import LocalCluster
 
     with LocalCluster() as c:          # start() on enter, stop() on exit
         print(c.kubeconfig, c.server)
         api = c.api_client()           # kubernetes.client.ApiClient (admin)
 
-The kwok Stages written here (see ``KWOK_STAGES``) also understand the pod
+The kwok Stages (``teal_devenv/kwok/*.yaml``, see :func:`kwok_stages`) also understand the pod
 annotation ``teal.dev/fake-not-ready: "true"``: such a pod runs and gets an
 IP but stays not Ready until the annotation is removed.
 
-CLI: ``python -m teal.devenv.cluster up --dir DIR`` (foreground, Ctrl-C stops).
+CLI: ``python -m teal_devenv.cluster up --dir DIR`` (foreground, Ctrl-C stops).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import base64
+import importlib.resources
 import json
 import os
 import secrets
@@ -44,261 +45,50 @@ import time
 import urllib.error
 import urllib.request
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
-from teal.devenv.binaries import Binaries, find_binaries
-from teal.devenv.procs import (
+from teal_devenv.binaries import Binaries, find_binaries
+from teal_devenv.procs import (
     Component,
+    ComponentExited,
     aliased_binary,
     free_port,
     main_thread,
     processes_mentioning,
     rss_kib,
     sweep_stale_dirs,
+    wait_while_alive,
 )
+from teal_devenv.wait import WaitTimeout
 
 NOT_READY_ANNOTATION = "teal.dev/fake-not-ready"
 NODE_LABEL = ("type", "kwok")
 NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
-
-# kwok ships no default Stages inside its binary (kwokctl writes them into a
-# config file); these are ours, written for what Teal's tests need.
-KWOK_STAGES = r"""
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: teal-node-ready
-spec:
-  resourceRef: {apiGroup: v1, kind: Node}
-  selector:
-    matchExpressions:
-    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
-      operator: NotIn
-      values: ["True"]
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      conditions:
-      {{ range NodeConditions }}
-      - type: {{ .type | Quote }}
-        status: {{ .status | Quote }}
-        reason: {{ .reason | Quote }}
-        message: {{ .message | Quote }}
-        lastHeartbeatTime: {{ $now | Quote }}
-        lastTransitionTime: {{ $now | Quote }}
-      {{ end }}
-      nodeInfo:
-        architecture: amd64
-        operatingSystem: linux
-        osImage: kwok
-        kernelVersion: {{ printf "kwok-%s" Version | Quote }}
-        kubeletVersion: {{ printf "kwok-%s" Version | Quote }}
-        kubeProxyVersion: {{ printf "kwok-%s" Version | Quote }}
-        containerRuntimeVersion: {{ printf "kwok-%s" Version | Quote }}
-      phase: Running
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: teal-node-heartbeat
-spec:
-  resourceRef: {apiGroup: v1, kind: Node}
-  selector:
-    matchExpressions:
-    - key: '.status.phase'
-      operator: In
-      values: ["Running"]
-    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
-      operator: In
-      values: ["True"]
-  delay:
-    durationMilliseconds: 20000
-    jitterDurationMilliseconds: 25000
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      {{ $since := or .metadata.creationTimestamp $now }}
-      conditions:
-      {{ range NodeConditions }}
-      - type: {{ .type | Quote }}
-        status: {{ .status | Quote }}
-        reason: {{ .reason | Quote }}
-        message: {{ .message | Quote }}
-        lastHeartbeatTime: {{ $now | Quote }}
-        lastTransitionTime: {{ $since | Quote }}
-      {{ end }}
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: teal-pod-ready
-spec:
-  resourceRef: {apiGroup: v1, kind: Pod}
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: DoesNotExist
-    - key: '.metadata.annotations["teal.dev/fake-not-ready"]'
-      operator: DoesNotExist
-    - key: '.status.phase'
-      operator: In
-      values: ["Pending", "Running"]
-    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
-      operator: NotIn
-      values: ["True"]
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      conditions:
-      - {type: PodReadyToStartContainers, status: "True", lastTransitionTime: {{ $now | Quote }}}
-      - {type: Initialized, status: "True", lastTransitionTime: {{ $now | Quote }}}
-      - {type: ContainersReady, status: "True", lastTransitionTime: {{ $now | Quote }}}
-      - {type: Ready, status: "True", lastTransitionTime: {{ $now | Quote }}}
-      {{ range .spec.readinessGates }}
-      - {type: {{ .conditionType | Quote }}, status: "True", lastTransitionTime: {{ $now | Quote }}}
-      {{ end }}
-      containerStatuses:
-      {{ range .spec.containers }}
-      - name: {{ .name | Quote }}
-        image: {{ .image | Quote }}
-        ready: true
-        started: true
-        restartCount: 0
-        state: {running: {startedAt: {{ $now | Quote }}}}
-      {{ end }}
-      {{ with .spec.initContainers }}
-      initContainerStatuses:
-      {{ range . }}
-      - name: {{ .name | Quote }}
-        image: {{ .image | Quote }}
-        ready: true
-        restartCount: 0
-        state: {terminated: {exitCode: 0, reason: Completed, startedAt: {{ $now | Quote }}, finishedAt: {{ $now | Quote }}}}
-      {{ end }}
-      {{ end }}
-      {{ with NodeIPsWith .spec.nodeName }}
-      hostIP: {{ index . 0 | Quote }}
-      hostIPs:
-      {{ range . }}
-      - ip: {{ . | Quote }}
-      {{ end }}
-      {{ end }}
-      {{ if not .status.podIP }}
-      {{ with PodIPsWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) }}
-      podIP: {{ index . 0 | Quote }}
-      podIPs:
-      {{ range . }}
-      - ip: {{ . | Quote }}
-      {{ end }}
-      {{ end }}
-      {{ end }}
-      phase: Running
-      {{ if not .status.startTime }}
-      startTime: {{ $now | Quote }}
-      {{ end }}
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: teal-pod-running-not-ready
-spec:
-  resourceRef: {apiGroup: v1, kind: Pod}
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: DoesNotExist
-    - key: '.metadata.annotations["teal.dev/fake-not-ready"]'
-      operator: Exists
-    - key: '.status.phase'
-      operator: In
-      values: ["Pending"]
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      conditions:
-      - {type: PodReadyToStartContainers, status: "True", lastTransitionTime: {{ $now | Quote }}}
-      - {type: Initialized, status: "True", lastTransitionTime: {{ $now | Quote }}}
-      - {type: ContainersReady, status: "False", reason: ContainersNotReady, lastTransitionTime: {{ $now | Quote }}}
-      - {type: Ready, status: "False", reason: ContainersNotReady, lastTransitionTime: {{ $now | Quote }}}
-      containerStatuses:
-      {{ range .spec.containers }}
-      - name: {{ .name | Quote }}
-        image: {{ .image | Quote }}
-        ready: false
-        started: true
-        restartCount: 0
-        state: {running: {startedAt: {{ $now | Quote }}}}
-      {{ end }}
-      {{ with NodeIPsWith .spec.nodeName }}
-      hostIP: {{ index . 0 | Quote }}
-      hostIPs:
-      {{ range . }}
-      - ip: {{ . | Quote }}
-      {{ end }}
-      {{ end }}
-      {{ with PodIPsWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) }}
-      podIP: {{ index . 0 | Quote }}
-      podIPs:
-      {{ range . }}
-      - ip: {{ . | Quote }}
-      {{ end }}
-      {{ end }}
-      phase: Running
-      startTime: {{ $now | Quote }}
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: teal-pod-job-complete
-spec:
-  resourceRef: {apiGroup: v1, kind: Pod}
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: DoesNotExist
-    - key: '.status.phase'
-      operator: In
-      values: ["Running"]
-    - key: '.metadata.ownerReferences.[].kind'
-      operator: In
-      values: ["Job"]
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      containerStatuses:
-      {{ range .spec.containers }}
-      - name: {{ .name | Quote }}
-        image: {{ .image | Quote }}
-        ready: false
-        started: false
-        restartCount: 0
-        state: {terminated: {exitCode: 0, reason: Completed, startedAt: {{ $now | Quote }}, finishedAt: {{ $now | Quote }}}}
-      {{ end }}
-      phase: Succeeded
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: teal-pod-delete
-spec:
-  resourceRef: {apiGroup: v1, kind: Pod}
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: Exists
-  next:
-    delete: true
-"""
 
 
 class ClusterError(RuntimeError):
     """The local cluster failed to start (the message holds the log tail)."""
 
 
-_LIVE: "weakref.WeakSet[LocalCluster]" = weakref.WeakSet()
+# kwok ships no default Stages inside its binary (kwokctl writes them into a
+# config file); ours are the YAML files of teal_devenv/kwok/, written for what Teal's tests need.
+KWOK_STAGES_DIR = "kwok"  # package data of teal_devenv
+
+
+def kwok_stages() -> str:
+    """The kwok Stages (teal_devenv/kwok/*.yaml, package data) as one multi-document YAML text."""
+    folder = importlib.resources.files("teal_devenv") / KWOK_STAGES_DIR
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".yaml")), key=lambda f: f.name)
+    if not files:
+        raise ClusterError(f"no kwok Stage files in teal_devenv/{KWOK_STAGES_DIR}/")
+    return "---\n".join(f.read_text() for f in files)
+
+
+_LIVE: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
 
 
 @atexit.register
@@ -375,13 +165,13 @@ class LocalCluster:
 
     # ------------------------------------------------------------ lifecycle
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> "LocalCluster":
+    def start(self) -> LocalCluster:
         """Start everything and wait until the cluster is usable (or raise)."""
         with self._lock:
             if self._started:
@@ -529,7 +319,7 @@ class LocalCluster:
     def _start_with_port_retry(
         self, name: str, launch: Callable[[], Component], ready: Callable[[], bool], timeout: float
     ) -> None:
-        for attempt in range(3):
+        for _attempt in range(3):
             comp = launch()
             try:
                 self._wait(ready, timeout, f"{name} to be ready")
@@ -541,9 +331,7 @@ class LocalCluster:
         raise ClusterError(f"{name} could not bind a free port after 3 attempts{self._describe_failure()}")
 
     def _openssl(self, *args: str) -> None:
-        proc = subprocess.run(
-            ["openssl", *args], cwd=self.pki_dir, stdin=subprocess.DEVNULL, capture_output=True, text=True
-        )
+        proc = subprocess.run(["openssl", *args], cwd=self.pki_dir, stdin=subprocess.DEVNULL, capture_output=True, text=True)
         if proc.returncode != 0:
             raise ClusterError(f"openssl {' '.join(args)} failed: {proc.stderr.strip()}")
 
@@ -586,17 +374,54 @@ class LocalCluster:
         )
         ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
         self._openssl(
-            "req", "-x509", "-config", "openssl.cnf", "-extensions", "v3_ca", *ec,
-            "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650", "-subj", f"/CN={self.name}-ca",
+            "req",
+            "-x509",
+            "-config",
+            "openssl.cnf",
+            "-extensions",
+            "v3_ca",
+            *ec,
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "3650",
+            "-subj",
+            f"/CN={self.name}-ca",
         )
         self._openssl(
-            "req", "-new", "-config", "openssl.cnf", *ec,
-            "-keyout", "apiserver.key", "-out", "apiserver.csr", "-subj", "/CN=kube-apiserver",
+            "req",
+            "-new",
+            "-config",
+            "openssl.cnf",
+            *ec,
+            "-keyout",
+            "apiserver.key",
+            "-out",
+            "apiserver.csr",
+            "-subj",
+            "/CN=kube-apiserver",
         )
         self._openssl(
-            "x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-set_serial", str(int.from_bytes(secrets.token_bytes(8), "big")),
-            "-out", "apiserver.crt", "-days", "3650", "-extfile", "openssl.cnf", "-extensions", "v3_server",
+            "x509",
+            "-req",
+            "-in",
+            "apiserver.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            str(int.from_bytes(secrets.token_bytes(8), "big")),
+            "-out",
+            "apiserver.crt",
+            "-days",
+            "3650",
+            "-extfile",
+            "openssl.cnf",
+            "-extensions",
+            "v3_server",
         )
         self._openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key")
         self._openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub")
@@ -798,7 +623,7 @@ class LocalCluster:
         b, wd = self._binaries, self.workdir
         assert b is not None and wd is not None
         config = wd / "kwok.yaml"
-        config.write_text(KWOK_STAGES.lstrip())
+        config.write_text(kwok_stages())
         self._spawn(
             "kwok",
             [
@@ -864,29 +689,21 @@ class LocalCluster:
     # ------------------------------------------------------------ waiting
 
     def _wait(self, fn: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        last: BaseException | None = None
-        while True:
-            for comp in self.components.values():
-                if not comp.alive():
-                    code = comp.proc.returncode if comp.proc else None
-                    raise ClusterError(
-                        f"{comp.name} exited (code {code}) while waiting for {what}; "
-                        f"last lines of {comp.log_path}:\n{comp.tail()}"
-                    )
-            try:
-                if fn():
-                    return
-                last = None
-            except (OSError, ValueError, KeyError, urllib.error.URLError, ssl.SSLError) as exc:
-                last = exc
-            if time.monotonic() >= deadline:
-                raise ClusterError(
-                    f"timed out after {timeout:.0f}s waiting for {what}"
-                    + (f" (last error: {last!r})" if last else "")
-                    + self._describe_failure()
-                )
-            time.sleep(0.1)
+        """Wait for ``fn`` (errors of a server not up yet count as "not yet"); a ClusterError when a
+        component exits meanwhile or the time is up, with the components' log tails."""
+        try:
+            wait_while_alive(
+                self.components.values(),
+                fn,
+                timeout,
+                what,
+                interval=0.1,
+                ignore=(OSError, ValueError, KeyError, urllib.error.URLError, ssl.SSLError),
+            )
+        except ComponentExited as exc:
+            raise ClusterError(str(exc)) from None
+        except WaitTimeout as exc:
+            raise ClusterError(f"{exc}{self._describe_failure()}") from None
 
     def _describe_failure(self) -> str:
         parts = []
@@ -897,8 +714,15 @@ class LocalCluster:
 
     # ------------------------------------------------------------ API access
 
-    def _raw(self, method: str, path: str, body: Any = None, token: str | None = None,
-             content_type: str = "application/json", timeout: float = 10.0) -> tuple[int, bytes]:
+    def _raw(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = None,
+        content_type: str = "application/json",
+        timeout: float = 10.0,
+    ) -> tuple[int, bytes]:
         assert self.server is not None
         data = None
         if body is not None:
@@ -914,8 +738,9 @@ class LocalCluster:
         except urllib.error.HTTPError as e:
             return e.code, e.read()
 
-    def api(self, method: str, path: str, body: Any = None, token: str | None = None,
-            content_type: str = "application/json") -> dict[str, Any]:
+    def api(
+        self, method: str, path: str, body: Any = None, token: str | None = None, content_type: str = "application/json"
+    ) -> dict[str, Any]:
         """Call the API server (admin by default) and return the JSON answer.
 
         Raises ``ClusterError`` for an HTTP status >= 400.
@@ -925,8 +750,9 @@ class LocalCluster:
             raise ClusterError(f"{method} {path} -> {status}: {raw[:1000].decode('utf-8', 'replace')}")
         return json.loads(raw) if raw else {}
 
-    def create_token(self, namespace: str, service_account: str, expiration_seconds: int = 3600,
-                     audiences: list[str] | None = None) -> str:
+    def create_token(
+        self, namespace: str, service_account: str, expiration_seconds: int = 3600, audiences: list[str] | None = None
+    ) -> str:
         """Mint a token for a ServiceAccount with the TokenRequest API."""
         spec: dict[str, Any] = {"expirationSeconds": expiration_seconds}
         if audiences:
@@ -1005,7 +831,7 @@ class LocalCluster:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m teal.devenv.cluster", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m teal_devenv.cluster", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start a local cluster and stay in the foreground until Ctrl-C/SIGTERM")
     up.add_argument("--dir", required=True, help="working folder (kubeconfig, logs)")
@@ -1031,8 +857,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(
-        f"cluster ready in {cluster.timings['total']:.1f}s: {cluster.server} "
-        f"(logs in {cluster.logs_dir}); Ctrl-C stops it",
+        f"cluster ready in {cluster.timings['total']:.1f}s: {cluster.server} (logs in {cluster.logs_dir}); Ctrl-C stops it",
         file=sys.stderr,
         flush=True,
     )

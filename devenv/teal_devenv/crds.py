@@ -1,8 +1,11 @@
 """Install CustomResourceDefinitions into a (local) cluster and wait until they are served."""
+
 from __future__ import annotations
 
+import importlib.resources
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from kubernetes import client
@@ -10,17 +13,18 @@ from kubernetes.client.exceptions import ApiException
 
 from .wait import wait_for
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]  # devenv/teal_devenv/crds.py -> the repository
 
 
 def teal_crd_files() -> list[Path]:
-    """Teal's own CRDs: the package's copy, else the repository's crds/."""
-    here = Path(__file__).resolve().parent.parent
-    for folder in (here / "crds", REPO / "crds"):
+    """Teal's own CRDs: the copy in the operator's package (teal/crds, package data of
+    teal-operator), else the repository's crds/."""
+    shipped = Path(str(importlib.resources.files("teal") / "crds"))
+    for folder in (shipped, REPO / "crds"):
         files = sorted(folder.glob("*.yaml"))
         if files:
             return files
-    raise FileNotFoundError("no CRD files in teal/crds or crds/")
+    raise FileNotFoundError(f"no CRD files in {shipped} or {REPO / 'crds'}")
 
 
 def crd_documents(paths: Iterable[Path]) -> list[dict[str, Any]]:
@@ -32,8 +36,9 @@ def crd_documents(paths: Iterable[Path]) -> list[dict[str, Any]]:
     return docs
 
 
-def install_crds(api_client: client.ApiClient, docs: list[dict[str, Any]], timeout: float = 60,
-                 replace: bool = True) -> list[str]:
+def install_crds(
+    api_client: client.ApiClient, docs: list[dict[str, Any]], timeout: float = 60, replace: bool = True
+) -> list[str]:
     """Create each CRD (or replace it with this version), then wait until all are Established."""
     ext = client.ApiextensionsV1Api(api_client)
     names = []

@@ -28,7 +28,7 @@ In-process (a thread)::
     prom.set_targets([pod_job("green", app.pod_targets(pod_names("checkout-green", 2)))])
     app.stop()
 
-As a subprocess (``python -m teal.devenv.fakeapp --color green --port 0``)::
+As a subprocess (``python -m teal_devenv.fakeapp --color green --port 0``)::
 
     with run_fakeapp("green", "ns") as app:          # FakeAppProcess
         with prom.scrape_pods("ns", api_client, "ns", {"green": app.target}), \
@@ -65,16 +65,30 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 
 from teal.analysis.model import POD_NAME_CHARS, pod_name
-from teal.devenv.procs import Component, main_thread, tail
-from teal.devenv.prometheus import pod_target
+from teal_devenv.procs import (
+    Component,
+    ComponentExited,
+    main_thread,
+    tail,
+    wait_while_alive,
+)
+from teal_devenv.prometheus import pod_target
+from teal_devenv.wait import WaitTimeout
 
 POD_TTL = 5.0  # s: a pod not scraped for this long (deleted, or no longer a target) gets no more requests
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
@@ -116,10 +130,10 @@ class _Metrics:
 
     def __init__(self, codes: list[str]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("http_requests_total", "HTTP requests served, by status code.", ["code"],
-                                registry=self.registry)
-        self.duration = Histogram("http_request_duration_seconds", "Time to answer an HTTP request.",
-                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.requests = Counter("http_requests_total", "HTTP requests served, by status code.", ["code"], registry=self.registry)
+        self.duration = Histogram(
+            "http_request_duration_seconds", "Time to answer an HTTP request.", buckets=LATENCY_BUCKETS, registry=self.registry
+        )
         for code in codes:  # series exist (at 0) from the first scrape, so rate() sees every increment
             self.requests.labels(code)
 
@@ -225,7 +239,7 @@ class FakeApp(_Address):
         assert self._server is not None, "not started"
         return self._server.server_address[1]
 
-    def start(self) -> "FakeApp":
+    def start(self) -> FakeApp:
         app = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -241,7 +255,7 @@ class FakeApp(_Address):
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 url = urllib.parse.urlsplit(self.path)
                 path = url.path
                 if path == "/metrics":
@@ -254,7 +268,7 @@ class FakeApp(_Address):
                 else:
                     app._serve(self)
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 path = urllib.parse.urlsplit(self.path).path
                 if path != "/control":
                     app._serve(self)
@@ -271,8 +285,9 @@ class FakeApp(_Address):
         server = ThreadingHTTPServer((self.host, self._requested_port), Handler)
         server.daemon_threads = True
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name=f"fakeapp-{self.color}", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=f"fakeapp-{self.color}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -297,7 +312,7 @@ class FakeApp(_Address):
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> "FakeApp":
+    def __enter__(self) -> FakeApp:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -311,7 +326,9 @@ def control(url: str, error_rate: float | None = None, latency: float | None = N
     """POST new settings to a fake app's ``/control`` (``url`` is its base URL)."""
     body = {k: v for k, v in (("error_rate", error_rate), ("latency", latency)) if v is not None}
     req = urllib.request.Request(
-        url.rstrip("/") + "/control", data=json.dumps(body).encode(), method="POST",
+        url.rstrip("/") + "/control",
+        data=json.dumps(body).encode(),
+        method="POST",
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=timeout) as r:
@@ -319,10 +336,11 @@ def control(url: str, error_rate: float | None = None, latency: float | None = N
 
 
 class FakeAppProcess(_Address):
-    """Handle on a fake app running as ``python -m teal.devenv.fakeapp``."""
+    """Handle on a fake app running as ``python -m teal_devenv.fakeapp``."""
 
-    def __init__(self, color: str, namespace: str, component: Component, port: int, workdir: Path,
-                 host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, color: str, namespace: str, component: Component, port: int, workdir: Path, host: str = "127.0.0.1"
+    ) -> None:
         self.color = color
         self.namespace = namespace
         self.port = port
@@ -366,7 +384,7 @@ class FakeAppProcess(_Address):
 
         shutil.rmtree(self._workdir, ignore_errors=True)
 
-    def __enter__(self) -> "FakeAppProcess":
+    def __enter__(self) -> FakeAppProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -389,32 +407,46 @@ def run_fakeapp(
     workdir = Path(tempfile.mkdtemp(prefix=f"teal-fakeapp-{color}-"))
     ready = workdir / "port"
     args = [
-        sys.executable, "-m", "teal.devenv.fakeapp",
-        "--color", color, "--namespace", namespace, "--port", str(port),
-        "--error-rate", str(error_rate), "--latency", str(latency), "--ready-file", str(ready),
+        sys.executable,
+        "-m",
+        "teal_devenv.fakeapp",
+        "--color",
+        color,
+        "--namespace",
+        namespace,
+        "--port",
+        str(port),
+        "--error-rate",
+        str(error_rate),
+        "--latency",
+        str(latency),
+        "--ready-file",
+        str(ready),
     ]
     comp = Component(f"fakeapp-{color}", args, workdir / "fakeapp.log", dict(os.environ))
     comp.start(pdeathsig=main_thread())
     handle: FakeAppProcess | None = None
-    deadline = time.monotonic() + timeout
+
+    def answering() -> FakeAppProcess | None:
+        nonlocal handle
+        if handle is None and ready.exists():
+            text = ready.read_text().strip()
+            if text:
+                handle = FakeAppProcess(color, namespace, comp, int(text), workdir)
+        if handle is None:
+            return None
+        with urllib.request.urlopen(handle.url + "/healthz", timeout=2) as r:
+            return handle if r.status == 200 else None
+
     try:
-        while time.monotonic() < deadline:
-            if not comp.alive():
-                raise RuntimeError(f"fakeapp {color} exited with code {comp.proc.returncode}:\n{comp.tail()}")
-            if handle is None and ready.exists():
-                text = ready.read_text().strip()
-                if text:
-                    handle = FakeAppProcess(color, namespace, comp, int(text), workdir)
-            if handle is not None:
-                try:
-                    with urllib.request.urlopen(handle.url + "/healthz", timeout=2) as r:
-                        if r.status == 200:
-                            return handle
-                except OSError:
-                    pass
-            time.sleep(0.05)
-        raise RuntimeError(f"fakeapp {color} did not answer within {timeout}s:\n{tail(comp.log_path)}")
-    except BaseException:
+        return wait_while_alive([comp], answering, timeout, f"fakeapp {color} to answer", interval=0.05)
+    except BaseException as exc:
+        error: BaseException = exc  # the log is read before the cleanup removes it
+        if isinstance(exc, ComponentExited):
+            code = comp.proc.returncode if comp.proc else None
+            error = RuntimeError(f"fakeapp {color} exited with code {code}:\n{comp.tail()}")
+        elif isinstance(exc, WaitTimeout):
+            error = RuntimeError(f"fakeapp {color} did not answer within {timeout}s:\n{tail(comp.log_path)}")
         if handle is not None:
             handle.stop()
         else:
@@ -422,7 +454,9 @@ def run_fakeapp(
             if comp.proc is not None:
                 comp.proc.wait(timeout=5)
             comp.close_log()
-        raise
+        if error is exc:
+            raise
+        raise error from None
 
 
 # --------------------------------------------------------------------- load
@@ -547,7 +581,7 @@ class LoadGenerator:
                     self.sent = n
         self.finished_at = time.time()
 
-    def start(self) -> "LoadGenerator":
+    def start(self) -> LoadGenerator:
         if self._thread is not None:
             raise RuntimeError("a LoadGenerator runs once")
         self._thread = threading.Thread(target=self._run, name="loadgen", daemon=True)
@@ -577,7 +611,7 @@ class LoadGenerator:
                 total.update(c)
             return total
 
-    def __enter__(self) -> "LoadGenerator":
+    def __enter__(self) -> LoadGenerator:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -588,7 +622,7 @@ class LoadGenerator:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m teal.devenv.fakeapp", description="Serve one colour of a fake app.")
+    p = argparse.ArgumentParser(prog="python -m teal_devenv.fakeapp", description="Serve one colour of a fake app.")
     p.add_argument("--color", required=True)
     p.add_argument("--namespace", default="default")
     p.add_argument("--host", default="127.0.0.1")
@@ -602,8 +636,15 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: done.set())
-    app = FakeApp(args.color, args.namespace, host=args.host, port=args.port,
-                  error_rate=args.error_rate, latency=args.latency, error_code=args.error_code).start()
+    app = FakeApp(
+        args.color,
+        args.namespace,
+        host=args.host,
+        port=args.port,
+        error_rate=args.error_rate,
+        latency=args.latency,
+        error_code=args.error_code,
+    ).start()
     if args.ready_file:
         tmp = args.ready_file + ".tmp"
         with open(tmp, "w") as f:

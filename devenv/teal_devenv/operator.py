@@ -1,5 +1,6 @@
 """`teal run` as a real subprocess, for tests, benchmarks and the sandbox (so it can be
 killed at any line and started again)."""
+
 from __future__ import annotations
 
 import os
@@ -8,12 +9,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds the teal package
+import teal
+
+PACKAGE_ROOT = Path(teal.__file__).resolve().parents[1]  # the folder that holds the teal package
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: str, log_path: Path, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None, log_level: str = "info"):
+    def __init__(
+        self,
+        kubeconfig: str,
+        log_path: Path,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        log_level: str = "info",
+    ):
         self.kubeconfig = kubeconfig
         self.log_path = Path(log_path)
         self.extra_args = extra_args or []
@@ -21,14 +30,28 @@ class OperatorProcess:
         self.log_level = log_level
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "OperatorProcess":
+    def start(self) -> OperatorProcess:
         env = dict(os.environ, KUBECONFIG=self.kubeconfig, PYTHONUNBUFFERED="1", **self.env)
         env["PYTHONPATH"] = str(PACKAGE_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "teal.main", "run", "--liveness-port", "0", "--metrics-port", "0",
-                 "--log-level", self.log_level, *self.extra_args],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "teal.main",
+                    "run",
+                    "--liveness-port",
+                    "0",
+                    "--metrics-port",
+                    "0",
+                    "--log-level",
+                    self.log_level,
+                    *self.extra_args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
             )
         return self
 
@@ -58,7 +81,7 @@ class OperatorProcess:
         except OSError:
             return ""
 
-    def __enter__(self) -> "OperatorProcess":
+    def __enter__(self) -> OperatorProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -11,6 +11,7 @@ same meta labels), so a scrape config's ``relabel_configs`` run unchanged on rea
     with PodDiscovery(api_client, "shop", workdir / "shop.json"):
         ...  # file_sd_configs: [{files: [".../shop.json"]}] + the relabel_configs of a PodMonitor
 """
+
 from __future__ import annotations
 
 import json
@@ -62,16 +63,23 @@ def pod_groups(pods) -> list[dict[str, Any]]:
             continue  # kubernetes_sd: a pod without an IP has no targets
         containers = [(c, False) for c in pod.spec.containers] + [(c, True) for c in pod.spec.init_containers or []]
         for c, init in containers:
-            base = {f"{META}pod_container_name": c.name, f"{META}pod_container_image": c.image or "",
-                    f"{META}pod_container_init": str(init).lower()}
+            base = {
+                f"{META}pod_container_name": c.name,
+                f"{META}pod_container_image": c.image or "",
+                f"{META}pod_container_init": str(init).lower(),
+            }
             for port in c.ports or [None]:
                 labels = {**_pod_labels(pod), **base}
                 address = ip
                 if port is not None:
                     address = f"{ip}:{port.container_port}"
-                    labels.update({f"{META}pod_container_port_name": port.name or "",
-                                   f"{META}pod_container_port_number": str(port.container_port),
-                                   f"{META}pod_container_port_protocol": port.protocol or "TCP"})
+                    labels.update(
+                        {
+                            f"{META}pod_container_port_name": port.name or "",
+                            f"{META}pod_container_port_number": str(port.container_port),
+                            f"{META}pod_container_port_protocol": port.protocol or "TCP",
+                        }
+                    )
                 groups.append({"targets": [address], "labels": labels})
     return groups
 
@@ -108,7 +116,7 @@ class PodDiscovery:
         while not self._stop.wait(self.period):
             self.sync()
 
-    def start(self) -> "PodDiscovery":
+    def start(self) -> PodDiscovery:
         """Write the pods now, then follow them; a started discovery is left as it is."""
         if self._thread.is_alive():
             return self
@@ -124,7 +132,7 @@ class PodDiscovery:
         if self._thread.is_alive():
             self._thread.join(5)
 
-    def __enter__(self) -> "PodDiscovery":
+    def __enter__(self) -> PodDiscovery:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -15,8 +15,13 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from .wait import wait_for
+
+T = TypeVar("T")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -91,7 +96,7 @@ class Component:
 
     def start(self, pdeathsig: bool) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab", buffering=0)
+        self._log = open(self.log_path, "ab", buffering=0)  # noqa: SIM115 (open while the process runs)
         self._log.write(f"### {time.strftime('%H:%M:%S')} starting: {' '.join(self.args)}\n".encode())
         argv = list(self.args)
         # Die with the parent even if it is SIGKILLed (only valid from the main
@@ -133,6 +138,41 @@ class Component:
 
     def tail(self, lines: int = 40) -> str:
         return tail(self.log_path, lines)
+
+
+class ComponentExited(RuntimeError):
+    """A child process exited while something waited on it (the message holds its log tail)."""
+
+    def __init__(self, component: Component, what: str) -> None:
+        code = component.proc.returncode if component.proc else None
+        super().__init__(
+            f"{component.name} exited (code {code}) while waiting for {what}; "
+            f"last lines of {component.log_path}:\n{component.tail()}"
+        )
+        self.component = component
+
+
+def wait_while_alive(
+    components: Iterable[Component],
+    fn: Callable[[], T],
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+    ignore: tuple[type[BaseException], ...] = (OSError,),
+) -> T:
+    """:func:`~teal_devenv.wait.wait_for` ``fn``, failing at once with :class:`ComponentExited`
+    when one of ``components`` exits (instead of waiting out the timeout)."""
+    if any(issubclass(ComponentExited, kind) for kind in ignore):
+        raise ValueError(f"ignore={ignore!r} would hide ComponentExited")
+    watched = list(components)
+
+    def alive_and_ready() -> T:
+        for comp in watched:
+            if not comp.alive():
+                raise ComponentExited(comp, what)
+        return fn()
+
+    return wait_for(alive_and_ready, timeout=timeout, interval=interval, what=what, ignore=ignore)
 
 
 def sweep_stale_dirs(parent: str | os.PathLike, prefix: str, min_age: float = 600.0) -> list[str]:

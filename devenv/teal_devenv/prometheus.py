@@ -2,7 +2,7 @@
 
 Usage::
 
-    from teal.devenv.prometheus import LocalPrometheus
+    from teal_devenv.prometheus import LocalPrometheus
 
     with LocalPrometheus() as prom:                     # start()/stop()
         prom.set_targets({"fakeapp": ["127.0.0.1:8081"]})
@@ -14,7 +14,7 @@ The scrape and evaluation intervals are 1 s; ``--web.enable-lifecycle`` lets
 
 Targets carry the labels Prometheus gives a real pod, never labels an app invents.
 :meth:`LocalPrometheus.scrape_pods` discovers a namespace's pods from the local cluster
-(with kubernetes_sd's meta labels, teal.devenv.podsd) and labels them as a PodMonitor does
+(with kubernetes_sd's meta labels, teal_devenv.podsd) and labels them as a PodMonitor does
 (``namespace``, ``pod``, ``container``; ``honor_labels: false``), the local process
 playing each colour answering for its pods; without a cluster, ``pod_target``/``pod_job``
 label a process as made-up pods::
@@ -39,24 +39,27 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from teal.devenv.procs import (
+from teal_devenv.procs import (
     Component,
+    ComponentExited,
     aliased_binary,
     free_port,
     main_thread,
     processes_mentioning,
     sweep_stale_dirs,
     tail,
+    wait_while_alive,
 )
-from teal.devenv.wait import WaitTimeout
+from teal_devenv.wait import WaitTimeout
 
 if TYPE_CHECKING:
-    from teal.devenv.podsd import PodDiscovery
+    from teal_devenv.podsd import PodDiscovery
 
 DEFAULT_BINARY = "/usr/bin/prometheus"
 
@@ -65,10 +68,9 @@ def pod_target(address: str, *, namespace: str, pod: str, container: str = "app"
     """A target group: scrape ``address`` as pod ``pod``, labelled as a PodMonitor would.
 
     ``__param_pod`` makes Prometheus ask ``/metrics?pod=<pod>``, so one local process can
-    serve each pod it plays (teal.devenv.fakeapp) as a target of its own.
+    serve each pod it plays (teal_devenv.fakeapp) as a target of its own.
     """
-    return {"targets": [address],
-            "labels": {"namespace": namespace, "pod": pod, "container": container, "__param_pod": pod}}
+    return {"targets": [address], "labels": {"namespace": namespace, "pod": pod, "container": container, "__param_pod": pod}}
 
 
 def pod_job(job: str, groups: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -> dict[str, Any]:
@@ -83,9 +85,8 @@ def _meta(label: str) -> str:
     return "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in label)
 
 
-def pod_sd_job(job: str, sd_file: str | os.PathLike, apps: Mapping[str, str], *,
-               rollout: str | None = None) -> dict[str, Any]:
-    """The scrape config of ``LocalPrometheus.scrape_pods``: the pods that teal.devenv.podsd
+def pod_sd_job(job: str, sd_file: str | os.PathLike, apps: Mapping[str, str], *, rollout: str | None = None) -> dict[str, Any]:
+    """The scrape config of ``LocalPrometheus.scrape_pods``: the pods that teal_devenv.podsd
     discovers as kubernetes_sd would, relabelled as a PodMonitor's are (prometheus-operator:
     running pods, target labels namespace, container, pod), plus the address of the process
     playing each pod's colour."""
@@ -121,7 +122,7 @@ class PrometheusError(RuntimeError):
     """Prometheus failed to start, reload or answer."""
 
 
-_LIVE: "weakref.WeakSet[LocalPrometheus]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[LocalPrometheus] = weakref.WeakSet()
 
 
 @atexit.register
@@ -142,7 +143,7 @@ def _binary() -> str:
     found = shutil.which("prometheus")
     if found:
         return found
-    from teal.devenv.binaries import find_binaries
+    from teal_devenv.binaries import find_binaries
 
     return find_binaries().prometheus
 
@@ -187,7 +188,7 @@ class LocalPrometheus:
 
     # ------------------------------------------------------------ lifecycle
 
-    def __enter__(self) -> "LocalPrometheus":
+    def __enter__(self) -> LocalPrometheus:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -197,7 +198,7 @@ class LocalPrometheus:
     def pid(self) -> int | None:
         return self._component.pid if self._component else None
 
-    def start(self) -> "LocalPrometheus":
+    def start(self) -> LocalPrometheus:
         with self._lock:
             if self._started:
                 return self
@@ -233,44 +234,50 @@ class LocalPrometheus:
         self._write_config()
         # under another name it survives the `pkill -x prometheus` of hack/build-binaries.sh
         binary = aliased_binary(binary, "teal-prometheus", self.workdir / "bin")
-        env = {k: v for k, v in os.environ.items()}
-        for attempt in range(3):
-            self.port = free_port()
-            self.url = f"http://127.0.0.1:{self.port}"
-            comp = Component(
-                "prometheus",
-                [
-                    binary,
-                    f"--config.file={self.config_file}",
-                    f"--storage.tsdb.path={self._tsdb}",
-                    f"--storage.tsdb.retention.time={self.retention}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    f"--web.external-url={self.url}",
-                    "--web.enable-lifecycle",
-                    "--log.level=warn",
-                ],
-                self.log_path,
-                env,
-            )
-            self._component = comp
-            comp.start(pdeathsig=main_thread())
-            deadline = time.monotonic() + self.start_timeout
-            while time.monotonic() < deadline:
-                if not comp.alive():
-                    break
-                try:
-                    with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
-                        if r.status == 200:
-                            return
-                except (OSError, urllib.error.URLError):
-                    pass
-                time.sleep(0.1)
-            if comp.alive():
-                raise PrometheusError(f"Prometheus not ready after {self.start_timeout}s:\n{comp.tail()}")
-            if "address already in use" not in comp.tail(100):
-                raise PrometheusError(f"Prometheus exited with code {comp.proc.returncode}:\n{comp.tail()}")
-            comp.close_log()
+        for _attempt in range(3):
+            if self._launch(binary):
+                return
         raise PrometheusError("Prometheus could not bind a free port after 3 attempts")
+
+    def _launch(self, binary: str) -> bool:
+        """Start Prometheus on a free port and wait until it is ready; False when the port was
+        taken between choosing it and binding it (try again)."""
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        assert self.log_path is not None
+        comp = Component(
+            "prometheus",
+            [
+                binary,
+                f"--config.file={self.config_file}",
+                f"--storage.tsdb.path={self._tsdb}",
+                f"--storage.tsdb.retention.time={self.retention}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--web.external-url={self.url}",
+                "--web.enable-lifecycle",
+                "--log.level=warn",
+            ],
+            self.log_path,
+            dict(os.environ),
+        )
+        self._component = comp
+        comp.start(pdeathsig=main_thread())
+
+        def ready() -> bool:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
+                return r.status == 200
+
+        try:
+            wait_while_alive([comp], ready, self.start_timeout, "Prometheus to be ready", interval=0.1)
+        except WaitTimeout:
+            raise PrometheusError(f"Prometheus not ready after {self.start_timeout}s:\n{comp.tail()}") from None
+        except ComponentExited:
+            if "address already in use" not in comp.tail(100):
+                code = comp.proc.returncode if comp.proc else None
+                raise PrometheusError(f"Prometheus exited with code {code}:\n{comp.tail()}") from None
+            comp.close_log()
+            return False
+        return True
 
     def stop(self) -> None:
         """Stop Prometheus (SIGTERM, then SIGKILL) and remove its data. Idempotent."""
@@ -338,10 +345,7 @@ class LocalPrometheus:
     @staticmethod
     def _normalise(jobs: Mapping[str, Sequence[str]] | Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if isinstance(jobs, Mapping):
-            return [
-                {"job_name": job, "static_configs": [{"targets": list(targets)}]}
-                for job, targets in jobs.items()
-            ]
+            return [{"job_name": job, "static_configs": [{"targets": list(targets)}]} for job, targets in jobs.items()]
         return [dict(sc) for sc in jobs]
 
     def set_targets(
@@ -388,13 +392,14 @@ class LocalPrometheus:
                 return False
         return True
 
-    def scrape_pods(self, job: str, api_client, namespace: str, apps: Mapping[str, str], *,
-                    rollout: str | None = None, timeout: float = 20.0) -> "PodDiscovery":
+    def scrape_pods(
+        self, job: str, api_client, namespace: str, apps: Mapping[str, str], *, rollout: str | None = None, timeout: float = 20.0
+    ) -> PodDiscovery:
         """Replace every scrape config with one that scrapes the pods of ``namespace`` as a
         PodMonitor does; returns the running pod discovery (stop it, or use ``with``).
 
         The pods are discovered from the cluster (``api_client``) with the meta labels of
-        kubernetes_sd (teal.devenv.podsd: Debian's Prometheus has no kubernetes_sd) and
+        kubernetes_sd (teal_devenv.podsd: Debian's Prometheus has no kubernetes_sd) and
         relabelled as prometheus-operator relabels a PodMonitor's: targets are labelled
         ``namespace``, ``pod`` and ``container``; the pods' own labels are not kept. Pods on
         kwok nodes run nothing, so one relabelling differs from a real cluster: the local
@@ -402,7 +407,7 @@ class LocalPrometheus:
         (label ``teal.dev/color``; of Rollout ``rollout`` when given), asked for
         ``/metrics?pod=<name>``. Pods of other colours are not scraped.
         """
-        from teal.devenv.podsd import PodDiscovery
+        from teal_devenv.podsd import PodDiscovery
 
         assert self.workdir is not None, "not started"
         discovery = PodDiscovery(api_client, namespace, self.workdir / "file_sd" / f"{job}.json").start()
@@ -503,22 +508,20 @@ class LocalPrometheus:
         return value
 
     def _wait(self, fn: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
-        deadline = time.monotonic() + timeout
-        last: BaseException | None = None
-        while True:
-            if self._component is not None and not self._component.alive():
-                raise PrometheusError(f"Prometheus exited while waiting for {what}:\n{self._component.tail()}")
-            try:
-                if fn():
-                    return
-                last = None
-            except (OSError, PrometheusError, ValueError, KeyError) as exc:
-                last = exc
-            if time.monotonic() >= deadline:
-                raise WaitTimeout(
-                    f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last!r})" if last else "")
-                )
-            time.sleep(interval)
+        """Wait for ``fn`` (API errors count as "not yet"): WaitTimeout when the time is up, a
+        PrometheusError at once when Prometheus exits meanwhile."""
+        try:
+            wait_while_alive(
+                [self._component] if self._component is not None else [],
+                fn,
+                timeout,
+                what,
+                interval=interval,
+                ignore=(OSError, PrometheusError, ValueError, KeyError),
+            )
+        except ComponentExited:
+            tail_text = self._component.tail() if self._component is not None else ""
+            raise PrometheusError(f"Prometheus exited while waiting for {what}:\n{tail_text}") from None
 
     def __repr__(self) -> str:
         return f"<LocalPrometheus url={self.url} running={self.running}>"

@@ -9,14 +9,17 @@ thread reads, every `period` seconds, what a real data plane would obey:
 and re-weights the LoadGenerator. It only ever sends to loopback addresses and stops by
 itself after `duration` seconds.
 """
+
 from __future__ import annotations
 
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import kubernetes
 
-from ..api import LABEL_COLOR
+from teal.api import LABEL_COLOR
+
 from .fakeapp import LoadGenerator
 
 
@@ -86,7 +89,7 @@ class ClusterTraffic:
                     self.split = split
             self._stop.wait(self.period)
 
-    def start(self) -> "ClusterTraffic":
+    def start(self) -> ClusterTraffic:
         self.split = {}
         split = self.current_split()
         if split:
@@ -101,7 +104,7 @@ class ClusterTraffic:
         self.load.stop()
         self._thread.join(5)
 
-    def __enter__(self) -> "ClusterTraffic":
+    def __enter__(self) -> ClusterTraffic:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

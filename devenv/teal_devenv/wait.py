@@ -1,10 +1,13 @@
-"""Polling helpers: wait on a condition with a timeout, never a bare sleep."""
+"""The one polling helper of the dev environment: wait on a condition with a timeout, never a
+bare sleep. (``procs.wait_while_alive`` is the same wait that also fails at once when a child
+process it depends on exits.)"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -24,6 +27,13 @@ class WaitTimeout(TimeoutError):
 
 def _describe(what: str | None, fn: Callable) -> str:
     return what or getattr(fn, "__name__", None) or repr(fn)
+
+
+def _timed_out(
+    timeout: float, what: str | None, fn: Callable, last_value: object, last_error: BaseException | None
+) -> WaitTimeout:
+    detail = f"last error: {last_error!r}" if last_error is not None else f"last value: {last_value!r}"
+    return WaitTimeout(f"timed out after {timeout:.1f}s waiting for {_describe(what, fn)} ({detail})", last_value, last_error)
 
 
 def wait_for(
@@ -53,12 +63,7 @@ def wait_for(
             last_value = value
             last_error = None
         if time.monotonic() >= deadline:
-            detail = f"last error: {last_error!r}" if last_error is not None else f"last value: {last_value!r}"
-            raise WaitTimeout(
-                f"timed out after {timeout:.1f}s waiting for {_describe(what, fn)} ({detail})",
-                last_value,
-                last_error,
-            )
+            raise _timed_out(timeout, what, fn, last_value, last_error)
         time.sleep(max(0.01, min(interval, deadline - time.monotonic())))
 
 
@@ -87,10 +92,5 @@ async def async_wait_for(
             last_value = value
             last_error = None
         if loop.time() >= deadline:
-            detail = f"last error: {last_error!r}" if last_error is not None else f"last value: {last_value!r}"
-            raise WaitTimeout(
-                f"timed out after {timeout:.1f}s waiting for {_describe(what, fn)} ({detail})",
-                last_value,
-                last_error,
-            )
+            raise _timed_out(timeout, what, fn, last_value, last_error)
         await asyncio.sleep(max(0.01, min(interval, deadline - loop.time())))
