@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from teal.analysis.engine import rollout_variables
-from teal.devenv.fakeapp import FakeApp, LoadGenerator, pod_names
-from teal.devenv.prometheus import LocalPrometheus, pod_job
+from teal_devenv.fakeapp import FakeApp, LoadGenerator, pod_names
+from teal_devenv.prometheus import LocalPrometheus, pod_job
 
 NS = "analysis"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "analysis-queries.md"

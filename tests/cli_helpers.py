@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from teal.devenv.wait import wait_for
+from teal_devenv.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "teal"
@@ -34,7 +34,7 @@ GROUP, VERSION, PLURAL = "teal.dev", "v1alpha1", "rollouts"
 
 @pytest.fixture(scope="session")
 def binaries():
-    from teal.devenv.binaries import find_binaries
+    from teal_devenv.binaries import find_binaries
 
     return find_binaries()
 

@@ -1,10 +1,10 @@
 """Shared fixtures: a real local Kubernetes control plane and a real Prometheus.
 
-* ``cluster``    (session)  -- a started :class:`teal.devenv.cluster.LocalCluster`;
+* ``cluster``    (session)  -- a started :class:`teal_devenv.cluster.LocalCluster`;
                                ``KUBECONFIG`` points at it for the session.
 * ``k8s``        (session)  -- a ``kubernetes.client.ApiClient`` for it (admin).
 * ``namespace``  (function) -- a fresh namespace name, deleted afterwards.
-* ``prometheus`` (session)  -- a started :class:`teal.devenv.prometheus.LocalPrometheus`
+* ``prometheus`` (session)  -- a started :class:`teal_devenv.prometheus.LocalPrometheus`
                                with no targets (tests call ``set_targets``).
 
 Tests that use the cluster are marked ``@pytest.mark.cluster``; those using
@@ -23,9 +23,9 @@ from typing import Iterator
 
 import pytest
 
-from teal.devenv.cluster import LocalCluster
-from teal.devenv.procs import live_children
-from teal.devenv.prometheus import LocalPrometheus
+from teal_devenv.cluster import LocalCluster
+from teal_devenv.procs import live_children
+from teal_devenv.prometheus import LocalPrometheus
 
 # Fixtures of the helper modules, registered once for the whole session (a fixture
 # imported into several test modules would otherwise exist once per module: several
@@ -34,7 +34,8 @@ pytest_plugins: list[str] = ["operator_helpers", "routing_helpers", "cli_helpers
 
 # The suite shares 2 cores with a control plane and Prometheus: property tests judge
 # behaviour, never speed (speed belongs in bench/).
-from hypothesis import HealthCheck, settings as _hypothesis_settings  # noqa: E402
+from hypothesis import HealthCheck  # noqa: E402
+from hypothesis import settings as _hypothesis_settings
 
 _hypothesis_settings.register_profile("teal", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 _hypothesis_settings.load_profile("teal")

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from teal.devenv.operator import OperatorProcess
+from teal_devenv.operator import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 SHELLS = {"sh", "bash", "shell", "console", "zsh"}
@@ -320,7 +320,7 @@ def talks_to_cluster(blocks: list[Block]) -> bool:
 def terminal(tmp: Path, tools: list[str], with_cluster: bool) -> Iterator[tuple[Shell, ChartOperators | None]]:
     """A user's terminal in a copy of the repository, with (when asked) an empty local cluster of its own
     and the chart's operators started as releases appear."""
-    from teal.devenv.cluster import LocalCluster
+    from teal_devenv.cluster import LocalCluster
 
     home = tmp / "home"
     home.mkdir()

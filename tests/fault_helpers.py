@@ -47,6 +47,7 @@ from teal import kopf_compat
 from teal.api import ANNOTATION_CLAIMED_BY, ANNOTATION_HASH, ANNOTATION_REVISION, LABEL_COLOR, LABEL_ROLLOUT, template_hash
 from teal.controller import Controller, Loop
 from teal.kube import Kube, claim_value
+from teal_devenv.wait import WaitTimeout, async_wait_for
 
 ROLLOUTS = kmock.resource("teal.dev", "v1alpha1", "rollouts")
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
@@ -518,11 +519,7 @@ def switched(api: FakeApi, ns: str, name: str) -> bool:
 
 async def until(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
     """Poll `pred` on the event loop until it is truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(interval)
+    try:
+        return await async_wait_for(pred, timeout=timeout, interval=interval, what=what, ignore=())
+    except WaitTimeout:
+        raise AssertionError(f"not within {timeout}s: {what}") from None

@@ -136,7 +136,7 @@ class ImageProcess:
 
     def image_pid(self) -> int | None:
         """The pid of the image's process (the child of unshare), once it runs the image's Python."""
-        from teal.devenv.procs import live_children
+        from teal_devenv.procs import live_children
 
         for pid, cmd in live_children(self.proc.pid) if self.proc else []:
             if "unshare" not in cmd and "sh -c" not in cmd:

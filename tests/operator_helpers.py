@@ -14,8 +14,8 @@ import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from teal.devenv.operator import OperatorProcess
-from teal.devenv.wait import wait_for
+from teal_devenv.operator import OperatorProcess
+from teal_devenv.wait import wait_for
 
 __all__ = ["OperatorProcess", "Env", "EndpointRecorder", "rollout", "pod_template", "service"]
 

@@ -23,9 +23,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from teal.api import TrafficRouting
-from teal.devenv.crds import install_crds as devenv_install_crds
-from teal.devenv.wait import wait_for
 from teal.routers import ColorServices, make_router
+from teal_devenv.crds import install_crds as devenv_install_crds
+from teal_devenv.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 FETCH = ROOT / "hack" / "fetch-router-crds.sh"

@@ -19,7 +19,7 @@ from teal.analysis import AnalysisConfigError, parse_metrics
 from teal.analysis.kube import secret_reader, template_fetcher
 from teal.analysis.model import _METRIC_FIELDS
 from teal.analysis.prometheus import provider_from_spec
-from teal.devenv.wait import wait_for
+from teal_devenv.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD_FILE = ROOT / "crds" / "analysistemplates.yaml"

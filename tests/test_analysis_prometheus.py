@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import base64
-import re
 import dataclasses
 import datetime as dt
+import re
 import shutil
 
 import pytest
@@ -32,9 +32,9 @@ from teal.analysis import (
 )
 from teal.analysis.engine import evaluate
 from teal.analysis.prometheus import PrometheusProvider, provider_from_spec
-from teal.devenv.procs import free_port
-from teal.devenv.prometheus import LocalPrometheus
-from teal.devenv.wait import wait_for
+from teal_devenv.procs import free_port
+from teal_devenv.prometheus import LocalPrometheus
+from teal_devenv.wait import wait_for
 
 pytestmark = pytest.mark.prometheus
 

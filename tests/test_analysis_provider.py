@@ -27,7 +27,7 @@ from teal.analysis.prometheus import (
     _parse_result,
     provider_from_spec,
 )
-from teal.devenv.procs import free_port
+from teal_devenv.procs import free_port
 
 T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 VARS = rollout_variables(

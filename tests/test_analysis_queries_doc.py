@@ -4,7 +4,7 @@ passes promtool and, run by a real Prometheus on the local cluster's pods, gives
 `teal_color`.
 
 Debian's Prometheus 2.42 (promtool too) is built without kubernetes_sd, so the job's
-`kubernetes_sd_configs` is swapped for the file_sd that teal.devenv.podsd fills with the
+`kubernetes_sd_configs` is swapped for the file_sd that teal_devenv.podsd fills with the
 same targets and meta labels kubernetes_sd gives the pods; the relabel_configs run as
 written."""
 from __future__ import annotations
@@ -22,11 +22,11 @@ from teal.analysis import parse_metrics
 from teal.analysis.engine import rollout_variables
 from teal.analysis.model import check_promql, pod_name, pod_regex, render, with_color
 from teal.analysis.prometheus import resolve_queries
-from teal.devenv.fakeapp import FakeApp
-from teal.devenv.crds import crd_documents, install_crds
-from teal.devenv.podsd import PodDiscovery
-from teal.devenv.prometheus import pod_sd_job
-from teal.devenv.wait import wait_for
+from teal_devenv.crds import crd_documents, install_crds
+from teal_devenv.fakeapp import FakeApp
+from teal_devenv.podsd import PodDiscovery
+from teal_devenv.prometheus import pod_sd_job
+from teal_devenv.wait import wait_for
 
 VARS = rollout_variables(namespace="shop", name="checkout", color="green", stable_color="blue", revision=3,
                          stable_revision=2, active_services=["checkout"], preview_service="checkout-preview")

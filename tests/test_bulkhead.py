@@ -24,8 +24,8 @@ from operator_helpers import Env, rollout
 from teal.analysis import SUCCESSFUL
 from teal.analysis.engine import evaluate_async, rollout_variables
 from teal.analysis.prometheus import PER_SERVER_LIMIT, ProviderCache
-from teal.devenv.prometheus import LocalPrometheus
-from teal.devenv.wait import wait_for
+from teal_devenv.prometheus import LocalPrometheus
+from teal_devenv.wait import wait_for
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(120)]
 

@@ -17,9 +17,9 @@ import threading
 import time
 
 import pytest
-from operator_helpers import EndpointRecorder, Env, OperatorProcess, rollout
 
-from teal.devenv.wait import wait_for
+from operator_helpers import EndpointRecorder, Env, OperatorProcess, rollout
+from teal_devenv.wait import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus, pytest.mark.timeout(300)]
 

@@ -21,7 +21,7 @@ from cli_helpers import (
     wait_line,
 )
 from teal.api import template_hash
-from teal.devenv.wait import wait_for
+from teal_devenv.wait import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("no_operator")]  # statuses written by hand
 

@@ -16,14 +16,21 @@ import kubernetes.client as k
 import pytest
 from kubernetes.client.rest import ApiException
 
-from teal import api, core
-from teal.devenv.binaries import find_binaries
-from teal.devenv.wait import wait_for
-
 import sim
 from crd_helpers import (
-    ROLLOUT_CRD, apply_defaults, docs, example_files, expectation, invalid_files, node, rollout_crd, rollouts,
+    ROLLOUT_CRD,
+    apply_defaults,
+    docs,
+    example_files,
+    expectation,
+    invalid_files,
+    node,
+    rollout_crd,
+    rollouts,
 )
+from teal import api, core
+from teal_devenv.binaries import find_binaries
+from teal_devenv.wait import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("no_operator")]  # statuses written by hand
 

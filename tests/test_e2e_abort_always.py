@@ -15,9 +15,9 @@ from typing import Iterator
 import kubernetes.client as k
 import pytest
 from kubernetes.client.rest import ApiException
-from operator_helpers import EndpointRecorder, Env, rollout
 
-from teal.devenv.wait import wait_for
+from operator_helpers import EndpointRecorder, Env, rollout
+from teal_devenv.wait import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 

@@ -1,7 +1,7 @@
 """Prometheus analysis with the real operator, a real Prometheus and local processes that
 play the blue and green versions (served traffic split as the cluster's Services say).
 
-Prometheus discovers the Rollout's pods from the apiserver (teal.devenv.podsd, kubernetes_sd's
+Prometheus discovers the Rollout's pods from the apiserver (teal_devenv.podsd, kubernetes_sd's
 meta labels) and labels them as a PodMonitor does (`namespace`, `pod`, `container`), so the queries select a colour by
 its real pod names ({{podRegex}}), exactly as in a user's cluster."""
 from __future__ import annotations
@@ -13,13 +13,13 @@ import time
 
 import kubernetes
 import pytest
+
 from analysis_helpers import doc_template
 from operator_helpers import EndpointRecorder, Env, rollout
-
 from teal.analysis.model import pod_regex
-from teal.devenv.fakeapp import run_fakeapp
-from teal.devenv.traffic import ClusterTraffic
-from teal.devenv.wait import wait_for
+from teal_devenv.fakeapp import run_fakeapp
+from teal_devenv.traffic import ClusterTraffic
+from teal_devenv.wait import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus, pytest.mark.timeout(240)]
 

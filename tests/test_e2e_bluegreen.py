@@ -6,9 +6,9 @@ checks that once the first release is ready they never drop to zero and never mi
 from __future__ import annotations
 
 import pytest
-from operator_helpers import EndpointRecorder, Env, pod_template, rollout
 
-from teal.devenv.wait import wait_for
+from operator_helpers import EndpointRecorder, Env, pod_template, rollout
+from teal_devenv.wait import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 

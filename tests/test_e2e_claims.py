@@ -16,10 +16,10 @@ from typing import Any
 
 import kubernetes
 import pytest
-from operator_helpers import Env, rollout
-from test_e2e_rejected import metered  # noqa: F401  (fixture: an operator with a metrics endpoint)
 
-from teal.devenv.wait import wait_for
+from operator_helpers import Env, rollout
+from teal_devenv.wait import wait_for
+from test_e2e_rejected import metered  # noqa: F401  (fixture: an operator with a metrics endpoint)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 

@@ -8,9 +8,9 @@ import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from operator_helpers import Env, OperatorProcess, rollout
 
-from teal.devenv.wait import wait_for
+from operator_helpers import Env, OperatorProcess, rollout
+from teal_devenv.wait import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 

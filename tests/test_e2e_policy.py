@@ -10,10 +10,10 @@ import uuid
 
 import kubernetes
 import pytest
+
 from cli_helpers import teal
 from operator_helpers import Env, OperatorProcess, rollout
-
-from teal.devenv.wait import wait_for
+from teal_devenv.wait import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 G, V = "teal.dev", "v1alpha1"

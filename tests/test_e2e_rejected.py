@@ -17,11 +17,11 @@ import urllib.request
 from typing import Iterator
 
 import pytest
-from operator_helpers import _SESSION_OPERATORS, EndpointRecorder, Env, OperatorProcess, pod_template, rollout
 from prometheus_client.parser import text_string_to_metric_families
 
-from teal.devenv.procs import free_port
-from teal.devenv.wait import wait_for
+from operator_helpers import _SESSION_OPERATORS, EndpointRecorder, Env, OperatorProcess, pod_template, rollout
+from teal_devenv.procs import free_port
+from teal_devenv.wait import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 

@@ -11,9 +11,9 @@ reported the same way for as long as it has no ready pod.
 from __future__ import annotations
 
 import pytest
-from operator_helpers import EndpointRecorder, Env, rollout
 
-from teal.devenv.wait import wait_for
+from operator_helpers import EndpointRecorder, Env, rollout
+from teal_devenv.wait import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 

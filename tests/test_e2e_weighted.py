@@ -11,10 +11,10 @@ import threading
 
 import kubernetes
 import pytest
+
 from operator_helpers import Env, pod_template
 from routing_helpers import ACTIVE, ROLLOUT, RoutingEnv
-
-from teal.devenv.wait import wait_for
+from teal_devenv.wait import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -197,8 +197,8 @@ def test_traffic_follows_the_route_and_analysis_runs_at_each_step(
 ):
     """A load generator splits its requests by the weights it reads from the HTTPRoute;
     the real Prometheus sees the traffic move, and the steps' analysis runs on it."""
-    from teal.devenv.fakeapp import run_fakeapp
-    from teal.devenv.traffic import ClusterTraffic
+    from teal_devenv.fakeapp import run_fakeapp
+    from teal_devenv.traffic import ClusterTraffic
 
     routing = RoutingEnv(k8s, namespace, owner)
     routing.active_service(color=None)

@@ -4,11 +4,11 @@ real operator running and the active Service's endpoints watched throughout."""
 from __future__ import annotations
 
 import pytest
-from cli_helpers import teal
 from kubernetes.client.exceptions import ApiException
-from operator_helpers import EndpointRecorder, Env, app_env, live_rollout, rollout
 
-from teal.devenv.wait import wait_for
+from cli_helpers import teal
+from operator_helpers import EndpointRecorder, Env, app_env, live_rollout, rollout
+from teal_devenv.wait import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 

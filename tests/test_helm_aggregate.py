@@ -16,8 +16,16 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from cli_helpers import Rollouts, installed_chart, kubeconfig_env, progressing_status, rollout_manifest, teal
-from cli_helpers import run, temp_kubeconfig
+from cli_helpers import (
+    Rollouts,
+    installed_chart,
+    kubeconfig_env,
+    progressing_status,
+    rollout_manifest,
+    run,
+    teal,
+    temp_kubeconfig,
+)
 from test_helm_chart import by_kind
 
 pytestmark = pytest.mark.cluster
@@ -106,7 +114,7 @@ def team(helm, chart_dir, cluster, k8s, teal_crds) -> Iterator[dict[str, Any]]:
         core.create_namespace({"metadata": {"name": ns, "labels": {"teal.dev/test": "true"}}})
     try:
         with installed_chart(helm, chart_dir, cluster, k8s, op, release=f"teal-agg-{tag}"):
-            from teal.devenv.wait import wait_for
+            from teal_devenv.wait import wait_for
 
             # the clusterrole-aggregation controller copies the rules into the built-in roles
             wait_for(lambda: "patch" in _rules_of_builtin(k8s, "edit").get("rollouts/status", set()),

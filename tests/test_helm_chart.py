@@ -20,7 +20,7 @@ from cli_helpers import (
     release_name,
     run,
 )
-from teal.devenv.wait import wait_for
+from teal_devenv.wait import wait_for
 
 # What the operator uses (docs/status-and-api.md, issue 6): (apiGroup, resource) -> verbs.
 NAMESPACED_NEEDS: dict[tuple[str, str], set[str]] = {

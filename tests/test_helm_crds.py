@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from cli_helpers import CHART, CRDS, ROOT, Rollouts, healthy_status, rollout_manifest, run
-from teal.devenv.wait import wait_for
+from teal_devenv.wait import wait_for
 
 TEAL_CRDS = ["rollouts.teal.dev", "analysistemplates.teal.dev", "clusteranalysistemplates.teal.dev",
              "releasepolicies.teal.dev", "clusterreleasepolicies.teal.dev"]
@@ -69,7 +69,7 @@ def test_rendered_crds_are_the_repository_crds(helm, chart_dir):
 @pytest.fixture(scope="module")
 def own_cluster(tmp_path_factory) -> Iterator[Any]:
     """A second local control plane, only for this module (started in ~10-20 s)."""
-    from teal.devenv.cluster import LocalCluster
+    from teal_devenv.cluster import LocalCluster
 
     c = LocalCluster(tmp_path_factory.mktemp("own-cluster"), nodes=1)
     try:

@@ -21,13 +21,12 @@ from pathlib import Path
 import kubernetes
 import pytest
 import yaml
-from cli_helpers import installed_chart, run
-from image_helpers import (ImageProcess, build_image, crane_binary, oci, proc_status, root_mount_options,
-                           snapshot_sources, unpack)
-from operator_helpers import Env, rollout
 
-from teal.devenv.procs import free_port
-from teal.devenv.wait import wait_for
+from cli_helpers import installed_chart, run
+from image_helpers import ImageProcess, build_image, crane_binary, oci, proc_status, root_mount_options, snapshot_sources, unpack
+from operator_helpers import Env, rollout
+from teal_devenv.procs import free_port
+from teal_devenv.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSIONS = dict(re.findall(r"^(\w+)=(\S*)", (ROOT / "hack" / "versions.env").read_text(), re.M))
@@ -133,8 +132,9 @@ def test_layers_are_normalised_and_hold_the_runtime_only(image):
             assert pycs
             flags = {int.from_bytes(layer.extractfile(m).read(8)[4:8], "little") for m in pycs}
     assert flags == {1}, f"pyc flags {flags}"
-    devenv = any("/site-packages/teal/devenv/" in n for n in names)
-    _say(f"teal.devenv (test/dev code) is {'INSIDE' if devenv else 'not in'} the image")
+    devenv = [n for n in names if re.search(r"/site-packages/teal(_|/)devenv/", n)]
+    assert not devenv, f"the dev environment (teal_devenv) is inside the image: {devenv[:5]}"
+    _say("teal_devenv (test/dev code) is not in the image")
 
 
 def test_image_user_exists_and_root_is_not_writable_by_it(rootfs):

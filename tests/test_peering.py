@@ -8,11 +8,11 @@ from pathlib import Path
 
 import kubernetes
 import pytest
-from operator_helpers import Env, OperatorProcess, rollout
 
-from teal.devenv.crds import crd_documents, install_crds
-from teal.devenv.wait import wait_for
+from operator_helpers import Env, OperatorProcess, rollout
 from teal.peering import leads
+from teal_devenv.crds import crd_documents, install_crds
+from teal_devenv.wait import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)

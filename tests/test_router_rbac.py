@@ -20,13 +20,12 @@ from typing import Iterator
 
 import kubernetes
 import pytest
+
 from cli_helpers import installed_chart
 from operator_helpers import Env, OperatorProcess, rollout
-
+from teal_devenv.cluster import LocalCluster
+from teal_devenv.wait import wait_for
 from test_helm_chart import by_kind, template
-
-from teal.devenv.cluster import LocalCluster
-from teal.devenv.wait import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
 

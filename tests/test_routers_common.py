@@ -6,9 +6,8 @@ import threading
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-
-from teal.devenv.wait import wait_for
 from teal.routers import Router, RouterError, ensure_color_services
+from teal_devenv.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -18,7 +18,7 @@ def test_sandbox_runs_a_good_and_a_bad_release(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO / "operator"), PYTHONUNBUFFERED="1")
     env.pop("KUBECONFIG", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "teal.sandbox", "--bad-release", "--dir", str(tmp_path / "sandbox")],
+        [sys.executable, "-m", "teal_devenv.sandbox", "--bad-release", "--dir", str(tmp_path / "sandbox")],
         env=env, capture_output=True, text=True, timeout=540,
     )
     out = proc.stdout + proc.stderr

@@ -10,9 +10,9 @@ import kubernetes.client as k
 import pytest
 from kubernetes.client.rest import ApiException
 
-from teal.devenv.binaries import BinariesNotFound, find_binaries
-from teal.devenv.cluster import ClusterError, LocalCluster
-from teal.devenv.wait import wait_for
+from teal_devenv.binaries import BinariesNotFound, find_binaries
+from teal_devenv.cluster import ClusterError, LocalCluster
+from teal_devenv.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from prometheus_api_client import PrometheusConnect
 
-from teal.devenv.fakeapp import FakeApp, LoadGenerator, pod_names, run_fakeapp
-from teal.devenv.prometheus import LocalPrometheus, pod_job
-from teal.devenv.wait import wait_for
+from teal_devenv.fakeapp import FakeApp, LoadGenerator, pod_names, run_fakeapp
+from teal_devenv.prometheus import LocalPrometheus, pod_job
+from teal_devenv.wait import wait_for
 
 pytestmark = pytest.mark.prometheus
 

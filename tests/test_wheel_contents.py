@@ -23,7 +23,7 @@ VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["versi
 DIST_INFO = f"teal_operator-{VERSION}.dist-info"
 # what must never be in it: the dev environment (today's and its old place inside teal), tests
 DEV_OR_TEST = re.compile(r"(^|/)(teal_devenv|devenv|sandbox\.py|tests?|conftest\.py|test_[^/]*\.py)(/|$)")
-DEV_MODULES = ("teal_devenv", "teal.devenv", "teal.sandbox", "pytest", "hypothesis", "kmock")
+DEV_MODULES = ("teal_devenv", "teal_devenv", "teal_devenv.sandbox", "pytest", "hypothesis", "kmock")
 
 
 @pytest.fixture(scope="module")
