@@ -118,6 +118,11 @@ class _Tick:
         q, bq = resolve_queries(m, self.variables, self.color)
         return judge(m, self.outage, None, q, self.key, self.color, self.now, baseline_query=bq)
 
+    def query_provider(self) -> Provider:
+        if self.provider is None:  # _plan picks one whenever a metric is due
+            raise RuntimeError("no provider picked for a due metric")
+        return self.provider
+
     def took(self, meas: Measurement) -> Measurement:
         if meas.error_kind in _OUTAGE:
             self.outage = QueryResult.failure(meas.error_kind, f"{_tail(meas.message)} (not queried again this round)")
@@ -208,7 +213,7 @@ def evaluate(
             providers=providers,
             default_address=default_address,
         )
-        new = [tick.skipped(m) or tick.took(measure(tick.provider, m, variables, key, tick.color, now)) for m in tick.todo]
+        new = [tick.skipped(m) or tick.took(measure(tick.query_provider(), m, variables, key, tick.color, now)) for m in tick.todo]
         return _finish(tick, new, state, history, history_limit)
     except AnalysisConfigError as e:
         return _failed(key, e, state, history)
@@ -232,7 +237,7 @@ async def evaluate_async(
         tick = await offload(functools.partial(_plan, analysis_spec, key, **kw))
         new: list[Measurement] = []
         for m in tick.todo:
-            new.append(tick.skipped(m) or tick.took(await ameasure(tick.provider, m, tick.variables, key, tick.color, tick.now)))
+            new.append(tick.skipped(m) or tick.took(await ameasure(tick.query_provider(), m, tick.variables, key, tick.color, tick.now)))
         return _finish(tick, new, kw.get("state"), kw.get("history"), history_limit)
     except AnalysisConfigError as e:
         return _failed(key, e, kw.get("state"), kw.get("history"))

@@ -156,6 +156,10 @@ def _ssl_setting(ca_file: str | None, ca_data: str | None, insecure: bool) -> ss
     return True
 
 
+def _close_later(session: aiohttp.ClientSession) -> None:
+    asyncio.ensure_future(session.close())
+
+
 class PrometheusProvider:
     """Instant queries against one Prometheus (or a compatible API: Thanos, Mimir, ...)."""
 
@@ -203,7 +207,7 @@ class PrometheusProvider:
         """Close the connection pools (each in its own loop, when that loop still runs)."""
         for loop, session in list(self._sessions.items()):
             if not session.closed and not loop.is_closed():
-                loop.call_soon_threadsafe(lambda s=session: asyncio.ensure_future(s.close()))
+                loop.call_soon_threadsafe(_close_later, session)
         self._sessions.clear()
 
     async def aclose(self) -> None:
@@ -292,10 +296,10 @@ def _short(e: BaseException) -> str:
 # ---------------------------------------------------------------- from spec.analysis.prometheus
 
 
-def _ref(raw: Any, field: str, default_key: str | None) -> tuple[str, str | None]:
+def _ref(raw: Any, field: str, default_key: str) -> tuple[str, str]:
     if not isinstance(raw, Mapping) or not raw.get("name"):
         raise AnalysisConfigError("needs a Secret name", field=field)
-    return str(raw["name"]), (raw.get("key") or default_key)
+    return str(raw["name"]), str(raw.get("key") or default_key)
 
 
 def _secret(read_secret: Callable[[str, str], str | None], name: str, key: str, field: str) -> str:
@@ -356,7 +360,7 @@ def _settings(
         if token:
             raise AnalysisConfigError("set bearerTokenSecretRef or basicAuthSecretRef, not both", field=field)
         ref = spec["basicAuthSecretRef"]
-        name, _ = _ref(ref, field, None)
+        name, _ = _ref(ref, field, "")
         user = _secret(read_secret, name, "username", field)
         password = _secret(read_secret, name, "password", field)
         basic = (user.strip(), password.strip("\r\n"))
