@@ -23,8 +23,8 @@ from pathlib import Path
 from teal.analysis import Metric, QueryResult, measure
 from teal.analysis.engine import evaluate
 from teal.analysis.prometheus import PrometheusProvider
-from teal.devenv.fakeapp import FakeApp, LoadGenerator, pod_names
-from teal.devenv.prometheus import LocalPrometheus, pod_job
+from teal_devenv.fakeapp import FakeApp, LoadGenerator, pod_names
+from teal_devenv.prometheus import LocalPrometheus, pod_job
 
 NS = "bench"
 SEL = f'namespace="{NS}",pod=~"{{{{podRegex}}}}"'  # the labels Prometheus gives any pod'

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from teal.analysis.engine import evaluate, evaluate_async, rollout_variables
 from teal.analysis.prometheus import ProviderCache
-from teal.devenv.prometheus import LocalPrometheus
+from teal_devenv.prometheus import LocalPrometheus
 
 KEY = "2:prePromotion"
 

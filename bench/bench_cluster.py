@@ -26,11 +26,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
+sys.path.insert(0, str(ROOT / "devenv"))  # teal_devenv, when not installed
 
-from teal.devenv.binaries import cache_bin_dirs  # noqa: E402
-from teal.devenv.cluster import LocalCluster  # noqa: E402
-from teal.devenv.procs import rss_kib  # noqa: E402
-from teal.devenv.prometheus import LocalPrometheus  # noqa: E402
+from teal_devenv.binaries import cache_bin_dirs  # noqa: E402
+from teal_devenv.cluster import LocalCluster  # noqa: E402
+from teal_devenv.procs import rss_kib  # noqa: E402
+from teal_devenv.prometheus import LocalPrometheus  # noqa: E402
 
 ALL = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "helm")
 

@@ -25,12 +25,13 @@ import kubernetes
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "operator"))
+sys.path.insert(0, str(REPO / "devenv"))  # teal_devenv, when not installed
 
 from stats import summary  # noqa: E402
 
-from teal.devenv.cluster import LocalCluster  # noqa: E402
-from teal.devenv.crds import crd_documents, install_crds  # noqa: E402
-from teal.devenv.operator import OperatorProcess  # noqa: E402
+from teal_devenv.cluster import LocalCluster  # noqa: E402
+from teal_devenv.crds import crd_documents, install_crds  # noqa: E402
+from teal_devenv.operator import OperatorProcess  # noqa: E402
 
 NS = "bench"
 

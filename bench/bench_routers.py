@@ -7,7 +7,7 @@ prepares the objects of a fresh namespace, then times `iterations` steps, each a
 set_weights() of a new split followed by the get_weights() that reads it back from the
 apiserver (and checks it). Prints, per router, p50/p99/max of that round trip, of
 set_weights alone and of get_weights alone, and the time of prepare(). Without
---kubeconfig it starts its own LocalCluster (teal.devenv.cluster) and installs the real
+--kubeconfig it starts its own LocalCluster (teal_devenv.cluster) and installs the real
 CRDs via hack/fetch-router-crds.sh.
 """
 
@@ -22,12 +22,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
+sys.path.insert(0, str(ROOT / "devenv"))  # teal_devenv, when not installed
 sys.path.insert(0, str(ROOT / "tests"))
 
 from kubernetes import client, config  # noqa: E402
 
 from routing_helpers import RoutingEnv, crd_documents, fetch_router_crds, install_crds, make_owner  # noqa: E402
-from teal.devenv.cluster import LocalCluster  # noqa: E402
+from teal_devenv.cluster import LocalCluster  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
