@@ -297,6 +297,8 @@ class _StatusWrites(ast.NodeVisitor):
             return self.NAMES.get(e.id)
         if isinstance(e, ast.Attribute) and e.attr == "st":
             return "status"
+        if isinstance(e, ast.Attribute) and e.attr == "stats":  # st.stats (teal.status.Status.stats)
+            return "status.stats"
         if isinstance(e, ast.BoolOp):  # (st.get("x") or {})
             return self.base(e.values[0])
         if isinstance(e, ast.Subscript) and isinstance(e.slice, ast.Constant):
@@ -364,6 +366,10 @@ class _StatusWrites(ast.NodeVisitor):
 def core_status_writes() -> _StatusWrites:
     v = _StatusWrites()
     v.visit(ast.parse(Path(core.__file__).read_text()))
+    # the typed status (teal.status) names every key it persists; the core writes weights as a dict
+    from teal import status as typed_status
+
+    v.paths |= typed_status.persisted_paths() | {f"status.weights.{c}" for c in api.COLORS}
     return v
 
 

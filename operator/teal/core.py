@@ -10,6 +10,11 @@ The safety rules it guarantees (property-tested in tests/test_core_properties.py
 - an abort ends with every active Service and 100% of the weight on the stable colour;
 - a release always ends Healthy, Aborted or Degraded, or says what it waits for.
 
+The status is typed (teal.status): parsed once from the status dict, dumped back in the same
+format. A release runs through an explicit stage machine (teal.status.Stage), one handler
+per stage; a handler returns the next stage, None (done for this decision), or an `AbortIntent`
+that `_run_release` records and applies in one place (`_apply_abort`).
+
 Status layout (all of it is in the CRD schema):
   activeColor/stableColor/stableHash/stableRevision  what serves traffic and what is proven
   currentRevision/currentHash                         what spec asks for
@@ -19,17 +24,35 @@ Status layout (all of it is in the CRD schema):
   scaleDown{color,at}                                 the idle colour's pending scale-down
   rejected{color,hash,replicas,code,message,...}      the apiserver's refusal of a colour's Deployment
   stats{...}                                          release statistics
+  analysisRun{...}, analysis[...]                     the running analysis (teal.analysis) and its measurements
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 import datetime as dt
 import re
-from typing import Any, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from .api import BLUE, COLORS, RolloutSpec, Step, TrafficRouting, other, parse_traffic_routing
+from .api import BLUE, COLORS, RolloutSpec, TrafficRouting, other, parse_traffic_routing
 from .policy import Gate, hold
+from .status import (
+    PHASES,
+    Abort,
+    Phase,
+    Rejected,
+    Release,
+    RunKey,
+    ScaleDown,
+    Stage,
+    Status,
+    iso,
+    parse_time,
+)
+
+__all__ = ["PHASES", "Phase", "Stage", "Status", "decide", "cannot_decide", "iso", "parse_time"]
 
 # ---------------------------------------------------------------- observed world
 
@@ -49,19 +72,12 @@ class ColorObs:
     def refused_pods(self, want_hash: str | None) -> str | None:
         """The admission's refusal of this template's pods (a quota, a policy, a webhook),
         or None. Other pod-creation failures (timeouts, conflicts) are left to retry."""
-        if self.exists and self.hash == want_hash and self.synced and self.failure \
-                and _PERMANENT_FAILURE.search(self.failure):
+        if self.exists and self.hash == want_hash and self.synced and self.failure and _PERMANENT_FAILURE.search(self.failure):
             return self.failure
         return None
 
     def available(self, want_hash: str | None, n: int) -> bool:
-        return (
-            self.exists
-            and self.hash == want_hash
-            and self.synced
-            and self.replicas == n
-            and self.updated_available >= n
-        )
+        return self.exists and self.hash == want_hash and self.synced and self.replicas == n and self.updated_available >= n
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,11 +90,15 @@ class ServiceObs:
 class AnalysisRun:
     """The state of one analysis run, as computed by teal.analysis for this tick."""
 
-    key: str
+    key: str  # str(RunKey): the run of release.analysisKey this verdict is for
     verdict: str  # Running | Successful | Failed | Inconclusive
     message: str = ""
     next_at: dt.datetime | None = None
     error: str | None = None  # a configuration error (bad query, unknown template, ...)
+    # what teal.analysis measured this tick: the run's state (status.analysisRun) and the
+    # measurement history (status.analysis); None when nothing was measured
+    state: Mapping[str, Any] | None = None
+    history: Sequence[Mapping[str, Any]] | None = None
 
 
 _PERMANENT_FAILURE = re.compile(r"is forbidden:|is invalid:|denied the request")
@@ -174,48 +194,69 @@ Action = DeployColor | ScaleColor | SelectColor | SetWeights | RecordRevision
 
 @dataclasses.dataclass
 class Plan:
-    status: dict[str, Any]
+    status: dict[str, Any]  # the new status, in the persisted format (Status.dump())
     actions: list[Action]
     events: list[Event]
     requeue_after: float | None  # seconds until the next timer is due
 
     @property
     def analysis_key(self) -> str | None:
-        return (self.status.get("release") or {}).get("analysisKey")
+        key = (self.status.get("release") or {}).get("analysisKey")
+        return str(key) if key else None
 
 
-# ---------------------------------------------------------------- helpers
+@dataclasses.dataclass(frozen=True)
+class AbortIntent:
+    """A stage handler's decision to abort the release (recorded and applied by _run_release)."""
+
+    reason: str
+    message: str
 
 
-def iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+# A stage handler's outcome: the next stage (in this same decision), None (wait: done for this
+# decision), or an abort.
+Outcome = Stage | AbortIntent | None
 
-
-def parse_time(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-PHASES = ("Healthy", "Progressing", "Paused", "Degraded", "Aborted")
 # A refused Deployment is not sent again until the template changes; a 403 (a quota or a
 # policy that may be lifted) is tried again after 30 s, 60 s, ... at most every 5 min.
 REJECTED_RETRY_FIRST = 30.0
 REJECTED_RETRY_MAX = 300.0
 
 
+def _required(value: str | None, name: str) -> str:
+    if value is None:
+        raise KeyError(name)
+    return value
+
+
 class _Tick:
     """The working state of one decide() call."""
 
-    def __init__(self, spec: RolloutSpec, status: Mapping[str, Any], obs: Observed, now: dt.datetime):
-        self.spec = spec
-        self.old = status
-        self.st: dict[str, Any] = copy.deepcopy(dict(status))
+    def __init__(self, spec: RolloutSpec | None, status: Mapping[str, Any] | Status, obs: Observed, now: dt.datetime):
+        self._spec = spec
+        self.old = status if isinstance(status, Status) else Status.load(status)
+        self.st: Status = copy.deepcopy(self.old)
         self.obs = obs
         self.now = now
         self.actions: list[Action] = []
         self.events: list[Event] = []
         self.wakeups: list[dt.datetime] = []
+
+    @property
+    def spec(self) -> RolloutSpec:
+        if self._spec is None:
+            raise ValueError("no spec")
+        return self._spec
+
+    @property
+    def stable(self) -> str:
+        return _required(self.st.stable_color, "stableColor")
+
+    @property
+    def template(self) -> Mapping[str, Any]:
+        if self.obs.template is None:
+            raise ValueError("no template")
+        return self.obs.template
 
     # -- small utilities
     def event(self, reason: str, message: str, warning: bool = False) -> None:
@@ -225,52 +266,59 @@ class _Tick:
         if t is not None:
             self.wakeups.append(t)
 
-    def set_phase(self, phase: str, message: str, reason: str) -> None:
-        self.st["phase"] = phase
-        self.st["message"] = message
-        self.st["reason"] = reason
+    def set_phase(self, phase: Phase, message: str, reason: str) -> None:
+        self.st.phase = phase
+        self.st.message = message
+        self.st.reason = reason
 
-    def color(self, c: str) -> ColorObs:
-        return self.obs.colors.get(c) or ColorObs()
+    def color(self, c: str | None) -> ColorObs:
+        return (self.obs.colors.get(c) if c is not None else None) or ColorObs()
 
     def servable(self, c: str) -> bool:
         """May traffic go to colour c? Only if it has ready pods (or nothing runs at all)."""
         return self.color(c).ready > 0 or self.spec.replicas == 0
 
     def stats(self, key: str, at: bool = True) -> None:
-        stats = self.st.setdefault("stats", {})
+        stats = self.st.stats if self.st.stats is not None else {}
         stats[key] = int(stats.get(key, 0)) + 1
         if at:
             stats[f"last{key[0].upper()}{key[1:]}At"] = iso(self.now)
+        self.st.stats = stats
 
-    def abort_for(self, revision: str | None) -> Mapping[str, Any] | None:
-        abort = self.st.get("abort")
-        if abort and revision is not None and str(abort.get("revision")) == str(revision):
+    def abort_for(self, revision: str | None) -> Abort | None:
+        abort = self.st.abort
+        if abort and revision is not None and str(abort.revision) == str(revision):
             return abort
         return None
 
     def promote_for(self, revision: str, step: int | None) -> bool:
-        p = self.st.get("promote") or {}
-        if str(p.get("revision")) != str(revision):
+        p = self.st.promote
+        if p is None or str(p.revision) != str(revision):
             return False
-        if p.get("full"):
+        if p.full:
             return True
-        return step is None or p.get("step") is None or int(p["step"]) == step
+        return step is None or p.step is None or p.step == step
 
     def full_promote(self, revision: str) -> bool:
-        p = self.st.get("promote") or {}
-        return str(p.get("revision")) == str(revision) and bool(p.get("full"))
+        p = self.st.promote
+        return p is not None and str(p.revision) == str(revision) and p.full
+
+    def plan(self) -> Plan:
+        requeue = max(0.0, (min(self.wakeups) - self.now).total_seconds()) if self.wakeups else None
+        return Plan(
+            status=self.st.dump(), actions=_unclaimed(self, _dedupe(self.actions)), events=self.events, requeue_after=requeue
+        )
 
 
 # ---------------------------------------------------------------- the decision
 
 
 def decide(
-    spec: RolloutSpec, status: Mapping[str, Any], obs: Observed, now: dt.datetime, generation: int | None = None
+    spec: RolloutSpec, status: Mapping[str, Any] | Status, obs: Observed, now: dt.datetime, generation: int | None = None
 ) -> Plan:
     t = _Tick(spec, status, obs, now)
     if generation is not None:
-        t.st["observedGeneration"] = generation
+        t.st.observed_generation = generation
     _note_rejection(t)
     _decide(t)
     _enforce_traffic(t)
@@ -279,10 +327,8 @@ def decide(
     _scale_down_idle(t)
     _observed_fields(t)
     _conditions(t)
-    requeue = None
-    if t.wakeups:
-        requeue = max(0.0, (min(t.wakeups) - now).total_seconds())
-    return Plan(status=t.st, actions=_unclaimed(t, _dedupe(t.actions)), events=t.events, requeue_after=requeue)
+    _analysis_state(t)
+    return t.plan()
 
 
 def _unclaimed(t: _Tick, actions: list[Action]) -> list[Action]:
@@ -290,9 +336,14 @@ def _unclaimed(t: _Tick, actions: list[Action]) -> list[Action]:
     if not t.obs.claimed:
         return actions
     route_claimed = any(not k.startswith("Service/") for k in t.obs.claimed)
-    return [a for a in actions if not (
-        (isinstance(a, SelectColor) and f"Service/{a.service}" in t.obs.claimed)
-        or (isinstance(a, SetWeights) and route_claimed))]
+    return [
+        a
+        for a in actions
+        if not (
+            (isinstance(a, SelectColor) and f"Service/{a.service}" in t.obs.claimed)
+            or (isinstance(a, SetWeights) and route_claimed)
+        )
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,19 +357,17 @@ class Fallback:
     traffic_routing: TrafficRouting | None = None  # when it still parses: an abort moves the weights back too
 
     @classmethod
-    def from_spec(cls, spec: Any) -> "Fallback":
+    def from_spec(cls, spec: Any) -> Fallback:
         """Whatever of these a raw spec states readably; defaults for the rest. Never raises."""
-        bg = ((spec or {}).get("strategy") or {}).get("blueGreen") if isinstance(spec, Mapping) else None
+        bg: Any = ((spec or {}).get("strategy") or {}).get("blueGreen") if isinstance(spec, Mapping) else None
         bg = bg if isinstance(bg, Mapping) else {}
 
         def seconds(key: str, default: int) -> int:
             v = bg.get(key)
             return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31 else default
 
-        active = bg.get("activeServices")
-        preview = bg.get("previewService")
+        active, preview, raw = bg.get("activeServices"), bg.get("previewService"), bg.get("trafficRouting")
         try:
-            raw = bg.get("trafficRouting")
             routing = parse_traffic_routing(raw) if isinstance(raw, Mapping) else None
         except Exception:  # unreadable: Services are still moved, the route is left as it is
             routing = None
@@ -331,60 +380,88 @@ class Fallback:
         )
 
 
-def cannot_decide(status: Mapping[str, Any], fallback: Fallback, obs: Observed, message: str, reason: str,
-                  now: dt.datetime, generation: int | None = None) -> Plan:
+def cannot_decide(
+    status: Mapping[str, Any] | Status,
+    fallback: Fallback,
+    obs: Observed,
+    message: str,
+    reason: str,
+    now: dt.datetime,
+    generation: int | None = None,
+) -> Plan:
     """The plan when the spec cannot be processed (InvalidSpec) or deciding failed (ReconcileError):
     Degraded naming the error, and an abort -- a user's, a passed progress deadline, or one Teal
     recorded before -- still acted on: every Service back on the stable colour (when it has
     ready pods) and the aborted colour scaled down later. Nothing else is touched."""
-    t = _Tick(None, status, obs, now)  # type: ignore[arg-type]
+    t = _Tick(None, status, obs, now)
     st = t.st
     if generation is not None:
-        st["observedGeneration"] = generation
-    release, stable = st.get("release"), st.get("stableColor")
+        st.observed_generation = generation
+    release, stable = st.release, st.stable_color
     text = message
-    if release and stable and not release.get("abortedAt"):
-        since = parse_time(release.get("progressAt")) or now
-        deadline = since + dt.timedelta(seconds=fallback.progress_deadline_seconds)
-        if t.abort_for(release.get("revision")) is None and now >= deadline:
-            _abort(t, release, "ProgressDeadlineExceeded",
-                   f"no progress for {fallback.progress_deadline_seconds}s while the spec could not be processed")
-        elif now < deadline:
-            t.wake_at(deadline)
-    abort = t.abort_for((release or {}).get("revision"))
-    if release and stable and (abort or release.get("abortedAt")):
-        if not release.get("abortedAt"):
-            release["abortedAt"] = iso(now)
-            st["scaleDown"] = {"color": release["color"],
-                               "at": iso(now + dt.timedelta(seconds=fallback.abort_scale_down_delay_seconds))}
-            t.stats("aborted")
-            t.event("Aborted", f"revision {release['revision']} aborted ({(abort or {}).get('reason', 'Aborted')}) "
-                               f"although the spec cannot be processed; all traffic on {stable}", warning=True)
-        st["activeColor"] = stable
-        text += f"; revision {release['revision']} aborted, revision {st.get('stableRevision')} on {stable}"
-        if t.color(stable).ready > 0:
-            for name in fallback.active_services + ((fallback.preview_service,) if fallback.preview_service else ()):
-                svc = obs.services.get(name)
-                if svc is not None and svc.exists and svc.color != stable:
-                    t.actions.append(SelectColor(name, stable))
-            if fallback.traffic_routing is not None and obs.weights and obs.weights.get(stable) != 100:
-                t.actions.append(SetWeights(tuple((c, 100 if c == stable else 0) for c in COLORS)))
-        else:
-            text += f" (which has no ready pods: Services left where they are)"
-    st["previewColor"] = release.get("color") if release and not release.get("abortedAt") else None
-    t.set_phase("Degraded", text, reason)
+    if release and stable:
+        if not release.aborted_at:
+            _deadline_without_spec(t, release, fallback)
+        abort = t.abort_for(release.revision)
+        if abort or release.aborted_at:
+            text += _abort_without_spec(t, release, stable, abort, fallback)
+    st.preview_color = release.color if release and not release.aborted_at else None
+    t.set_phase(Phase.DEGRADED, text, reason)
     _scale_down_idle(t)
     _conditions(t)
-    requeue = max(0.0, (min(t.wakeups) - now).total_seconds()) if t.wakeups else None
-    return Plan(status=st, actions=_unclaimed(t, _dedupe(t.actions)), events=t.events, requeue_after=requeue)
+    return t.plan()
+
+
+def _deadline_without_spec(t: _Tick, release: Release, fallback: Fallback) -> None:
+    since = release.progress_at or t.now
+    deadline = since + dt.timedelta(seconds=fallback.progress_deadline_seconds)
+    if t.abort_for(release.revision) is None and t.now >= deadline:
+        _record_abort(
+            t,
+            release,
+            AbortIntent(
+                "ProgressDeadlineExceeded",
+                f"no progress for {fallback.progress_deadline_seconds}s while the spec could not be processed",
+            ),
+        )
+    elif t.now < deadline:
+        t.wake_at(deadline)
+
+
+def _abort_without_spec(t: _Tick, release: Release, stable: str, abort: Abort | None, fallback: Fallback) -> str:
+    """Act on an abort without a spec: the Services (and a route that still parses) back on the
+    stable colour, the release's colour scaled down after abortScaleDownDelaySeconds."""
+    st = t.st
+    if not release.aborted_at:
+        release.aborted_at = t.now
+        st.scale_down = ScaleDown(color=release.color, at=t.now + dt.timedelta(seconds=fallback.abort_scale_down_delay_seconds))
+        t.stats("aborted")
+        why = abort.reason if abort and abort.reason is not None else "Aborted"
+        t.event(
+            "Aborted",
+            f"revision {release.revision} aborted ({why}) although the spec cannot be processed; all traffic on {stable}",
+            warning=True,
+        )
+    st.active_color = stable
+    text = f"; revision {release.revision} aborted, revision {st.stable_revision} on {stable}"
+    if t.color(stable).ready <= 0:
+        return text + " (which has no ready pods: Services left where they are)"
+    names = fallback.active_services + ((fallback.preview_service,) if fallback.preview_service else ())
+    for name in names:
+        svc = t.obs.services.get(name)
+        if svc is not None and svc.exists and svc.color != stable:
+            t.actions.append(SelectColor(name, stable))
+    if fallback.traffic_routing is not None and t.obs.weights and t.obs.weights.get(stable) != 100:
+        t.actions.append(SetWeights(tuple((c, 100 if c == stable else 0) for c in COLORS)))
+    return text
 
 
 def _dedupe(actions: list[Action]) -> list[Action]:
     """Keep the last action per target, in first-seen order (later decisions win)."""
-    out: dict[tuple, Action] = {}
+    out: dict[tuple[str, ...], Action] = {}
     for a in actions:
-        key: tuple
-        if isinstance(a, (DeployColor, ScaleColor)):
+        key: tuple[str, ...]
+        if isinstance(a, DeployColor | ScaleColor):
             key = ("deploy", a.color)
             prev = out.get(key)
             if isinstance(prev, DeployColor) and isinstance(a, ScaleColor):
@@ -400,64 +477,68 @@ def _dedupe(actions: list[Action]) -> list[Action]:
     return list(out.values())
 
 
-def _decide(t: _Tick) -> None:
-    spec, obs, st = t.spec, t.obs, t.st
-
-    # 1. Problems the operator cannot act around: say so, touch nothing.
+def _blocked(t: _Tick) -> bool:
+    """Problems the operator cannot act around: say so, touch nothing (True: stop here)."""
+    spec, obs = t.spec, t.obs
     if obs.claimed:
-        owners = "; ".join(f"{obj.replace('/', ' ', 1)} is claimed by Rollout {owner}"
-                           for obj, owner in sorted(obs.claimed.items()))
-        t.set_phase("Degraded", f"{owners} (annotation teal.dev/claimed-by); nothing was written to it",
-                    "ServiceClaimed")
-        return
+        owners = "; ".join(
+            f"{obj.replace('/', ' ', 1)} is claimed by Rollout {owner}" for obj, owner in sorted(obs.claimed.items())
+        )
+        t.set_phase(Phase.DEGRADED, f"{owners} (annotation teal.dev/claimed-by); nothing was written to it", "ServiceClaimed")
+        return True
     missing = [s for s in _service_names(spec) if not (obs.services.get(s) or ServiceObs(False)).exists]
     if missing:
         names = ", ".join(missing)
-        t.set_phase("Degraded", f"Service {names} not found in the namespace; nothing was changed", "ServiceNotFound")
-        return
+        t.set_phase(Phase.DEGRADED, f"Service {names} not found in the namespace; nothing was changed", "ServiceNotFound")
+        return True
     if obs.template_error or obs.template is None or obs.template_hash is None:
-        t.set_phase("Degraded", obs.template_error or "no pod template to run", "TemplateNotFound")
-        return
+        t.set_phase(Phase.DEGRADED, obs.template_error or "no pod template to run", "TemplateNotFound")
+        return True
     if obs.router_error:
         reason = "RouterUnavailable" if obs.router_unavailable else "TrafficRouterError"
-        t.set_phase("Degraded", obs.router_error, reason)
+        t.set_phase(Phase.DEGRADED, obs.router_error, reason)
         # still keep traffic where it is and let a running abort finish below
-        if not st.get("stableHash"):
-            return
+        return not t.st.stable_hash
+    return False
 
-    want = obs.template_hash
-    st["currentHash"] = want
 
-    # 2. No stable release yet: adopt what runs, or make the first release.
-    if not st.get("stableHash"):
-        _first_release(t, want)
+def _decide(t: _Tick) -> None:
+    st = t.st
+    if _blocked(t):
         return
-
-    stable_color = st["stableColor"]
-    release = st.get("release")
-
-    # 3. Spec asks for what is already stable: cancel whatever release runs.
-    if want == st["stableHash"]:
-        st["currentRevision"] = st["stableRevision"]
-        if release:
-            _cancel_release(t, release, f"the template is back to stable revision {st['stableRevision']}")
-        st.pop("abort", None)
-        refused = _ensure_stable(t)
-        if refused is not None:  # its Deployment is gone (deleted by hand) and cannot be made again
-            t.set_phase("Degraded", f"stable revision {st['stableRevision']}: {_refused_text(refused)}",
-                        "DeploymentRejected")
-            return
-        t.set_phase("Healthy", f"revision {st['stableRevision']} is live on {stable_color}", "Healthy")
+    want = _required(t.obs.template_hash, "template hash")
+    st.current_hash = want
+    # No stable release yet: adopt what runs, or make the first release.
+    if not st.stable_hash:
+        if not _adopt(t, want):
+            _first_release(t, want)
         return
-
-    # 4. A new template (or the first sight of this one): start or supersede a release.
-    if not release or release.get("hash") != want:
+    release = st.release
+    # Spec asks for what is already stable: cancel whatever release runs.
+    if want == st.stable_hash:
+        _back_to_stable(t, release)
+        return
+    # A new template (or the first sight of this one): start or supersede a release.
+    if not release or release.hash != want:
         if _held_start(t, release, want):
             _ensure_stable(t)
             return
         release = _start_release(t, release, want)
     _ensure_stable(t)
     _run_release(t, release)
+
+
+def _back_to_stable(t: _Tick, release: Release | None) -> None:
+    st = t.st
+    st.current_revision = st.stable_revision
+    if release:
+        _cancel_release(t, release, f"the template is back to stable revision {st.stable_revision}")
+    st.abort = None
+    refused = _ensure_stable(t)
+    if refused is not None:  # its Deployment is gone (deleted by hand) and cannot be made again
+        t.set_phase(Phase.DEGRADED, f"stable revision {st.stable_revision}: {_refused_text(refused)}", "DeploymentRejected")
+        return
+    t.set_phase(Phase.HEALTHY, f"revision {st.stable_revision} is live on {t.stable}", "Healthy")
 
 
 def _service_names(spec: RolloutSpec) -> list[str]:
@@ -467,139 +548,163 @@ def _service_names(spec: RolloutSpec) -> list[str]:
     return names
 
 
+# ---------------------------------------------------------------- the first release
+
+
+def _adopt(t: _Tick, want: str) -> bool:
+    """Adoption after a lost status: every active Service already selects a colour whose
+    Deployment runs the wanted template."""
+    st = t.st
+    colors = {(t.obs.services.get(s) or ServiceObs()).color for s in t.spec.blue_green.active_services}
+    if len(colors) != 1:
+        return False
+    (c,) = colors
+    if c is None or c not in COLORS or not (t.color(c).exists and t.color(c).hash == want):
+        return False
+    rev = st.current_revision or "1"
+    st.stable_color, st.active_color, st.stable_hash, st.stable_revision = c, c, want, rev
+    st.current_revision = rev
+    st.revision = int(rev)
+    t.set_phase(Phase.HEALTHY, f"adopted {c} running revision {rev}", "Adopted")
+    return True
+
+
 def _first_release(t: _Tick, want: str) -> None:
     spec, st = t.spec, t.st
-    # Adoption after a lost status: every active Service already selects a colour whose
-    # Deployment runs the wanted template.
-    colors = {(t.obs.services.get(s) or ServiceObs()).color for s in spec.blue_green.active_services}
-    if len(colors) == 1:
-        (c,) = colors
-        if c in COLORS and t.color(c).exists and t.color(c).hash == want:
-            st.update(stableColor=c, activeColor=c, stableHash=want, stableRevision=st.get("currentRevision") or "1")
-            st["currentRevision"] = st["stableRevision"]
-            st["revision"] = int(st["stableRevision"])
-            t.set_phase("Healthy", f"adopted {c} running revision {st['stableRevision']}", "Adopted")
-            return
-    color = st.get("firstColor") or BLUE
-    st["firstColor"] = color
-    if st.get("currentHash") != want or not st.get("currentRevision"):
-        st["revision"] = int(st.get("revision") or 0) + (0 if st.get("currentRevision") else 1)
-        st["currentRevision"] = str(st["revision"])
-    if not st.get("firstReleaseStartedAt") or st.get("firstReleaseHash") != want:
-        st["firstReleaseStartedAt"] = iso(t.now)
-        st["firstReleaseHash"] = want
-        t.actions.append(RecordRevision(st["currentRevision"], want, t.obs.template))
-        t.event("FirstRelease", f"first release: revision {st['currentRevision']} on {color}")
-    rev = st["currentRevision"]
+    color = st.first_color or BLUE
+    st.first_color = color
+    if st.current_hash != want or not st.current_revision:
+        st.revision = int(st.revision or 0) + (0 if st.current_revision else 1)
+        st.current_revision = str(st.revision)
+    rev = _required(st.current_revision, "currentRevision")
+    if not st.first_release_started_at or st.first_release_hash != want:
+        st.first_release_started_at = t.now
+        st.first_release_hash = want
+        t.actions.append(RecordRevision(rev, want, t.template))
+        t.event("FirstRelease", f"first release: revision {rev} on {color}")
     obs = t.color(color)
     if not (obs.exists and obs.hash == want and obs.replicas == spec.replicas):
-        deploy = DeployColor(color, t.obs.template, want, rev, spec.replicas)
+        deploy = DeployColor(color, t.template, want, rev, spec.replicas)
         refused = _refusal(t, deploy)
         if refused is None or _retry_due(t, refused):
             t.actions.append(deploy)
         if refused is not None:
-            t.set_phase("Degraded", f"first release: {_refused_text(refused)}", "DeploymentRejected")
+            t.set_phase(Phase.DEGRADED, f"first release: {_refused_text(refused)}", "DeploymentRejected")
             return
     if t.color(color).available(want, spec.replicas) and (spec.replicas == 0 or t.color(color).ready > 0):
-        st.update(stableColor=color, activeColor=color, stableHash=want, stableRevision=rev)
-        started = parse_time(st.get("firstReleaseStartedAt"))
-        for k in ("firstColor", "firstReleaseStartedAt", "firstReleaseHash"):
-            st.pop(k, None)
-        t.stats("releases")
-        t.stats("promoted")
-        if started:
-            st["stats"]["lastReleaseSeconds"] = round((t.now - started).total_seconds(), 3)
-        t.event("Promoted", f"revision {rev} is live on {color}")
-        t.set_phase("Healthy", f"revision {rev} is live on {color}", "Healthy")
+        _first_release_done(t, color, want, rev)
         return
-    started = parse_time(st["firstReleaseStartedAt"])
+    _first_release_waits(t, color, want)
+
+
+def _first_release_done(t: _Tick, color: str, want: str, rev: str) -> None:
+    st = t.st
+    st.stable_color, st.active_color, st.stable_hash, st.stable_revision = color, color, want, rev
+    started = st.first_release_started_at
+    st.first_color = st.first_release_started_at = st.first_release_hash = None
+    t.stats("releases")
+    t.stats("promoted")
+    if started and st.stats is not None:
+        st.stats["lastReleaseSeconds"] = round((t.now - started).total_seconds(), 3)
+    t.event("Promoted", f"revision {rev} is live on {color}")
+    t.set_phase(Phase.HEALTHY, f"revision {rev} is live on {color}", "Healthy")
+
+
+def _first_release_waits(t: _Tick, color: str, want: str) -> None:
+    spec, c = t.spec, t.color(color)
+    started = t.st.first_release_started_at or t.now
     deadline = started + dt.timedelta(seconds=spec.blue_green.progress_deadline_seconds)
-    c = t.color(color)
     detail = f"{c.updated_available}/{spec.replicas} available"
     if c.refused_pods(want):
-        t.set_phase("Degraded", f"first release: {color} cannot create pods: {c.failure}", "DeploymentRejected")
+        t.set_phase(Phase.DEGRADED, f"first release: {color} cannot create pods: {c.failure}", "DeploymentRejected")
         return
     if c.failure and c.hash == want:
         detail += f"; pods cannot be created: {c.failure}"
     if t.now >= deadline:
         t.set_phase(
-            "Degraded",
+            Phase.DEGRADED,
             f"first release: {color} not available after {spec.blue_green.progress_deadline_seconds}s ({detail})",
             "ProgressDeadlineExceeded",
         )
         return
     t.wake_at(deadline)
-    t.set_phase("Progressing", f"first release: waiting for {color} to become available ({detail})", "Deploying")
+    t.set_phase(Phase.PROGRESSING, f"first release: waiting for {color} to become available ({detail})", "Deploying")
 
 
-def _ensure_stable(t: _Tick) -> Mapping[str, Any] | None:
+def _ensure_stable(t: _Tick) -> Rejected | None:
     """Keep the stable colour at full size (an HPA may change spec.replicas); the standing
     refusal of its Deployment, if it is missing and the apiserver refuses to make it again."""
     st, spec = t.st, t.spec
-    c = st["stableColor"]
+    c = t.stable
     obs = t.color(c)
     refused = None
-    template = t.obs.template if t.obs.template_hash == st["stableHash"] else t.obs.stable_template
+    template = t.obs.template if t.obs.template_hash == st.stable_hash else t.obs.stable_template
     if not obs.exists and template is not None:
-        deploy = DeployColor(c, template, st["stableHash"], st["stableRevision"], spec.replicas)
+        deploy = DeployColor(
+            c, template, _required(st.stable_hash, "stableHash"), _required(st.stable_revision, "stableRevision"), spec.replicas
+        )
         refused = _refusal(t, deploy)
         if refused is None or _retry_due(t, refused):
             t.actions.append(deploy)
-            t.event("StableRestored", f"the Deployment of the stable colour {c} was missing: made again from "
-                                      f"revision {st['stableRevision']}", warning=True)
+            t.event(
+                "StableRestored",
+                f"the Deployment of the stable colour {c} was missing: made again from revision {st.stable_revision}",
+                warning=True,
+            )
     elif obs.exists and obs.replicas != spec.replicas:
         t.actions.append(ScaleColor(c, spec.replicas))
-    if (st.get("scaleDown") or {}).get("color") == c:
-        st.pop("scaleDown", None)
+    if st.scale_down and st.scale_down.color == c:
+        st.scale_down = None
     return refused
 
 
-def _release_at_start(t: _Tick, color: str) -> dict[str, Any]:
+# ---------------------------------------------------------------- starting and ending a release
+
+
+def _release_at_start(t: _Tick, color: str) -> Release:
     """The current revision's release on `color`, at its very start (new, or retried)."""
-    now = iso(t.now)
-    return {
-        "revision": t.st["currentRevision"],
-        "hash": t.st["currentHash"],
-        "color": color,
-        "startedAt": now,
-        "progressAt": now,
-        "step": 0,
-    }
+    return Release(
+        revision=_required(t.st.current_revision, "currentRevision"),
+        hash=_required(t.st.current_hash, "currentHash"),
+        color=color,
+        started_at=t.now,
+        progress_at=t.now,
+        step=0,
+    )
 
 
-def _new_release(t: _Tick, color: str) -> dict[str, Any]:
+def _new_release(t: _Tick, color: str) -> Release:
     st = t.st
-    st["revision"] = int(st.get("revision") or st.get("stableRevision") or 0) + 1
-    st["currentRevision"] = str(st["revision"])
+    st.revision = int(st.revision or st.stable_revision or 0) + 1
+    st.current_revision = str(st.revision)
     return _release_at_start(t, color)
 
 
-def _start_release(t: _Tick, old: Mapping[str, Any] | None, want: str) -> dict[str, Any]:
+def _start_release(t: _Tick, old: Release | None, want: str) -> Release:
     st, spec = t.st, t.spec
-    stable = st["stableColor"]
-    if old and old.get("switchedAt") and not old.get("abortedAt"):
+    if old and old.switched_at and not old.aborted_at:
         # The superseded release already serves all traffic: it becomes stable now.
         _complete_release(t, old, superseded=True)
-        stable = st["stableColor"]
     elif old:
-        t.event("Superseded", f"revision {old['revision']} superseded by a new template", warning=False)
-        if old.get("abortedAt") is None:
+        t.event("Superseded", f"revision {old.revision} superseded by a new template", warning=False)
+        if old.aborted_at is None:
             t.stats("superseded", at=False)
-    st.pop("abort", None)
-    st.pop("promote", None)
-    color = other(stable)
+    st.abort = None
+    st.promote = None
+    color = other(t.stable)
     release = _new_release(t, color)
-    t.actions.append(RecordRevision(release["revision"], want, t.obs.template))
+    t.actions.append(RecordRevision(release.revision, want, t.template))
     t.stats("releases")
     idle = t.color(color)
     if idle.available(want, spec.replicas) and idle.ready > 0:
         # Fast rollback: the warm idle colour already runs this template.
-        release.update(fastRollback=True, promoted=True, prePromotionDone=True, step=len(spec.blue_green.steps))
+        release.fast_rollback = release.promoted = release.pre_promotion_done = True
+        release.step = len(spec.blue_green.steps)
         t.stats("rollbacks")
-        t.event("FastRollback", f"{color} still runs this template: switching back at once (revision {release['revision']})")
+        t.event("FastRollback", f"{color} still runs this template: switching back at once (revision {release.revision})")
     else:
-        t.event("ReleaseStarted", f"revision {release['revision']} starts on {color}")
-    st["release"] = release
+        t.event("ReleaseStarted", f"revision {release.revision} starts on {color}")
+    st.release = release
     return release
 
 
@@ -607,18 +712,18 @@ def _held(t: _Tick, message: str, opens_at: dt.datetime | None) -> None:
     """Held by a release window or a freeze: still Progressing (kstatus Reconciling, never
     Stalled), woken when it opens, one Event per hold (not one per tick: the 'in 14h' changes)."""
     t.wake_at(opens_at)
-    t.set_phase("Progressing", message, "HeldByPolicy")
-    if t.old.get("reason") != "HeldByPolicy":
+    t.set_phase(Phase.PROGRESSING, message, "HeldByPolicy")
+    if t.old.reason != "HeldByPolicy":
         t.event("HeldByPolicy", message)
 
 
-def _held_start(t: _Tick, release: Mapping[str, Any] | None, want: str) -> bool:
+def _held_start(t: _Tick, release: Release | None, want: str) -> bool:
     """Does a HoldBeforeStart policy or a freeze keep this new template from starting? Never a
     fast rollback (the warm idle colour already runs it), never while a release runs (it is
     superseded as before, and held at its next gate)."""
-    if not t.obs.gates or (release and not release.get("abortedAt")):
+    if not t.obs.gates or (release and not release.aborted_at):
         return False
-    idle = t.color(other(t.st["stableColor"]))
+    idle = t.color(other(t.stable))
     if idle.available(want, t.spec.replicas) and idle.ready > 0:
         return False
     h = hold(t.obs.gates, t.now, before_start=True)
@@ -628,82 +733,76 @@ def _held_start(t: _Tick, release: Mapping[str, Any] | None, want: str) -> bool:
     return True
 
 
-def _cancel_release(t: _Tick, release: Mapping[str, Any], why: str) -> None:
+def _cancel_release(t: _Tick, release: Release, why: str) -> None:
     st = t.st
-    color = release["color"]
-    st["activeColor"] = st["stableColor"]
-    st["scaleDown"] = {
-        "color": color,
-        "at": iso(t.now + dt.timedelta(seconds=t.spec.blue_green.abort_scale_down_delay_seconds)),
-    }
-    st.pop("release", None)
-    st.pop("promote", None)
-    if release.get("switchedAt") and not release.get("abortedAt"):
-        t.stats("rollbacks")
-        t.event("RolledBack", f"traffic back on {st['stableColor']}: {why}", warning=True)
-    else:
-        t.event("ReleaseCancelled", f"revision {release['revision']} cancelled: {why}")
-
-
-def _complete_release(t: _Tick, release: Mapping[str, Any], superseded: bool = False) -> None:
-    st, bg = t.st, t.spec.blue_green
-    old_stable = st["stableColor"]
-    st.update(
-        stableColor=release["color"],
-        activeColor=release["color"],
-        stableHash=release["hash"],
-        stableRevision=release["revision"],
+    st.active_color = t.stable
+    st.scale_down = ScaleDown(
+        color=release.color, at=t.now + dt.timedelta(seconds=t.spec.blue_green.abort_scale_down_delay_seconds)
     )
-    switched = parse_time(release.get("switchedAt")) or t.now
-    at = max(switched + dt.timedelta(seconds=bg.scale_down_delay_seconds), t.now)
-    st["scaleDown"] = {"color": old_stable, "at": iso(at)}
-    st.pop("release", None)
-    st.pop("promote", None)
-    st.pop("abort", None)
-    t.stats("promoted")
-    started = parse_time(release.get("startedAt"))
-    if started:
-        st.setdefault("stats", {})["lastReleaseSeconds"] = round((t.now - started).total_seconds(), 3)
-    how = " (superseded by a newer template while being verified)" if superseded else ""
-    t.event("Promoted", f"revision {release['revision']} is live on {release['color']}{how}")
+    st.release = None
+    st.promote = None
+    if release.switched_at and not release.aborted_at:
+        t.stats("rollbacks")
+        t.event("RolledBack", f"traffic back on {t.stable}: {why}", warning=True)
+    else:
+        t.event("ReleaseCancelled", f"revision {release.revision} cancelled: {why}")
 
 
-def _abort(t: _Tick, release: dict[str, Any], reason: str, message: str) -> None:
-    """Teal's own abort: recorded in status exactly like a user's."""
-    t.st["abort"] = {"revision": release["revision"], "reason": reason, "message": message, "at": iso(t.now)}
-
-
-def _handle_abort(t: _Tick, release: dict[str, Any], abort: Mapping[str, Any]) -> None:
+def _complete_release(t: _Tick, release: Release, superseded: bool = False) -> None:
     st, bg = t.st, t.spec.blue_green
-    stable = st["stableColor"]
-    st["activeColor"] = stable
-    if not release.get("abortedAt"):
-        at = parse_time(abort.get("at")) or t.now
-        release.clear()
-        release.update(_release_at_start(t, other(stable)))
-        release["abortedAt"] = iso(t.now)
-        st["scaleDown"] = {
-            "color": other(stable),
-            "at": iso(max(at, t.now) + dt.timedelta(seconds=bg.abort_scale_down_delay_seconds)),
-        }
+    old_stable = t.stable
+    st.stable_color = st.active_color = release.color
+    st.stable_hash, st.stable_revision = release.hash, release.revision
+    switched = release.switched_at or t.now
+    st.scale_down = ScaleDown(color=old_stable, at=max(switched + dt.timedelta(seconds=bg.scale_down_delay_seconds), t.now))
+    st.release = st.promote = st.abort = None
+    t.stats("promoted")
+    if release.started_at and st.stats is not None:
+        st.stats["lastReleaseSeconds"] = round((t.now - release.started_at).total_seconds(), 3)
+    how = " (superseded by a newer template while being verified)" if superseded else ""
+    t.event("Promoted", f"revision {release.revision} is live on {release.color}{how}")
+
+
+# ---------------------------------------------------------------- aborts (recorded once, applied in one place)
+
+
+def _record_abort(t: _Tick, release: Release, intent: AbortIntent) -> Abort:
+    """Teal's own abort: recorded in status exactly like a user's."""
+    t.st.abort = Abort(revision=release.revision, reason=intent.reason, message=intent.message, at=t.now)
+    return t.st.abort
+
+
+def _apply_abort(t: _Tick, release: Release, abort: Abort) -> None:
+    """All traffic back on the stable colour; the release starts over as an aborted one (a
+    retry starts it afresh), its colour scaled down after abortScaleDownDelaySeconds."""
+    st, bg, stable = t.st, t.spec.blue_green, t.stable
+    st.active_color = stable
+    if not release.aborted_at:
+        at = abort.at or t.now
+        release = _release_at_start(t, other(stable))
+        release.aborted_at = t.now
+        st.release = release
+        st.scale_down = ScaleDown(
+            color=other(stable), at=max(at, t.now) + dt.timedelta(seconds=bg.abort_scale_down_delay_seconds)
+        )
         t.stats("aborted")
+        why = abort.reason if abort.reason is not None else "Aborted"
         t.event(
             "Aborted",
-            f"revision {release['revision']} aborted ({abort.get('reason', 'Aborted')}): "
-            f"{abort.get('message', '')}; all traffic on {stable}",
+            f"revision {release.revision} aborted ({why}): {abort.message if abort.message is not None else ''}; "
+            f"all traffic on {stable}",
             warning=True,
         )
-    msg = f"revision {release['revision']} aborted: {abort.get('message') or abort.get('reason')}"
-    msg += f"; revision {st['stableRevision']} serves all traffic on {stable}"
-    t.set_phase("Aborted", msg, str(abort.get("reason") or "Aborted"))
+    msg = f"revision {release.revision} aborted: {abort.message or abort.reason}"
+    msg += f"; revision {st.stable_revision} serves all traffic on {stable}"
+    t.set_phase(Phase.ABORTED, msg, str(abort.reason or "Aborted"))
 
 
-def _reject_release(t: _Tick, release: dict[str, Any], why: str) -> None:
+def _rejected(t: _Tick, release: Release, why: str) -> AbortIntent:
     """The apiserver refuses the new colour (its Deployment or its pods): abort at once,
     traffic stays on the stable colour."""
-    t.event("DeploymentRejected", f"revision {release['revision']}: {why}", warning=True)
-    _abort(t, release, "DeploymentRejected", why)
-    _handle_abort(t, release, t.st["abort"])
+    t.event("DeploymentRejected", f"revision {release.revision}: {why}", warning=True)
+    return AbortIntent("DeploymentRejected", why)
 
 
 # ---------------------------------------------------------------- refused Deployments
@@ -714,305 +813,312 @@ def _note_rejection(t: _Tick) -> None:
     template changed, or the colour runs what was refused: it was accepted since)."""
     st, r = t.st, t.obs.rejected
     if r is not None:
-        old = st.get("rejected") or {}
-        again = (old.get("color"), old.get("hash"), old.get("replicas")) == (r.color, r.hash, r.replicas)
-        st["rejected"] = {"color": r.color, "hash": r.hash, "replicas": r.replicas, "code": r.code,
-                          "message": r.message, "at": iso(t.now),
-                          "attempts": int(old.get("attempts") or 0) + 1 if again else 1}
-    rej = st.get("rejected")
+        old = st.rejected
+        again = old is not None and (old.color, old.hash, old.replicas) == (r.color, r.hash, r.replicas)
+        attempts = (old.attempts or 0) + 1 if again and old is not None else 1
+        st.rejected = Rejected(
+            color=r.color, hash=r.hash, replicas=r.replicas, code=r.code, message=r.message, at=t.now, attempts=attempts
+        )
+    rej = st.rejected
     if not rej:
         return
-    c = t.color(rej.get("color"))
-    accepted = c.exists and (c.hash, c.replicas) == (rej.get("hash"), rej.get("replicas"))
-    if rej.get("hash") != t.obs.template_hash or accepted:
-        st.pop("rejected", None)
+    c = t.color(rej.color)
+    accepted = c.exists and (c.hash, c.replicas) == (rej.hash, rej.replicas)
+    if rej.hash != t.obs.template_hash or accepted:
+        st.rejected = None
 
 
-def _refusal(t: _Tick, deploy: DeployColor) -> Mapping[str, Any] | None:
+def _refusal(t: _Tick, deploy: DeployColor) -> Rejected | None:
     """The recorded refusal of exactly this Deployment (colour, template, size), if any."""
-    rej = t.st.get("rejected")
-    if rej and (rej.get("color"), rej.get("hash"), rej.get("replicas")) == (deploy.color, deploy.hash, deploy.replicas):
+    rej = t.st.rejected
+    if rej and (rej.color, rej.hash, rej.replicas) == (deploy.color, deploy.hash, deploy.replicas):
         return rej
     return None
 
 
-def _retry_due(t: _Tick, rej: Mapping[str, Any]) -> bool:
+def _retry_due(t: _Tick, rej: Rejected) -> bool:
     """Only a 403 is sent again by itself, with a bounded backoff; 400/422 wait for a new template."""
-    if int(rej.get("code") or 0) != 403:
+    if (rej.code or 0) != 403:
         return False
-    attempts = max(1, int(rej.get("attempts") or 1))
+    attempts = max(1, rej.attempts or 1)
     delay = min(REJECTED_RETRY_MAX, REJECTED_RETRY_FIRST * 2 ** min(attempts - 1, 10))
-    due = (parse_time(rej.get("at")) or t.now) + dt.timedelta(seconds=delay)
+    due = (rej.at or t.now) + dt.timedelta(seconds=delay)
     if t.now >= due:
         return True
     t.wake_at(due)
     return False
 
 
-def _refused_text(rej: Mapping[str, Any], then: bool = True) -> str:
-    text = f"the apiserver refused the Deployment for {rej.get('color')} ({rej.get('code')}): {rej.get('message')}"
+def _refused_text(rej: Rejected, then: bool = True) -> str:
+    text = f"the apiserver refused the Deployment for {rej.color} ({rej.code}): {rej.message}"
     if not then:
         return text
-    if int(rej.get("code") or 0) == 403:
+    if (rej.code or 0) == 403:
         return text + "; tried again with backoff (a quota or policy may be lifted)"
     return text + "; not sent again until the template changes"
 
 
-def _run_release(t: _Tick, release: dict[str, Any]) -> None:
-    st, spec, bg = t.st, t.spec, t.spec.blue_green
-    rev, want, color = release["revision"], release["hash"], release["color"]
-    stable = st["stableColor"]
+# ---------------------------------------------------------------- the stage machine of a release
 
-    abort = t.abort_for(rev)
+
+def _run_release(t: _Tick, release: Release) -> None:
+    """Run the release through its stages as far as the world allows in this decision."""
+    abort = t.abort_for(release.revision)
     if abort:
-        _handle_abort(t, release, abort)
+        _apply_abort(t, release, abort)
         return
-    if release.get("abortedAt"):
-        # Retry: the abort was withdrawn (kubectl teal retry). Start the same revision afresh.
-        release.clear()
-        release.update(_release_at_start(t, other(stable)))
-        st.pop("promote", None)
-        st.pop("rejected", None)  # a retry sends the Deployment again
-        t.stats("retries", at=False)
-        t.event("Retry", f"revision {rev} starts again on {release['color']}")
-
-    def progressed(stage: str) -> None:
-        if release.get("stage") != stage:
-            release["stage"] = stage
-            release["progressAt"] = iso(t.now)
-
-    def deadline_passed(what: str) -> bool:
-        since = parse_time(release.get("progressAt")) or t.now
-        deadline = since + dt.timedelta(seconds=bg.progress_deadline_seconds)
-        if t.now >= deadline:
-            _abort(t, release, "ProgressDeadlineExceeded", f"{what} after {bg.progress_deadline_seconds}s")
-            _handle_abort(t, release, t.st["abort"])
-            return True
-        t.wake_at(deadline)
-        return False
-
-    def analysis_gate(run: str, step: int | None = None) -> bool:
-        """True when the analysis run `run` has passed (or none is configured)."""
-        names = _analysis_names(spec, run)
-        if not names:
-            return True
-        key = f"{rev}:{run}" if step is None else f"{rev}:{run}:{step}"
-        release["analysisKey"] = key
-        a = t.obs.analysis
-        if a is None or a.key != key:
-            progressed(f"Analysis:{run}")
-            t.set_phase("Progressing", f"revision {rev}: {run} analysis starting on {color}", "Analysis")
-            t.wake_at(t.now)
-            return False
-        if a.error:
-            _abort(t, release, "AnalysisError", a.error)
-            _handle_abort(t, release, t.st["abort"])
-            return False
-        if a.verdict == "Successful":
-            release.pop("analysisKey", None)
-            release.setdefault("passed", []).append(key)
-            t.event("AnalysisPassed", f"revision {rev}: {run} analysis passed: {a.message}")
-            return True
-        if a.verdict == "Failed":
-            _abort(t, release, "AnalysisFailed", f"{run} analysis failed: {a.message}")
-            _handle_abort(t, release, t.st["abort"])
-            return False
-        if a.verdict == "Inconclusive":
-            if t.promote_for(rev, step if step is not None else -1) or t.full_promote(rev):
-                release.pop("analysisKey", None)
-                release.setdefault("passed", []).append(key)
-                t.event("AnalysisOverridden", f"revision {rev}: inconclusive {run} analysis promoted by a user")
-                return True
-            progressed(f"Inconclusive:{run}")
-            t.set_phase(
-                "Paused",
-                f"revision {rev}: {run} analysis inconclusive ({a.message}); waiting for promote or abort",
-                "AnalysisInconclusive",
-            )
-            return False
-        progressed(f"Analysis:{run}")
-        t.wake_at(a.next_at)
-        t.set_phase("Progressing", f"revision {rev}: {run} analysis running on {color}: {a.message}", "Analysis")
-        return False
-
-    def passed(run: str, step: int | None = None) -> bool:
-        key = f"{rev}:{run}" if step is None else f"{rev}:{run}:{step}"
-        return key in (release.get("passed") or [])
-
-    def held(what: str) -> bool:
-        """A window or freeze holds the next move of traffic (never a fast rollback)."""
-        h = None if release.get("fastRollback") else hold(t.obs.gates, t.now)
-        if h is None:
-            return False
-        progressed("Held")
-        _held(t, f"revision {rev} on {color} waits before {what}: {h.message}", h.opens_at)
-        return True
-
-    # -- after the switch: verify, then make it stable
-    if release.get("switchedAt"):
-        st["activeColor"] = color
-        if not t.servable(color):
-            _abort(t, release, "NewColorUnavailable", f"{color} lost all ready pods after the switch")
-            _handle_abort(t, release, t.st["abort"])
+    if release.aborted_at:  # the abort was withdrawn (kubectl teal retry): start the same revision afresh
+        release = _retry(t, release)
+    stage: Stage | None = Stage.POST_PROMOTION if release.switched_at else Stage.DEPLOYING
+    while stage is not None:
+        out = _HANDLERS[stage](t, release)
+        if isinstance(out, AbortIntent):
+            _apply_abort(t, release, _record_abort(t, release, out))
             return
-        if not passed("postPromotion") and not release.get("fastRollback"):
-            if not analysis_gate("postPromotion"):
-                return
-        _complete_release(t, release)
-        t.set_phase("Healthy", f"revision {rev} is live on {color}", "Healthy")
-        return
+        stage = out
 
-    # -- deploy the new colour (at preview size until promoted)
-    full = spec.replicas
-    scaled = bool(release.get("promoted")) or bg.preview_replicas is None
-    target = full if scaled else min(bg.preview_replicas, full)
-    obs = t.color(color)
-    if not (obs.exists and obs.hash == want and obs.replicas == target):
-        deploy = DeployColor(color, t.obs.template, want, rev, target)
+
+def _retry(t: _Tick, release: Release) -> Release:
+    fresh = _release_at_start(t, other(t.stable))
+    t.st.release = fresh
+    t.st.promote = None
+    t.st.rejected = None  # a retry sends the Deployment again
+    t.stats("retries", at=False)
+    t.event("Retry", f"revision {release.revision} starts again on {fresh.color}")
+    return fresh
+
+
+def _progressed(t: _Tick, r: Release, progress: str) -> None:
+    if r.progress != progress:
+        r.progress = progress
+        r.progress_at = t.now
+
+
+def _deadline(t: _Tick, r: Release, what: str) -> AbortIntent | None:
+    """An abort once the release made no progress for progressDeadlineSeconds."""
+    seconds = t.spec.blue_green.progress_deadline_seconds
+    deadline = (r.progress_at or t.now) + dt.timedelta(seconds=seconds)
+    if t.now >= deadline:
+        return AbortIntent("ProgressDeadlineExceeded", f"{what} after {seconds}s")
+    t.wake_at(deadline)
+    return None
+
+
+def _held_move(t: _Tick, r: Release, what: str) -> bool:
+    """A window or freeze holds the next move of traffic (never a fast rollback)."""
+    h = None if r.fast_rollback else hold(t.obs.gates, t.now)
+    if h is None:
+        return False
+    _progressed(t, r, "Held")
+    _held(t, f"revision {r.revision} on {r.color} waits before {what}: {h.message}", h.opens_at)
+    return True
+
+
+def _target(t: _Tick, r: Release) -> int:
+    """The new colour's size: the preview size until promoted, then full."""
+    bg, full = t.spec.blue_green, t.spec.replicas
+    scaled = r.promoted or bg.preview_replicas is None
+    return full if scaled or bg.preview_replicas is None else min(bg.preview_replicas, full)
+
+
+def _deploying(t: _Tick, r: Release) -> Outcome:
+    """Deploying: the new colour at its target size and available (checked on every decision)."""
+    obs, target = t.color(r.color), _target(t, r)
+    if not (obs.exists and obs.hash == r.hash and obs.replicas == target):
+        deploy = DeployColor(r.color, t.template, r.hash, r.revision, target)
         refused = _refusal(t, deploy)
         if refused is not None:
-            _reject_release(t, release, _refused_text(refused, then=False))
-            return
+            return _rejected(t, r, _refused_text(refused, then=False))
         t.actions.append(deploy)
-    if (st.get("scaleDown") or {}).get("color") == color:
-        st.pop("scaleDown", None)
-    if obs.refused_pods(want):
-        _reject_release(t, release, f"{color} cannot create pods: {obs.failure}")
-        return
-    if not obs.available(want, target) or (target > 0 and obs.ready == 0):
-        stage = "Deploying" if not scaled or not bg.preview_replicas else "ScalingUp"
-        progressed(stage)
-        fresh = obs.updated_available if obs.hash == want else 0
-        counts = f"{fresh}/{target} pods of revision {rev} available"
-        if obs.failure and obs.hash == want:
-            counts += f"; pods cannot be created: {obs.failure}"
-        if deadline_passed(f"{color} not available ({counts})"):
-            return
-        t.set_phase("Progressing", f"revision {rev}: waiting for {color} to become available ({counts})", stage)
-        return
-    release["previewReady"] = True
+    if t.st.scale_down and t.st.scale_down.color == r.color:
+        t.st.scale_down = None
+    if obs.refused_pods(r.hash):
+        return _rejected(t, r, f"{r.color} cannot create pods: {obs.failure}")
+    if not obs.available(r.hash, target) or (target > 0 and obs.ready == 0):
+        return _waiting_for_pods(t, r, obs, target)
+    r.preview_ready = True
+    if t.spec.paused:
+        t.set_phase(Phase.PAUSED, f"revision {r.revision} on {r.color}: paused by spec.paused", "PausedBySpec")
+        return None
+    return Stage.PROMOTION if r.pre_promotion_done else Stage.PRE_PROMOTION
 
-    if spec.paused:
-        t.set_phase("Paused", f"revision {rev} on {color}: paused by spec.paused", "PausedBySpec")
-        return
 
-    # -- before any user traffic
-    if not release.get("prePromotionDone"):
-        if not analysis_gate("prePromotion"):
-            return
-        release["prePromotionDone"] = True
+def _waiting_for_pods(t: _Tick, r: Release, obs: ColorObs, target: int) -> Outcome:
+    bg = t.spec.blue_green
+    scaled = r.promoted or bg.preview_replicas is None
+    progress = "Deploying" if not scaled or not bg.preview_replicas else "ScalingUp"
+    _progressed(t, r, progress)
+    fresh = obs.updated_available if obs.hash == r.hash else 0
+    counts = f"{fresh}/{target} pods of revision {r.revision} available"
+    if obs.failure and obs.hash == r.hash:
+        counts += f"; pods cannot be created: {obs.failure}"
+    abort = _deadline(t, r, f"{r.color} not available ({counts})")
+    if abort:
+        return abort
+    t.set_phase(Phase.PROGRESSING, f"revision {r.revision}: waiting for {r.color} to become available ({counts})", progress)
+    return None
 
-    steps = bg.steps
-    if not steps and not release.get("promoted"):
-        if not (bg.auto_promote or t.promote_for(rev, None)):
-            progressed("AwaitingPromotion")
-            t.set_phase("Paused", f"revision {rev} ready on {color}; waiting for promote", "AwaitingPromotion")
-            return
-        if held("promotion"):
-            return
-        release["promoted"] = True
-        if target != full:
-            return _run_release(t, release)  # scale up to full size first
-    elif steps and not release.get("promoted"):
-        if held("promotion"):
-            return
-        release["promoted"] = True  # steps gate the traffic from here on
-        if target != full:
-            return _run_release(t, release)
 
-    # -- the steps (weights through a router; pauses)
-    if t.full_promote(rev):
-        release["step"] = len(steps)
-    while release.get("step", 0) < len(steps):
-        i = release["step"]
-        step: Step = steps[i]
-        st["currentStep"] = i + 1
-        if step.set_weight is not None:
-            w = step.set_weight
-            if bg.traffic_routing is None:
-                if w >= 100:
-                    release["step"] = len(steps)
-                    break
-                _next_step(t, release)
-                continue
-            if release.get("weight", 0) != w and held(f"step {i + 1}/{len(steps)} ({w}%)"):
-                return
-            release["weight"] = w
-            if not t.servable(color) and w > 0:
-                _abort(t, release, "NewColorUnavailable", f"{color} has no ready pods at step {i + 1}")
-                _handle_abort(t, release, t.st["abort"])
-                return
-            if w < 100 and not t.servable(stable):
-                t.set_phase(
-                    "Degraded",
-                    f"step {i + 1}/{len(steps)}: the stable colour {stable} has no ready pods, so {100 - w}% "
-                    "cannot go there; waiting for it to recover (or promote --full)",
-                    "StableUnavailable",
-                )
-                return
-            current = dict(t.obs.weights or {})
-            if current.get(color, 0) != w or current.get(stable, 0) != 100 - w:
-                progressed(f"Step{i + 1}")
-                t.set_phase(
-                    "Progressing", f"step {i + 1}/{len(steps)}: setting {w}% to {color}", "SettingWeights"
-                )
-                return
-            if not passed("steps", i) and not analysis_gate("steps", i):
-                return
-            _next_step(t, release)
-            continue
-        # a pause
-        if step.pause_seconds is None:
-            if t.promote_for(rev, i + 1):
-                _next_step(t, release)
-                continue
-            progressed(f"Step{i + 1}")
-            t.set_phase(
-                "Paused", f"step {i + 1}/{len(steps)}: paused until promoted; {_weight_text(t, release)}", "PausedAtStep"
-            )
-            return
-        started = parse_time(release.get("stepStartedAt")) or t.now
-        release.setdefault("stepStartedAt", iso(started))
-        end = started + dt.timedelta(seconds=step.pause_seconds)
-        if t.now >= end or t.promote_for(rev, i + 1):
-            _next_step(t, release)
-            continue
-        t.wake_at(end)
-        left = (end - t.now).total_seconds()
+def _pre_promotion(t: _Tick, r: Release) -> Outcome:
+    """PrePromotion: the prePromotion analysis passes before any user traffic."""
+    gate = _analysis_gate(t, r, RunKey(r.revision, "prePromotion"))
+    if gate is not True:
+        return _stop(gate)
+    r.pre_promotion_done = True
+    return Stage.PROMOTION
+
+
+def _promotion(t: _Tick, r: Release) -> Outcome:
+    """Promotion: autoPromote or a user's promote (without steps; with steps, the steps gate the
+    traffic), unless a window holds it; then the preview goes to full size (back to Deploying)."""
+    if r.promoted:
+        return Stage.STEPS
+    if not t.spec.blue_green.steps and not (t.spec.blue_green.auto_promote or t.promote_for(r.revision, None)):
+        _progressed(t, r, "AwaitingPromotion")
+        t.set_phase(Phase.PAUSED, f"revision {r.revision} ready on {r.color}; waiting for promote", "AwaitingPromotion")
+        return None
+    if _held_move(t, r, "promotion"):
+        return None
+    preview_size = _target(t, r)
+    r.promoted = True
+    return Stage.DEPLOYING if preview_size != t.spec.replicas else Stage.STEPS
+
+
+def _steps(t: _Tick, r: Release) -> Outcome:
+    """Steps: weights through a router and pauses, one after the other (all of them at a full promote)."""
+    steps = t.spec.blue_green.steps
+    if t.full_promote(r.revision):
+        r.step = len(steps)
+    while (r.step or 0) < len(steps):
+        i = r.step or 0
+        t.st.current_step = i + 1
+        out = _weight_step(t, r, i) if steps[i].set_weight is not None else _pause_step(t, r, i)
+        if out is not Stage.STEPS:
+            return out
+    return Stage.SWITCHING
+
+
+def _weight_step(t: _Tick, r: Release, i: int) -> Outcome:
+    bg, steps, stable = t.spec.blue_green, t.spec.blue_green.steps, t.stable
+    w = steps[i].set_weight or 0
+    if bg.traffic_routing is None:  # no router: a weight step only orders the pauses
+        r.step = len(steps) if w >= 100 else r.step
+        if w < 100:
+            _next_step(t, r)
+        return Stage.STEPS
+    if (r.weight or 0) != w and _held_move(t, r, f"step {i + 1}/{len(steps)} ({w}%)"):
+        return None
+    r.weight = w
+    if not t.servable(r.color) and w > 0:
+        return AbortIntent("NewColorUnavailable", f"{r.color} has no ready pods at step {i + 1}")
+    if w < 100 and not t.servable(stable):
         t.set_phase(
-            "Paused", f"step {i + 1}/{len(steps)}: pause {left:.0f}s left; {_weight_text(t, release)}", "PausedAtStep"
+            Phase.DEGRADED,
+            f"step {i + 1}/{len(steps)}: the stable colour {stable} has no ready pods, so {100 - w}% "
+            "cannot go there; waiting for it to recover (or promote --full)",
+            "StableUnavailable",
         )
-        return
-
-    # -- the switch
-    release.pop("weight", None)
-    if not t.servable(color):
-        t.set_phase("Progressing", f"revision {rev}: {color} has no ready pods; not switching", "WaitingForPods")
-        return
-    if held("the switch"):
-        return
-    release["switchedAt"] = iso(t.now)
-    release["stage"] = "Switched"
-    st["activeColor"] = color
-    t.event("Switched", f"all active Services now select {color} (revision {rev})")
-    if release.get("fastRollback") or not _analysis_names(spec, "postPromotion"):
-        _complete_release(t, release)
-        t.set_phase("Healthy", f"revision {rev} is live on {color}", "Healthy")
-        return
-    analysis_gate("postPromotion")
+        return None
+    current = dict(t.obs.weights or {})
+    if current.get(r.color, 0) != w or current.get(stable, 0) != 100 - w:
+        _progressed(t, r, f"Step{i + 1}")
+        t.set_phase(Phase.PROGRESSING, f"step {i + 1}/{len(steps)}: setting {w}% to {r.color}", "SettingWeights")
+        return None
+    key = RunKey(r.revision, "steps", i)
+    if not r.has_passed(key):
+        gate = _analysis_gate(t, r, key)
+        if gate is not True:
+            return _stop(gate)
+    _next_step(t, r)
+    return Stage.STEPS
 
 
-def _next_step(t: _Tick, release: dict[str, Any]) -> None:
-    release["step"] = release.get("step", 0) + 1
-    release["stepStartedAt"] = iso(t.now)
-    release["progressAt"] = iso(t.now)
+def _pause_step(t: _Tick, r: Release, i: int) -> Outcome:
+    steps = t.spec.blue_green.steps
+    seconds = steps[i].pause_seconds
+    if seconds is None:
+        if t.promote_for(r.revision, i + 1):
+            _next_step(t, r)
+            return Stage.STEPS
+        _progressed(t, r, f"Step{i + 1}")
+        t.set_phase(Phase.PAUSED, f"step {i + 1}/{len(steps)}: paused until promoted; {_weight_text(t, r)}", "PausedAtStep")
+        return None
+    if r.step_started_at is None:
+        r.step_started_at = t.now
+    end = r.step_started_at + dt.timedelta(seconds=seconds)
+    if t.now >= end or t.promote_for(r.revision, i + 1):
+        _next_step(t, r)
+        return Stage.STEPS
+    t.wake_at(end)
+    left = (end - t.now).total_seconds()
+    t.set_phase(Phase.PAUSED, f"step {i + 1}/{len(steps)}: pause {left:.0f}s left; {_weight_text(t, r)}", "PausedAtStep")
+    return None
 
 
-def _weight_text(t: _Tick, release: Mapping[str, Any]) -> str:
+def _switching(t: _Tick, r: Release) -> Outcome:
+    """Switching: every active Service to the new colour, once it has ready pods and no window holds it."""
+    r.weight = None
+    if not t.servable(r.color):
+        t.set_phase(Phase.PROGRESSING, f"revision {r.revision}: {r.color} has no ready pods; not switching", "WaitingForPods")
+        return None
+    if _held_move(t, r, "the switch"):
+        return None
+    r.switched_at = t.now
+    r.progress = "Switched"
+    t.st.active_color = r.color
+    t.event("Switched", f"all active Services now select {r.color} (revision {r.revision})")
+    if r.fast_rollback or not _analysis_names(t.spec, "postPromotion"):
+        _complete_release(t, r)
+        t.set_phase(Phase.HEALTHY, f"revision {r.revision} is live on {r.color}", "Healthy")
+        return None
+    return _stop(_analysis_gate(t, r, RunKey(r.revision, "postPromotion")))
+
+
+def _post_promotion(t: _Tick, r: Release) -> Outcome:
+    """PostPromotion: verify the new colour serving all traffic, then make it stable."""
+    t.st.active_color = r.color
+    if not t.servable(r.color):
+        return AbortIntent("NewColorUnavailable", f"{r.color} lost all ready pods after the switch")
+    key = RunKey(r.revision, "postPromotion")
+    if not r.has_passed(key) and not r.fast_rollback:
+        gate = _analysis_gate(t, r, key)
+        if gate is not True:
+            return _stop(gate)
+    _complete_release(t, r)
+    t.set_phase(Phase.HEALTHY, f"revision {r.revision} is live on {r.color}", "Healthy")
+    return None
+
+
+def _aborted(t: _Tick, r: Release) -> Outcome:  # never entered: _run_release retries or applies the abort first
+    return None
+
+
+_HANDLERS: dict[Stage, Callable[[_Tick, Release], Outcome]] = {
+    Stage.DEPLOYING: _deploying,
+    Stage.PRE_PROMOTION: _pre_promotion,
+    Stage.PROMOTION: _promotion,
+    Stage.STEPS: _steps,
+    Stage.SWITCHING: _switching,
+    Stage.POST_PROMOTION: _post_promotion,
+    Stage.ABORTED: _aborted,
+}
+
+
+def _stop(gate: bool | AbortIntent) -> Outcome:
+    """A gate that has not passed: wait (None), or abort."""
+    return gate if isinstance(gate, AbortIntent) else None
+
+
+def _next_step(t: _Tick, r: Release) -> None:
+    r.step = (r.step or 0) + 1
+    r.step_started_at = t.now
+    r.progress_at = t.now
+
+
+def _weight_text(t: _Tick, r: Release) -> str:
     if t.spec.blue_green.traffic_routing is None:
-        return f"{release['color']} gets no traffic yet"
-    w = release.get("weight", 0)
-    return f"{w}% to {release['color']}"
+        return f"{r.color} gets no traffic yet"
+    return f"{r.weight or 0}% to {r.color}"
 
 
 def _analysis_names(spec: RolloutSpec, run: str) -> list[str]:
@@ -1020,46 +1126,103 @@ def _analysis_names(spec: RolloutSpec, run: str) -> list[str]:
     return list(analysis.get(run) or [])
 
 
+# ---------------------------------------------------------------- analysis gates
+
+
+def _analysis_gate(t: _Tick, r: Release, key: RunKey) -> bool | AbortIntent:
+    """True when the analysis run `key` has passed (or none is configured); False while it runs."""
+    if not _analysis_names(t.spec, key.run):
+        return True
+    r.analysis_key = key
+    a = t.obs.analysis
+    if a is None or a.key != str(key):
+        _progressed(t, r, f"Analysis:{key.run}")
+        t.set_phase(Phase.PROGRESSING, f"revision {r.revision}: {key.run} analysis starting on {r.color}", "Analysis")
+        t.wake_at(t.now)
+        return False
+    if a.error:
+        return AbortIntent("AnalysisError", a.error)
+    if a.verdict == "Successful":
+        _passed(r, key)
+        t.event("AnalysisPassed", f"revision {r.revision}: {key.run} analysis passed: {a.message}")
+        return True
+    if a.verdict == "Failed":
+        return AbortIntent("AnalysisFailed", f"{key.run} analysis failed: {a.message}")
+    if a.verdict == "Inconclusive":
+        return _inconclusive(t, r, key, a)
+    _progressed(t, r, f"Analysis:{key.run}")
+    t.wake_at(a.next_at)
+    t.set_phase(Phase.PROGRESSING, f"revision {r.revision}: {key.run} analysis running on {r.color}: {a.message}", "Analysis")
+    return False
+
+
+def _inconclusive(t: _Tick, r: Release, key: RunKey, a: AnalysisRun) -> bool:
+    """An inconclusive run waits for a user: promote passes it, abort ends the release."""
+    if t.promote_for(r.revision, key.step if key.step is not None else -1) or t.full_promote(r.revision):
+        _passed(r, key)
+        t.event("AnalysisOverridden", f"revision {r.revision}: inconclusive {key.run} analysis promoted by a user")
+        return True
+    _progressed(t, r, f"Inconclusive:{key.run}")
+    t.set_phase(
+        Phase.PAUSED,
+        f"revision {r.revision}: {key.run} analysis inconclusive ({a.message}); waiting for promote or abort",
+        "AnalysisInconclusive",
+    )
+    return False
+
+
+def _passed(r: Release, key: RunKey) -> None:
+    r.analysis_key = None
+    r.passed = [*(r.passed or []), key]
+
+
+def _analysis_state(t: _Tick) -> None:
+    """What teal.analysis measured this tick becomes status.analysisRun and status.analysis; the
+    run's state goes once no run is asked for (release.analysisKey)."""
+    st, a = t.st, t.obs.analysis
+    if a is not None and a.history is not None:
+        st.analysis_run = dict(a.state) if a.state is not None else None
+        st.analysis = [dict(m) for m in a.history]
+    if not (st.release and st.release.analysis_key):
+        st.analysis_run = None
+
+
 # ---------------------------------------------------------------- convergence
 
 
 def _desired_weights(t: _Tick) -> dict[str, int] | None:
     st = t.st
-    active = st.get("activeColor")
+    active = st.active_color
     if active is None:
         return None
-    release = st.get("release") or {}
-    if "weight" in release and not release.get("abortedAt") and t.abort_for(release.get("revision")) is None:
-        w = int(release["weight"])
-        return {release["color"]: w, active: 100 - w}
+    release = st.release
+    if release and release.weight is not None and not release.aborted_at and t.abort_for(release.revision) is None:
+        w = release.weight
+        return {release.color: w, active: 100 - w}
     return {active: 100, other(active): 0}
 
 
 def _enforce_traffic(t: _Tick) -> None:
     """Point Services and routes where status says, but never at a colour without ready pods."""
-    st, spec = t.st, t.spec
-    if st.get("reason") in ("ServiceNotFound", "TemplateNotFound", "ServiceClaimed"):
-        return
-    active = st.get("activeColor")
-    if active is None:
+    st, bg = t.st, t.spec.blue_green
+    active = st.active_color
+    if st.reason in ("ServiceNotFound", "TemplateNotFound", "ServiceClaimed") or active is None:
         return
     if not t.servable(active):
         # Nothing to switch to safely: leave every selector where it is.
-        stable = st.get("stableColor")
-        if stable and stable != active and t.servable(stable):
-            st["activeColor"] = active = stable
-        else:
+        stable = st.stable_color
+        if not (stable and stable != active and t.servable(stable)):
             return
-    for name in spec.blue_green.active_services:
+        st.active_color = active = stable
+    for name in bg.active_services:
         if (t.obs.services.get(name) or ServiceObs()).color != active:
             t.actions.append(SelectColor(name, active))
-    preview = spec.blue_green.preview_service
-    if preview:
-        release = st.get("release") or {}
-        target = release.get("color") if release and not release.get("abortedAt") else active
-        if target and t.servable(target) and (t.obs.services.get(preview) or ServiceObs()).color != target:
-            t.actions.append(SelectColor(preview, target))
-    if spec.blue_green.traffic_routing is not None and not t.obs.router_error:
+    if bg.preview_service:
+        release = st.release
+        target = release.color if release and not release.aborted_at else active
+        if target and t.servable(target) and (t.obs.services.get(bg.preview_service) or ServiceObs()).color != target:
+            t.actions.append(SelectColor(bg.preview_service, target))
+    if bg.traffic_routing is not None and not t.obs.router_error:
         want = _desired_weights(t)
         if want is not None:
             if any(w > 0 and not t.servable(c) for c, w in want.items()):
@@ -1072,10 +1235,13 @@ def _enforce_traffic(t: _Tick) -> None:
 def _honest_phase(t: _Tick) -> None:
     """Status is written before the actions run: never call a release Healthy while its
     traffic is still being moved (the next reconcile, right after the actions, will)."""
-    moving = [a for a in t.actions if isinstance(a, SetWeights) or (
-        isinstance(a, SelectColor) and a.service in t.spec.blue_green.active_services)]
-    if moving and t.st.get("phase") == "Healthy":
-        t.set_phase("Progressing", f"moving traffic to {t.st.get('activeColor')}", "Switching")
+    moving = [
+        a
+        for a in t.actions
+        if isinstance(a, SetWeights) or (isinstance(a, SelectColor) and a.service in t.spec.blue_green.active_services)
+    ]
+    if moving and t.st.phase == Phase.HEALTHY:
+        t.set_phase(Phase.PROGRESSING, f"moving traffic to {t.st.active_color}", "Switching")
 
 
 def _guard_stable(t: _Tick) -> None:
@@ -1083,92 +1249,90 @@ def _guard_stable(t: _Tick) -> None:
     that serves the traffic: with no ready pod it is Degraded/StableUnavailable (a Warning
     Event, Stalled=True) until it recovers; _ensure_stable meanwhile restores it."""
     st = t.st
-    c = st.get("stableColor")
-    if not c or st.get("activeColor") != c or t.spec.replicas == 0 or st.get("phase") not in (
-            "Healthy", "Progressing", "Paused"):
+    c = st.stable_color
+    if not c or st.active_color != c or t.spec.replicas == 0 or st.phase not in (Phase.HEALTHY, Phase.PROGRESSING, Phase.PAUSED):
         return
     obs = t.color(c)
     if obs.ready > 0:
         return
     if not obs.exists:
-        restorable = t.obs.template_hash == st.get("stableHash") or t.obs.stable_template is not None
-        how = "its Deployment is missing; " + ("it is being made again" if restorable else
-                                               "its template is not in the revision history: it cannot be made again")
+        restorable = t.obs.template_hash == st.stable_hash or t.obs.stable_template is not None
+        how = "its Deployment is missing; " + (
+            "it is being made again" if restorable else "its template is not in the revision history: it cannot be made again"
+        )
     else:
         how = f"0/{t.spec.replicas} pods ready"
-    message = f"the stable colour {c} (revision {st.get('stableRevision')}) has no ready pods: {how}"
-    if st.get("release"):
-        message += f"; meanwhile: {st.get('message')}"
-    t.set_phase("Degraded", message, "StableUnavailable")
+    message = f"the stable colour {c} (revision {st.stable_revision}) has no ready pods: {how}"
+    if st.release:
+        message += f"; meanwhile: {st.message}"
+    t.set_phase(Phase.DEGRADED, message, "StableUnavailable")
 
 
 def _scale_down_idle(t: _Tick) -> None:
     st = t.st
-    pending = st.get("scaleDown")
+    pending = st.scale_down
     if not pending:
         return
-    color = pending["color"]
-    release = st.get("release") or {}
-    if color == st.get("activeColor") or (release.get("color") == color and not release.get("abortedAt")):
-        st.pop("scaleDown", None)
+    color, release = pending.color, st.release
+    if color == st.active_color or (release and release.color == color and not release.aborted_at):
+        st.scale_down = None
         return
-    at = parse_time(pending["at"]) or t.now
+    at = pending.at or t.now
     if t.now < at:
         t.wake_at(at)
         return
-    if t.color(color).replicas != 0:
+    if t.color(color).replicas != 0 and color is not None:
         t.actions.append(ScaleColor(color, 0))
-        if not pending.get("announced"):
-            pending["announced"] = True
+        if not pending.announced:
+            pending.announced = True
             t.event("ScaledDown", f"{color} scaled to zero")
     else:
-        st.pop("scaleDown", None)
+        st.scale_down = None
 
 
 def _observed_fields(t: _Tick) -> None:
     st = t.st
-    release = st.get("release") or {}
-    st["previewColor"] = release.get("color") if release and not release.get("abortedAt") else None
+    release = st.release
+    st.preview_color = release.color if release and not release.aborted_at else None
     if not release:
-        st.pop("currentStep", None)
+        st.current_step = None
     if t.obs.weights is not None:
-        st["weights"] = {c: int(t.obs.weights.get(c, 0)) for c in COLORS}
-    active = st.get("activeColor")
-    st["replicas"] = t.spec.replicas
-    st["readyReplicas"] = t.color(active).ready if active else 0
-    sel = dict(t.spec.match_labels)
-    st["selector"] = ",".join(f"{k}={v}" for k, v in sorted(sel.items()))
+        st.weights = {c: int(t.obs.weights.get(c, 0)) for c in COLORS}
+    active = st.active_color
+    st.replicas = t.spec.replicas
+    st.ready_replicas = t.color(active).ready if active else 0
+    st.selector = ",".join(f"{k}={v}" for k, v in sorted(t.spec.match_labels.items()))
 
 
 def _condition(t: _Tick, type_: str, status: bool, reason: str, message: str) -> dict[str, Any]:
     value = "True" if status else "False"
-    old = next((c for c in (t.old.get("conditions") or []) if c.get("type") == type_), None)
+    old = t.old.condition(type_)
     changed = not old or old.get("status") != value
     cond = {
         "type": type_,
         "status": value,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": iso(t.now) if changed else old.get("lastTransitionTime", iso(t.now)),
+        "lastTransitionTime": iso(t.now) if changed or old is None else old.get("lastTransitionTime", iso(t.now)),
     }
-    if "observedGeneration" in t.st:
-        cond["observedGeneration"] = t.st["observedGeneration"]
+    if t.st.observed_generation is not None:
+        cond["observedGeneration"] = t.st.observed_generation
     return cond
 
 
 def _conditions(t: _Tick) -> None:
     st = t.st
-    phase, reason, message = st.get("phase", "Progressing"), st.get("reason", ""), st.get("message", "")
-    ready = phase == "Healthy"
-    stalled = phase in ("Degraded", "Aborted")
-    reconciling = phase in ("Progressing", "Paused")
-    st["conditions"] = [
+    phase, reason, message = st.phase or Phase.PROGRESSING, st.reason or "", st.message or ""
+    ready = phase == Phase.HEALTHY
+    stalled = phase in (Phase.DEGRADED, Phase.ABORTED)
+    reconciling = phase in (Phase.PROGRESSING, Phase.PAUSED)
+    st.conditions = [
         _condition(t, "Ready", ready, reason if not ready else "Healthy", message),
         _condition(t, "Reconciling", reconciling, reason if reconciling else "Idle", message if reconciling else ""),
         _condition(t, "Stalled", stalled, reason if stalled else "NotStalled", message if stalled else ""),
     ]
-    if st.get("phase") != t.old.get("phase") and phase in PHASES:
-        if phase == "Degraded":
+    if st.phase != t.old.phase and phase in PHASES:
+        if phase == Phase.DEGRADED:
             t.event(reason or "Degraded", message, warning=True)
-        elif phase == "Paused":
+        elif phase == Phase.PAUSED:
             t.event(reason or "Paused", message)

@@ -10,6 +10,7 @@ Every decide() call of the core tests is recorded (its raw spec, the status it w
 Observed, now) with the plan it returned; cases with release-policy gates are left out (a Gate
 is not data), and at most PER_TEST distinct statuses per test are kept.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,9 +54,15 @@ def observed_to_json(o: core.Observed) -> dict[str, Any]:
         "router_error": o.router_error,
         "router_unavailable": o.router_unavailable,
         "template_error": o.template_error,
-        "analysis": None if a is None else {
-            "key": a.key, "verdict": a.verdict, "message": a.message,
-            "next_at": core.iso(a.next_at) if a.next_at else None, "error": a.error},
+        "analysis": None
+        if a is None
+        else {
+            "key": a.key,
+            "verdict": a.verdict,
+            "message": a.message,
+            "next_at": core.iso(a.next_at) if a.next_at else None,
+            "error": a.error,
+        },
         "rejected": dataclasses.asdict(o.rejected) if o.rejected else None,
         "stable_template": o.stable_template,
         "claimed": dict(o.claimed),
@@ -63,16 +70,29 @@ def observed_to_json(o: core.Observed) -> dict[str, Any]:
 
 
 def plan_to_json(p: core.Plan) -> dict[str, Any]:
-    return json.loads(json.dumps({
-        "status": p.status,
-        "actions": [{"kind": type(a).__name__, **dataclasses.asdict(a)} for a in p.actions],
-        "events": [dataclasses.asdict(e) for e in p.events],
-        "requeue_after": p.requeue_after,
-    }))
+    return json.loads(
+        json.dumps(
+            {
+                "status": p.status,
+                "actions": [{"kind": type(a).__name__, **dataclasses.asdict(a)} for a in p.actions],
+                "events": [dataclasses.asdict(e) for e in p.events],
+                "requeue_after": p.requeue_after,
+            }
+        )
+    )
 
 
-def record(name: str, spec: Any, status: Any, obs: core.Observed, now: dt.datetime, generation: Any,
-           plan: core.Plan, kind: str = "decide", extra: dict[str, Any] | None = None) -> None:
+def record(
+    name: str,
+    spec: Any,
+    status: Any,
+    obs: core.Observed,
+    now: dt.datetime,
+    generation: Any,
+    plan: core.Plan,
+    kind: str = "decide",
+    extra: dict[str, Any] | None = None,
+) -> None:
     if obs.gates:
         return
     status_text = json.dumps(status)
@@ -80,9 +100,18 @@ def record(name: str, spec: Any, status: Any, obs: core.Observed, now: dt.dateti
     if key in _seen or len(_cases.get(name, [])) >= (PER_TEST if name.startswith("t-") or "--" in name else PER_SCENARIO):
         return
     _seen.add(key)
-    _cases.setdefault(name, []).append({
-        "kind": kind, "spec": spec, "status": status_text, "observed": observed_to_json(obs),
-        "now": now.isoformat(), "generation": generation, "plan": plan_to_json(plan), **(extra or {})})
+    _cases.setdefault(name, []).append(
+        {
+            "kind": kind,
+            "spec": spec,
+            "status": status_text,
+            "observed": observed_to_json(obs),
+            "now": now.isoformat(),
+            "generation": generation,
+            "plan": plan_to_json(plan),
+            **(extra or {}),
+        }
+    )
 
 
 def _decide(spec: Any, status: Any, obs: core.Observed, now: dt.datetime, generation: Any = None) -> core.Plan:
@@ -105,7 +134,9 @@ def install() -> None:
 def write(prefix: str) -> None:
     for name, cases in _cases.items():
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:90]
-        (HERE / f"{prefix}{safe}.json").write_text("[\n" + ",\n".join(json.dumps(c, separators=(",", ":")) for c in cases) + "\n]\n")
+        (HERE / f"{prefix}{safe}.json").write_text(
+            "[\n" + ",\n".join(json.dumps(c, separators=(",", ":")) for c in cases) + "\n]\n"
+        )
 
 
 # ---------------------------------------------------------------- as a pytest plugin
@@ -125,6 +156,7 @@ if os.environ.get("TEAL_CAPTURE_PLUGIN"):
 
 # ---------------------------------------------------------------- own scenarios
 
+
 def scenarios() -> None:
     import copy
 
@@ -140,8 +172,10 @@ def scenarios() -> None:
     )
     m = {"name": "errors", "query": "sum(up)", "thresholdRange": {"max": 1}}
     spec["analysis"] = {"prePromotion": ["errors"], "steps": ["errors"], "postPromotion": ["errors"], "metrics": [m]}
-    for verdicts, name in ((["Running", "Successful"], "s-weighted-analysis"),
-                           (["Running", "Inconclusive"], "s-weighted-inconclusive")):
+    for verdicts, name in (
+        (["Running", "Successful"], "s-weighted-analysis"),
+        (["Running", "Inconclusive"], "s-weighted-inconclusive"),
+    ):
         _current[0] = name
         w = sim.World(copy.deepcopy(spec))
         n = [0]
@@ -151,8 +185,11 @@ def scenarios() -> None:
             n[0] += 1
             verdict = verdicts[n[0] % len(verdicts)]
             at = w.now + dt.timedelta(seconds=7)
-            w.analysis = core.AnalysisRun(key=key, verdict=verdict, message="errors 0 <= 1",
-                                          next_at=at if verdict == "Running" else None) if key else None
+            w.analysis = (
+                core.AnalysisRun(key=key, verdict=verdict, message="errors 0 <= 1", next_at=at if verdict == "Running" else None)
+                if key
+                else None
+            )
             st = w.status
             step = st.get("currentStep")
             if st.get("reason") in ("PausedAtStep", "AnalysisInconclusive") and n[0] % 3 == 0:
@@ -160,8 +197,16 @@ def scenarios() -> None:
             # what the controller merged into the status after decide() (analysis_driver)
             if key:
                 st["analysisRun"] = {"key": key, "startedAt": core.iso(w.now), "count": n[0]}
-                st["analysis"] = [{"metric": "errors", "run": key, "color": st.get("previewColor"), "value": 0.0,
-                                   "verdict": "Successful", "at": core.iso(w.now)}]
+                st["analysis"] = [
+                    {
+                        "metric": "errors",
+                        "run": key,
+                        "color": st.get("previewColor"),
+                        "value": 0.0,
+                        "verdict": "Successful",
+                        "at": core.iso(w.now),
+                    }
+                ]
             else:
                 st.pop("analysisRun", None)
             return False
@@ -184,14 +229,27 @@ def scenarios() -> None:
     w.status["someFutureField"] = {"x": 1}
     w.set_image("v2")
     w.run(4)
-    w.status["abort"] = {"revision": w.status["currentRevision"], "reason": "UserAborted",
-                         "message": "by a user", "at": core.iso(w.now)}
+    w.status["abort"] = {
+        "revision": w.status["currentRevision"],
+        "reason": "UserAborted",
+        "message": "by a user",
+        "at": core.iso(w.now),
+    }
     before = json.loads(json.dumps(w.status))
     for msg, reason in (("invalid spec: replicas", "InvalidSpec"), ("cannot decide: KeyError", "ReconcileError")):
         fb = core.Fallback.from_spec(w.spec)
         plan = core.cannot_decide(w.status, fb, w.observe(), msg, reason, w.now, 2)
-        record(_current[0], w.spec, before, w.observe(), w.now, 2, plan, kind="cannot_decide",
-               extra={"message": msg, "reason": reason})
+        record(
+            _current[0],
+            w.spec,
+            before,
+            w.observe(),
+            w.now,
+            2,
+            plan,
+            kind="cannot_decide",
+            extra={"message": msg, "reason": reason},
+        )
     w.run(4)
     w.set_image("v3")
     w.run(3)
@@ -199,8 +257,17 @@ def scenarios() -> None:
     obs = w.observe()
     before = json.loads(json.dumps(w.status))
     plan = core.cannot_decide(w.status, fb, obs, "invalid spec", "InvalidSpec", w.now + dt.timedelta(hours=1), 3)
-    record(_current[0], w.spec, before, obs, w.now + dt.timedelta(hours=1), 3, plan, kind="cannot_decide",
-           extra={"message": "invalid spec", "reason": "InvalidSpec"})
+    record(
+        _current[0],
+        w.spec,
+        before,
+        obs,
+        w.now + dt.timedelta(hours=1),
+        3,
+        plan,
+        kind="cannot_decide",
+        extra={"message": "invalid spec", "reason": "InvalidSpec"},
+    )
     # a new colour that never gets ready: the progress deadline aborts it (and a first release that never does)
     _current[0] = "s-deadline"
     w = sim.World(sim.rollout_spec(progressDeadlineSeconds=30))
