@@ -1,52 +1,67 @@
-"""Glue between the reconcile loop and teal.analysis: measure what is due, fold it into the run.
+"""Glue between the reconcile loop and teal.analysis: measure what is due, hand it to the core.
 
-The core asks for an analysis run by writing `status.release.analysisKey`
-("<revision>:<run>[:<step>]"). On the next reconcile this driver measures the metrics
-that are due and hands the run's verdict to the core. The queries are awaited (aiohttp,
-with a bulkhead per Prometheus server), so a slow or hung Prometheus holds no thread and
-delays only the Rollouts that query it; the template and Secret reads go to the API pool.
+The core asks for an analysis run by setting `release.analysisKey` (a teal.status.RunKey). On
+the next reconcile this driver measures the metrics that are due and returns the Observed
+the core decides on: the run's verdict with the engine's new state and measurement history
+(core.AnalysisRun.state/history), which decide() writes into the status it owns. The queries
+are awaited (aiohttp, with a bulkhead per Prometheus server), so a slow or hung Prometheus holds
+no thread and delays only the Rollouts that query it; the template and Secret reads go to
+`offload` (the caller's API thread pool).
+
+Everything it needs is a parameter: it imports nothing of the controller.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Any, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from . import analysis, core
 from .api import RolloutSpec
+from .status import Status
 
 
-async def run(ctl, body, spec: RolloutSpec, status: Mapping[str, Any], observed: core.Observed, now: dt.datetime):
-    release = status.get("release") or {}
-    key = release.get("analysisKey")
-    if not key or release.get("abortedAt"):
-        return observed, {}
-    from .controller import SETTINGS
-
+async def run(
+    api: Any,
+    offload: Callable[..., Awaitable[Any]],
+    prometheus_address: str | None,
+    body: Mapping[str, Any],
+    spec: RolloutSpec,
+    status: Mapping[str, Any] | Status,
+    observed: core.Observed,
+    now: dt.datetime,
+) -> core.Observed:
+    """`observed` with the verdict of the run the status asks for (unchanged when none is)."""
+    st = status if isinstance(status, Status) else Status.load(status)
+    release = st.release
+    if release is None or release.analysis_key is None or release.aborted_at is not None:
+        return observed
+    key = str(release.analysis_key)
     ns = body["metadata"]["namespace"]
     variables = analysis.rollout_variables(
         namespace=ns,
         name=body["metadata"]["name"],
-        color=release["color"],
-        stable_color=status.get("stableColor"),
-        revision=release.get("revision"),
-        stable_revision=status.get("stableRevision"),
+        color=release.color,
+        stable_color=st.stable_color,
+        revision=release.revision,
+        stable_revision=st.stable_revision,
         active_services=spec.blue_green.active_services,
         preview_service=spec.blue_green.preview_service,
     )
-    state = status.get("analysisRun") if (status.get("analysisRun") or {}).get("key") == key else None
-    api = ctl.kube.api_client
+    state = st.analysis_run if (st.analysis_run or {}).get("key") == key else None
     ev = await analysis.evaluate_async(
         spec.analysis,
         key,
         variables=variables,
         state=state,
-        history=status.get("analysis"),
+        history=st.analysis,
         fetch_template=analysis.template_fetcher(api, ns),
         read_secret=analysis.secret_reader(api, ns),
         now=now,
-        default_address=SETTINGS.prometheus_address,
-        offload=ctl.call,
+        default_address=prometheus_address,
+        offload=offload,
     )
-    extra: dict[str, Any] = {"analysisRun": ev.state, "analysis": ev.history}
-    return dataclasses.replace(observed, analysis=ev.run), extra
+    run_ = dataclasses.replace(ev.run, state=ev.state, history=tuple(ev.history))
+    return dataclasses.replace(observed, analysis=run_)

@@ -27,7 +27,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from . import core, metrics, policy_kube
+from . import analysis_driver, core, metrics, policy_kube
 from .api import (COLORS, GROUP, LABEL_ROLLOUT, PLURAL, ROUTE_OBJECT_KIND, ROUTER_KINDS, VERSION, SpecError, parse_spec,
                   steered_objects)
 from .kube import REFUSALS, Kube, api_message, merge_patch, owner_reference
@@ -229,10 +229,9 @@ class Controller:
                 body, spec.blue_green.traffic_routing, spec.blue_green.active_services, observed)
         else:
             observed = dataclasses.replace(observed, weights=selector_weights(spec, observed))
-        extra_status: dict[str, Any] = {}
         try:
-            if spec.analysis:
-                observed, extra_status = await self._analysis(body, spec, status, observed, now)
+            if spec.analysis:  # the verdict (and the engine's state, which decide() puts in status)
+                observed = await self._analysis(body, spec, status, observed, now)
             plan = core.decide(spec, status, observed, now, body["metadata"].get("generation"))
         except (ApiException, asyncio.CancelledError):
             raise
@@ -240,10 +239,7 @@ class Controller:
             log.exception("%s/%s: cannot decide", loop.namespace, loop.name)
             return await self._cannot_decide(loop, body, status, f"cannot decide: {type(e).__name__}: {e}",
                                              "ReconcileError", now)
-        plan.status.update(extra_status)
         _set_claims(plan.status, held)
-        if not (plan.status.get("release") or {}).get("analysisKey"):
-            plan.status.pop("analysisRun", None)
         await self._write(body, status, plan.status)
         loop.rejection = None  # recorded in status (or no longer relevant)
         # The decision is recorded; its Events are posted once the actions are done, so
@@ -389,10 +385,9 @@ class Controller:
             return None, dataclasses.replace(observed, router_error=f"{e.reason}: {e}",
                                              router_unavailable=e.reason == "APINotFound")
 
-    async def _analysis(self, body, spec, status, observed, now):
-        from . import analysis_driver
-
-        return await analysis_driver.run(self, body, spec, status, observed, now)
+    async def _analysis(self, body, spec, status, observed, now) -> core.Observed:
+        return await analysis_driver.run(self.kube.api_client, self.call, SETTINGS.prometheus_address,
+                                         body, spec, status, observed, now)
 
 
 CONTROLLER: Controller | None = None
