@@ -1,9 +1,12 @@
 """The operator's own Prometheus metrics: how often do we ship, and how often does it hurt?"""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from .status import Phase
 
 RECONCILE_SECONDS = Histogram(
     "teal_reconcile_duration_seconds",
@@ -32,7 +35,6 @@ PHASE = Gauge("teal_rollout_phase", "1 for the phase each Rollout is in", ["name
 
 _OUTCOMES = {"releases": "started", "promoted": "promoted", "aborted": "aborted", "rollbacks": "rollbacks",
              "retries": "retries", "superseded": "superseded"}
-_PHASES = ("Healthy", "Progressing", "Paused", "Degraded", "Aborted")
 
 
 def observe_reconcile(seconds: float, body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
@@ -46,8 +48,8 @@ def observe_reconcile(seconds: float, body: Mapping[str, Any], old: Mapping[str,
             RELEASES.labels(ns, name, outcome).inc(delta)
     if after.get("lastReleaseSeconds") is not None and after.get("lastPromotedAt") != before.get("lastPromotedAt"):
         RELEASE_SECONDS.labels(ns).observe(float(after["lastReleaseSeconds"]))
-    for phase in _PHASES:
-        PHASE.labels(ns, name, phase).set(1 if new.get("phase") == phase else 0)
+    for phase in Phase:
+        PHASE.labels(ns, name, phase.value).set(1 if new.get("phase") == phase.value else 0)
 
 
 def serve(port: int) -> None:
