@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from teal import api, core
+from teal.status import Phase, RunKey, Stage, Status
 
 DATA = Path(__file__).parent / "data" / "status-v1"
 CASES = [(f.stem, i, c) for f in sorted(DATA.glob("*.json")) for i, c in enumerate(json.loads(f.read_text()))]
@@ -97,3 +98,53 @@ def test_same_plan_as_the_previous_core(name: str, i: int, case: dict[str, Any])
         want["status"].pop("analysisRun", None)
     assert plan_json(plan) == want
     assert json.loads(case["status"]) == status, "decide() changed the status it was given"
+
+
+STATUSES = sorted({c["status"] for _, _, c in CASES} | {json.dumps(c["plan"]["status"]) for _, _, c in CASES})
+
+
+def test_every_v1_status_round_trips_byte_for_byte() -> None:
+    for text in STATUSES:
+        st = Status.load(json.loads(text))
+        assert json.dumps(st.dump()) == text
+
+
+def test_the_typed_view_reads_what_v1_wrote() -> None:
+    releases = [Status.load(json.loads(text)).release for text in STATUSES]
+    passed = [k for r in releases if r and r.passed for k in r.passed]
+    assert passed and all(
+        isinstance(k, RunKey) and str(k) in {f"{k.revision}:{k.run}", f"{k.revision}:{k.run}:{k.step}"} for k in passed
+    )
+    stages = {r.stage for r in releases if r}
+    assert {Stage.DEPLOYING, Stage.PROMOTION, Stage.STEPS, Stage.POST_PROMOTION, Stage.ABORTED} <= stages, stages
+
+
+def test_unknown_and_unreadable_fields_are_kept_when_the_core_writes() -> None:
+    raw = {
+        "phase": "Healthy",
+        "someFutureField": {"x": [1]},
+        "stats": {"releases": 2},
+        "release": {"revision": "3", "hash": "h", "color": "green", "step": 1, "future": True, "startedAt": "not a time"},
+        "scaleDown": {"color": "blue", "at": "2026-01-01T00:00:00Z"},
+    }
+    st = Status.load(raw)
+    assert st.release is not None and st.release.started_at is None  # unreadable: not invented
+    st.release.step = 2
+    st.phase = Phase.PAUSED
+    out = st.dump()
+    assert out["someFutureField"] == {"x": [1]}
+    assert out["release"] == {**raw["release"], "step": 2}  # "future" and the unreadable time as they were
+    assert out["scaleDown"] is not raw["scaleDown"] and out["scaleDown"] == raw["scaleDown"]  # unchanged: verbatim
+    assert out["phase"] == "Paused"
+    st.release = None
+    st.preview_color = None
+    out = st.dump()
+    assert "release" not in out and out["previewColor"] is None  # previewColor is written as null
+
+
+def test_run_keys_are_the_v1_strings() -> None:
+    assert str(RunKey("7", "prePromotion")) == "7:prePromotion"
+    assert str(RunKey("7", "steps", 2)) == "7:steps:2"
+    assert RunKey.parse("7:steps:2") == RunKey("7", "steps", 2)
+    with pytest.raises(ValueError):
+        RunKey.parse("7")
