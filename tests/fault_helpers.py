@@ -360,20 +360,15 @@ async def running_controller(api: FakeApi) -> AsyncIterator[TracedController]:
         yield ctl
     finally:
         await ctl.stop()
-        ctl.kube.api_client.close()
+        ctl.kube.close()
 
 
-def kopf_registry(api: FakeApi, error_backoffs: tuple[float, ...] | None = None) -> kopf.OperatorRegistry:
-    """A registry with Teal's handlers (from kopf's default registry, where teal.controller
-    registers them) and a login to the fake API. kopf 1.45 has no public way to copy
-    handlers, and its fallback login loads a kubeconfig into the kubernetes client's
-    process-wide default configuration: a registry of our own avoids both problems."""
-    registry = kopf.OperatorRegistry()
-    default = kopf.get_default_registry()
-    for part in ("_activities", "_indexing", "_watching", "_spawning", "_changing", "_webhooks"):
-        for handler in getattr(default, part).get_all_handlers():
-            if not getattr(handler, "_fallback", False):  # kopf's own fallback logins
-                getattr(registry, part).append(handler)
+def kopf_registry(api: FakeApi, ctl: Controller, error_backoffs: tuple[float, ...] | None = None
+                  ) -> kopf.OperatorRegistry:
+    """Teal's registry for `ctl` (teal.controller.registry, as `teal run` builds it) with a
+    login to the fake API instead of kopf's fallback login, which would load a kubeconfig into
+    the kubernetes client's process-wide default configuration."""
+    registry = teal_controller.registry(ctl)
     server = str(api.url).rstrip("/")
 
     @kopf.on.login(registry=registry)
@@ -400,8 +395,7 @@ async def running_operator(api: FakeApi, error_backoffs: tuple[float, ...] | Non
     them at exit, and it would install its signal handlers.)"""
     kopf_compat.install()  # as `teal run` does
     ctl = TracedController(Kube(api_client(api)))
-    teal_controller.CONTROLLER = ctl  # the startup handler's controller() returns it
-    registry = kopf_registry(api, error_backoffs)
+    registry = kopf_registry(api, ctl, error_backoffs)  # the handlers reach `ctl` and no other
     stop, ready = threading.Event(), threading.Event()
     crashed: list[BaseException] = []
 
@@ -420,10 +414,8 @@ async def running_operator(api: FakeApi, error_backoffs: tuple[float, ...] | Non
     finally:
         stop.set()
         await asyncio.to_thread(thread.join, 15)
-        if teal_controller.CONTROLLER is ctl:  # the cleanup handler did not run
-            teal_controller.CONTROLLER = None
-            await ctl.stop()
-        ctl.kube.api_client.close()
+        await ctl.stop()  # in case the cleanup handler did not run (stopping twice is harmless)
+        ctl.kube.close()
     assert not thread.is_alive(), "kopf did not stop within 15 s"
     assert not crashed, f"kopf exited with {crashed[0]!r}"
 

@@ -1,15 +1,13 @@
 """The routers' pure parts: weight arithmetic, host matching, list rewriting (no cluster)."""
 from __future__ import annotations
 
-import json
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from teal.api import TrafficRouting
+from teal.client import error_for
 from teal.routers import ColorServices, RouterError, make_router, normalize_weights
 from teal.routers.base import combine, drift_message, is_patch_conflict, pointer, recorded_weights, shares
 from teal.routers.gateway import GatewayAPIRouter
@@ -92,14 +90,12 @@ def test_pointer_escapes():
 
 
 def test_patch_conflicts():
-    test_failed = ApiException(status=422)
-    test_failed.body = json.dumps({"kind": "Status", "reason": "Invalid", "details": {}})
-    invalid = ApiException(status=422)
-    invalid.body = json.dumps({"reason": "Invalid", "details": {"causes": [{"field": "spec.rules"}]}})
+    test_failed = error_for(422, {"kind": "Status", "reason": "Invalid", "details": {}})
+    invalid = error_for(422, {"reason": "Invalid", "details": {"causes": [{"field": "spec.rules"}]}})
     assert is_patch_conflict(test_failed)
     assert not is_patch_conflict(invalid)
-    assert is_patch_conflict(ApiException(status=409))
-    assert not is_patch_conflict(ApiException(status=404))
+    assert is_patch_conflict(error_for(409, None))
+    assert not is_patch_conflict(error_for(404, None))
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,15 @@ class Timeouts(NamedTuple):
 
 
 DEFAULT_TIMEOUT = Timeouts(5.0, 20.0)
+
+
+def timeouts(value: Timeouts | tuple[float, float] | float) -> Timeouts:
+    """(connect, read) from a pair, or from one number of seconds (connect at most 5 s of it)."""
+    if isinstance(value, tuple):
+        return Timeouts(float(value[0]), float(value[1]))
+    return Timeouts(min(5.0, float(value)), float(value))
+
+
 DEFAULT_RETRIES = 3
 
 
@@ -137,8 +146,11 @@ class ApiError(Exception):
 
     @property
     def kind_missing(self) -> bool:
-        """A 404 for the resource type (CRD not installed, API group not served), not an object."""
-        return self.status == 404 and not self.details.get("name")
+        """A 404 for the resource type (CRD not installed, API group not served), not an object:
+        the apiserver answers those with plain text (an unserved group) or this Status message."""
+        if self.status != 404:
+            return False
+        return self.body.get("kind") != "Status" or "could not find the requested resource" in self.message
 
     def quoted(self, limit: int = 600) -> str:
         """The apiserver's message on one line, at most `limit` characters."""
@@ -219,20 +231,21 @@ class Client:
         self,
         configuration: k8s_client.Configuration,
         *,
-        timeout: Timeouts | float = DEFAULT_TIMEOUT,
+        timeout: Timeouts | tuple[float, float] | float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
         impersonate_user: str | None = None,
         impersonate_groups: Sequence[str] = (),
         user_agent: str = "teal",
+        pool_size: int | None = None,
     ) -> None:
         self.configuration = configuration
         self.host = str(configuration.host).rstrip("/")
-        self.timeout = timeout if isinstance(timeout, Timeouts) else Timeouts(min(5.0, float(timeout)), float(timeout))
+        self.timeout = timeouts(timeout)
         self.retries = retries
         self.impersonate_user = impersonate_user
         self.impersonate_groups = tuple(impersonate_groups)
         self.user_agent = user_agent
-        self.pool = _pool_manager(configuration)
+        self.pool = _pool_manager(configuration, pool_size)
 
     # -- construction
     @classmethod
@@ -483,14 +496,14 @@ class Client:
         return h
 
 
-def _pool_manager(cfg: k8s_client.Configuration) -> urllib3.PoolManager:
+def _pool_manager(cfg: k8s_client.Configuration, size: int | None = None) -> urllib3.PoolManager:
     """A pool with the Configuration's TLS, client certificate, pool size and proxy settings."""
     args: dict[str, Any] = {
         "cert_reqs": ssl.CERT_REQUIRED if cfg.verify_ssl else ssl.CERT_NONE,
         "ca_certs": cfg.ssl_ca_cert,
         "cert_file": cfg.cert_file,
         "key_file": cfg.key_file,
-        "maxsize": getattr(cfg, "connection_pool_maxsize", None) or 10,
+        "maxsize": size or getattr(cfg, "connection_pool_maxsize", None) or 10,
         "retries": False,
     }
     if getattr(cfg, "ca_cert_data", None):

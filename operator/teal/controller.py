@@ -22,14 +22,15 @@ import datetime as dt
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from . import analysis_driver, core, metrics, policy_kube
 from .api import (COLORS, GROUP, LABEL_ROLLOUT, PLURAL, ROUTE_OBJECT_KIND, ROUTER_KINDS, VERSION, SpecError, parse_spec,
                   steered_objects)
+from .client import ApiError, Conflict
 from .kube import REFUSALS, Kube, api_message, merge_patch, owner_reference
 
 log = logging.getLogger("teal")
@@ -48,9 +49,6 @@ class Settings:
     identity: str = ""
     api_workers: int = 32  # threads for Kubernetes calls
     routers: tuple[str, ...] = ROUTER_KINDS  # traffic routers this operator may use (and watch the routes of)
-
-
-SETTINGS = Settings()
 
 
 class Loop:
@@ -81,10 +79,10 @@ class Loop:
                 self.failures = 0
             except asyncio.CancelledError:
                 raise
-            except ApiException as e:
+            except ApiError as e:
                 self.failures += 1
                 delay = min(30.0, 0.2 * 2**self.failures)
-                if e.status == 409:
+                if isinstance(e, Conflict):
                     delay = 0.0  # someone wrote in between: decide again on fresh data
                 else:
                     log.warning("%s/%s: API error %s %s: %s; retrying in %.1fs", self.namespace, self.name,
@@ -117,10 +115,17 @@ def selector_weights(spec, observed: core.Observed) -> dict[str, int] | None:
 
 
 class Controller:
-    def __init__(self, kube: Kube | None = None):
+    """The operator's state: its settings, its Kubernetes client (in `kube`), the release
+    policies its watches saw, and one Loop per Rollout. Built by main (or a test) and handed
+    to the kopf handlers by registry()."""
+
+    def __init__(self, kube: Kube | None = None, settings: Settings | None = None):
+        self.settings = settings or Settings()
         self.kube = kube or Kube()
+        self.policies = policy_kube.Policies()
         self.loops: dict[tuple[str, str], Loop] = {}
-        self.api_pool = concurrent.futures.ThreadPoolExecutor(SETTINGS.api_workers, thread_name_prefix="teal-api")
+        self.api_pool = concurrent.futures.ThreadPoolExecutor(self.settings.api_workers,
+                                                              thread_name_prefix="teal-api")
         self.leading = asyncio.Event()
         self.leading.set()
         self.gate: asyncio.Task | None = None
@@ -163,25 +168,27 @@ class Controller:
         """With peering, reconcile only while this replica leads (see teal.peering)."""
         from . import peering
 
+        settings = self.settings
+
         async def watch_peers() -> None:
             decided = False
             while True:
                 try:
-                    peers = await self.call(peering.read_peers, self.kube.custom, SETTINGS.peering_name,
-                                            SETTINGS.namespaces)
+                    peers = await self.call(peering.read_peers, self.kube.client, settings.peering_name,
+                                            settings.namespaces)
                     now = dt.datetime.now(dt.timezone.utc)
-                    lead = all(peering.leads(p, SETTINGS.identity, SETTINGS.priority, now) for p in peers)
+                    lead = all(peering.leads(p, settings.identity, settings.priority, now) for p in peers)
                 except Exception as e:  # keep the last verdict; kopf's own peering goes on
                     log.warning("peering: cannot read peers: %s", e)
                     lead = self.leading.is_set()
                 if lead and (not decided or not self.leading.is_set()):
-                    log.info("peering: this replica (%s) leads; reconciling", SETTINGS.identity)
+                    log.info("peering: this replica (%s) leads; reconciling", settings.identity)
                     self.leading.set()
                     for loop in self.loops.values():
                         loop.poke.set()
                 elif not lead and (not decided or self.leading.is_set()):
                     log.warning("peering: a peer with a higher or equal priority is alive; this replica (%s) "
-                                "stands by", SETTINGS.identity)
+                                "stands by", settings.identity)
                     self.leading.clear()
                 decided = True
                 await asyncio.sleep(interval)
@@ -219,7 +226,7 @@ class Controller:
             [spec.blue_green.preview_service] if spec.blue_green.preview_service else [])
         held, refused = await self._claim(body, status)
         observed = await self.call(self.kube.observe, body, spec)
-        gates = await self.call(policy_kube.gates_for, body, policy_kube.namespace_labels(self.kube))
+        gates = await self.call(self.policies.gates_for, body, policy_kube.namespace_labels(self.kube.client))
         observed = dataclasses.replace(observed, rejected=loop.rejection, claimed=refused, gates=gates)
         router = None
         if refused:
@@ -233,7 +240,7 @@ class Controller:
             if spec.analysis:  # the verdict (and the engine's state, which decide() puts in status)
                 observed = await self._analysis(body, spec, status, observed, now)
             plan = core.decide(spec, status, observed, now, body["metadata"].get("generation"))
-        except (ApiException, asyncio.CancelledError):
+        except (ApiError, asyncio.CancelledError):
             raise
         except Exception as e:  # a bug for this one Rollout: say so in its status, still honour an abort
             log.exception("%s/%s: cannot decide", loop.namespace, loop.name)
@@ -264,7 +271,7 @@ class Controller:
         (status.claims). Returns (held, refused: object -> the Rollout that holds it).
         Routes of a router this operator does not use are neither read nor claimed (it may
         have no permission to): the Rollout is told RouterUnavailable instead."""
-        usable = {"Service", *(ROUTE_OBJECT_KIND[k] for k in SETTINGS.routers)}
+        usable = {"Service", *(ROUTE_OBJECT_KIND[k] for k in self.settings.routers)}
         objects = [o for o in steered_objects(body.get("spec")) if o.split("/", 1)[0] in usable]
         held, refused = await self.call(self.kube.claim, body, objects)
         stale = [o for o in status.get("claims") or [] if o not in objects and o.split("/", 1)[0] in usable]
@@ -348,7 +355,7 @@ class Controller:
         manifest = self.kube.deployment_manifest(body, spec, action)
         try:
             await self.call(self.kube.apply_deployment, manifest)
-        except ApiException as e:
+        except ApiError as e:
             if e.status not in REFUSALS:
                 raise
             message = api_message(e)
@@ -362,14 +369,14 @@ class Controller:
 
         name = body["metadata"]["name"]
         kind = routing.kind
-        if kind not in SETTINGS.routers:
-            enabled = ", ".join(SETTINGS.routers) or "none"
+        if kind not in self.settings.routers:
+            enabled = ", ".join(self.settings.routers) or "none"
             return None, dataclasses.replace(observed, router_unavailable=True, router_error=(
                 f"the {kind} traffic router is not enabled in this operator (enabled: {enabled}; "
                 f"teal run --routers, chart value rbac.trafficRouters.{kind})"))
         try:
             router = routers.make_router(
-                self.kube.api_client,
+                self.kube.client,
                 body["metadata"]["namespace"],
                 name,
                 owner_reference(body),
@@ -386,77 +393,15 @@ class Controller:
                                              router_unavailable=e.reason == "APINotFound")
 
     async def _analysis(self, body, spec, status, observed, now) -> core.Observed:
-        return await analysis_driver.run(self.kube.api_client, self.call, SETTINGS.prometheus_address,
+        return await analysis_driver.run(self.kube.api_client, self.call, self.settings.prometheus_address,
                                          body, spec, status, observed, now)
 
 
-CONTROLLER: Controller | None = None
-
-
-def controller() -> Controller:
-    global CONTROLLER
-    if CONTROLLER is None:
-        CONTROLLER = Controller()
-    return CONTROLLER
-
-
 # ------------------------------------------------------------------ kopf wiring
-
-
-@kopf.on.startup()
-async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.queueing.idle_timeout = 60  # kopf 1.45 hands each event over at once (no batch window)
-    settings.execution.max_workers = 8
-    settings.posting.level = logging.ERROR  # Teal posts its own, explained, Events
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
-    settings.networking.request_timeout = 30
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="teal.dev", key="last-handled")
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="teal.dev")
-    # With a fixed list of namespaces there is nothing to discover at run time, and the
-    # namespaced RBAC grants no cluster-wide list of namespaces or CRDs.
-    settings.scanning.disabled = bool(SETTINGS.namespaces)
-    if SETTINGS.peering_name:
-        settings.peering.lifetime = int(os.environ.get("TEAL_PEERING_LIFETIME", "60"))
-        controller().start_peering_gate()
-    controller()
-
-
-@kopf.on.cleanup()
-async def _cleanup(**_: Any) -> None:
-    global CONTROLLER
-    if CONTROLLER is not None:
-        await CONTROLLER.stop()
-        CONTROLLER = None
-
-
-@kopf.on.event(GROUP, VERSION, PLURAL)
-async def _rollout_event(event: dict, name: str, namespace: str, **_: Any) -> None:
-    if event.get("type") == "DELETED":
-        controller().forget(namespace, name)
-        if isinstance(event.get("object"), dict) and (event["object"].get("metadata") or {}).get("uid"):
-            await controller().release_claims(event["object"])
-    else:
-        controller().wake(namespace, name)
-
-
-@kopf.on.event("apps", "v1", "deployments", labels={LABEL_ROLLOUT: kopf.PRESENT})
-async def _owned_deployment_event(labels: dict, namespace: str, **_: Any) -> None:
-    owner = labels.get(LABEL_ROLLOUT)
-    if owner and (namespace, owner) in controller().loops:
-        controller().loops[(namespace, owner)].poke.set()
-
-
-@kopf.on.event("apps", "v1", "deployments", labels={LABEL_ROLLOUT: kopf.ABSENT})
-async def _workload_event(name: str, namespace: str, **_: Any) -> None:
-    controller().wake_by_workload(namespace, name)
-
-
-# A Service that appears (it was missing) or whose selector someone edited: act at once.
-@kopf.on.event("", "v1", "services")
-async def _service_event(name: str, namespace: str, **_: Any) -> None:
-    controller().wake_by_service(namespace, name)
-
+#
+# The handlers are registered on a registry of their own, built for one Controller: each
+# handler closes over it, so there is no module-level controller and nothing is registered
+# as a side effect of an import (a test builds a registry for its own Controller).
 
 # A route edited by someone else (a user, a GitOps sync) gets Teal's weights back at once.
 ROUTE_RESOURCES = {
@@ -464,29 +409,82 @@ ROUTE_RESOURCES = {
     "nginx": ("networking.k8s.io", "v1", "ingresses"),
     "istio": ("networking.istio.io", "v1", "virtualservices"),
 }
-_WATCHED_ROUTES: set[str] = set()
 
 
-def watch_routes(kinds: tuple[str, ...]) -> None:
-    """Watch the routes of the enabled routers only (call before kopf starts). The chart
-    grants access to the enabled routers' kinds alone, and kopf fails on a watch it may not
-    list; a kind whose CRD is absent is skipped by kopf (with a warning) and picked up when
-    its CRD appears (cluster-wide; namespaced operators see it on their next start)."""
-    for kind in kinds:
-        if kind in _WATCHED_ROUTES:
-            continue
-        _WATCHED_ROUTES.add(kind)
-        group, version, plural = ROUTE_RESOURCES[kind]
-        kopf.on.event(group, version, plural, id=f"route-{kind}")(_route_handler(kind))
+def registry(ctl: Controller, reg: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
+    """A kopf registry with Teal's handlers for `ctl` (no login handler: the caller adds one,
+    e.g. kopf.login_via_client). The routes of the routers in ctl.settings.routers are watched."""
+    reg = reg if reg is not None else kopf.OperatorRegistry()
+    _register_lifecycle(reg, ctl)
+    _register_watches(reg, ctl)
+    for kind in ctl.settings.routers:
+        _register_route_watch(reg, ctl, kind)
+    policy_kube.register(reg, ctl)
+    return reg
 
 
-def _route_handler(router: str):
-    async def _route_event(name: str, namespace: str, **_: Any) -> None:
-        controller().wake_by_route(namespace, router, name)
+def _register_lifecycle(reg: kopf.OperatorRegistry, ctl: Controller) -> None:
+    @kopf.on.startup(registry=reg)
+    async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.queueing.idle_timeout = 60  # kopf 1.45 hands each event over at once (no batch window)
+        settings.execution.max_workers = 8
+        settings.posting.level = logging.ERROR  # Teal posts its own, explained, Events
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.networking.request_timeout = 30
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="teal.dev", key="last-handled")
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="teal.dev")
+        # With a fixed list of namespaces there is nothing to discover at run time, and the
+        # namespaced RBAC grants no cluster-wide list of namespaces or CRDs.
+        settings.scanning.disabled = bool(ctl.settings.namespaces)
+        if ctl.settings.peering_name:
+            settings.peering.lifetime = int(os.environ.get("TEAL_PEERING_LIFETIME", "60"))
+            ctl.start_peering_gate()
 
-    return _route_event
+    @kopf.on.cleanup(registry=reg)
+    async def _cleanup(**_: Any) -> None:
+        await ctl.stop()
+
+    @kopf.on.probe(id="rollouts", registry=reg)
+    def _probe(**_: Any) -> int:
+        return len(ctl.loops)
 
 
-@kopf.on.probe(id="rollouts")
-def _probe(**_: Any) -> int:
-    return len(controller().loops)
+def _register_watches(reg: kopf.OperatorRegistry, ctl: Controller) -> None:
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=reg)
+    async def _rollout_event(event: Any, name: str, namespace: str | None, **_: Any) -> None:
+        namespace = namespace or ""
+        if event.get("type") == "DELETED":
+            ctl.forget(namespace, name)
+            if isinstance(event.get("object"), dict) and (event["object"].get("metadata") or {}).get("uid"):
+                await ctl.release_claims(event["object"])
+        else:
+            ctl.wake(namespace, name)
+
+    @kopf.on.event("apps", "v1", "deployments", labels={LABEL_ROLLOUT: kopf.PRESENT}, registry=reg)
+    async def _owned_deployment_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+        owner = labels.get(LABEL_ROLLOUT)
+        loop = ctl.loops.get((namespace or "", owner)) if owner else None
+        if loop is not None:
+            loop.poke.set()
+
+    @kopf.on.event("apps", "v1", "deployments", labels={LABEL_ROLLOUT: kopf.ABSENT}, registry=reg)
+    async def _workload_event(name: str, namespace: str | None, **_: Any) -> None:
+        ctl.wake_by_workload(namespace or "", name)
+
+    # A Service that appears (it was missing) or whose selector someone edited: act at once.
+    @kopf.on.event("", "v1", "services", registry=reg)
+    async def _service_event(name: str, namespace: str | None, **_: Any) -> None:
+        ctl.wake_by_service(namespace or "", name)
+
+
+def _register_route_watch(reg: kopf.OperatorRegistry, ctl: Controller, kind: str) -> None:
+    """Watch the routes of an enabled router only. The chart grants access to the enabled
+    routers' kinds alone, and kopf fails on a watch it may not list; a kind whose CRD is absent
+    is skipped by kopf (with a warning) and picked up when its CRD appears (cluster-wide;
+    namespaced operators see it on their next start)."""
+    group, version, plural = ROUTE_RESOURCES[kind]
+
+    @kopf.on.event(group, version, plural, id=f"route-{kind}", registry=reg)
+    async def _route_event(name: str, namespace: str | None, **_: Any) -> None:
+        ctl.wake_by_route(namespace or "", kind, name)

@@ -1,18 +1,17 @@
 """The Kubernetes adapter: read the world for the core, and carry out its actions.
 
-Everything here is synchronous (the official client is); the operator calls it from a
-thread pool so that the event loop, and every other Rollout, never waits on it.
+Everything here is synchronous (teal.client is); the operator calls it from a thread pool so
+that the event loop, and every other Rollout, never waits on it. Objects are plain JSON dicts
+as the apiserver sends them (no generated-model deserialization).
 """
+
 from __future__ import annotations
 
 import copy
 import datetime as dt
-import json
 import logging
-from typing import Any, Iterable, Mapping
-
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from . import core
 from .api import (
@@ -31,34 +30,30 @@ from .api import (
     steered_objects,
     template_hash,
 )
+from .client import CONTROLLER_REVISIONS, DEFAULT_TIMEOUT, DEPLOYMENTS, EVENTS, SERVICES, ApiError, Client, NotFound, Resource
 
 log = logging.getLogger("teal.kube")
 FIELD_MANAGER = "teal"
-TIMEOUT = (5, 20)  # connect, read: no call may hang a Rollout's loop
+TIMEOUT = DEFAULT_TIMEOUT  # connect, read: no call may hang a Rollout's loop (teal.client's policy)
 # Answers that refuse what was sent, not how: invalid (400, 422) or forbidden by a quota,
 # a policy, an admission webhook or RBAC (403). Sending the same again gets the same answer.
 REFUSALS = (400, 403, 422)
 # the route objects a Rollout may claim (as controller.ROUTE_RESOURCES watches them)
 ROUTE_API = {
-    "HTTPRoute": ("gateway.networking.k8s.io", "v1", "httproutes"),
-    "Ingress": ("networking.k8s.io", "v1", "ingresses"),
-    "VirtualService": ("networking.istio.io", "v1", "virtualservices"),
+    "HTTPRoute": Resource("gateway.networking.k8s.io", "v1", "httproutes"),
+    "Ingress": Resource("networking.k8s.io", "v1", "ingresses"),
+    "VirtualService": Resource("networking.istio.io", "v1", "virtualservices"),
 }
+ROLLOUTS = Resource(GROUP, VERSION, PLURAL)
 
 
 def claim_value(body: Mapping[str, Any]) -> str:
     return f"{body['metadata']['name']}/{body['metadata']['uid']}"
 
 
-def api_message(e: ApiException, limit: int = 600) -> str:
-    """The apiserver's own words: the `message` of the Status body (else the body itself)."""
-    try:
-        body = json.loads(e.body or "{}")
-        message = body.get("message") if isinstance(body, dict) else None
-    except (ValueError, TypeError):
-        message = None
-    text = " ".join(str(message or e.body or e.reason or "").split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def api_message(e: ApiError, limit: int = 600) -> str:
+    """The apiserver's own words: the `message` of the Status body, on one line."""
+    return e.quoted(limit)
 
 
 def deployment_name(rollout: str, color: str) -> str:
@@ -77,35 +72,57 @@ def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _get(fn, *args, **kwargs):
-    """Call a read; None on 404."""
-    try:
-        return fn(*args, **kwargs)
-    except ApiException as e:
-        if e.status == 404:
-            return None
-        raise
-
-
 def fresh_available(updated: int, available: int, total: int) -> int:
     """Available pods of the newest template only. While old pods still run, some of the
     available ones may be old: count only what must be new."""
     return max(0, min(updated, available - max(0, total - updated)))
 
 
-class Kube:
-    """Thin wrapper over the client APIs one Rollout reconcile needs."""
+def color_obs(dep: Mapping[str, Any]) -> core.ColorObs:
+    """What the core needs of a colour's Deployment (a JSON dict)."""
+    st, meta = dep.get("status") or {}, dep.get("metadata") or {}
+    synced = (st.get("observedGeneration") or 0) >= (meta.get("generation") or 0)
+    updated = st.get("updatedReplicas") or 0
+    # The Deployment controller copies its ReplicaSets' ReplicaFailure condition (pods
+    # refused by a ResourceQuota, a LimitRange, PodSecurity or a webhook).
+    failure = next(
+        (
+            c.get("message") or c.get("reason")
+            for c in st.get("conditions") or []
+            if c.get("type") == "ReplicaFailure" and c.get("status") == "True"
+        ),
+        None,
+    )
+    return core.ColorObs(
+        exists=True,
+        hash=(meta.get("annotations") or {}).get(ANNOTATION_HASH),
+        replicas=(dep.get("spec") or {}).get("replicas") or 0,
+        ready=st.get("readyReplicas") or 0,
+        updated_available=fresh_available(updated, st.get("availableReplicas") or 0, st.get("replicas") or 0),
+        synced=synced,
+        failure=failure,
+    )
 
-    def __init__(self, api_client: client.ApiClient | None = None):
-        self.api_client = api_client or client.ApiClient()
-        self.core = client.CoreV1Api(self.api_client)
-        self.apps = client.AppsV1Api(self.api_client)
-        self.custom = client.CustomObjectsApi(self.api_client)
+
+class Kube:
+    """What one Rollout reconcile reads and writes, on one teal.client.Client."""
+
+    def __init__(self, api: Client | Any = None):
+        """`api`: a teal.client.Client (or a Configuration, or a generated ApiClient whose
+        configuration is used; None: the default configuration), with kube.TIMEOUT."""
+        self.client = api if isinstance(api, Client) else Client.of(api, timeout=TIMEOUT)
+
+    @property
+    def api_client(self) -> Client:
+        return self.client
+
+    def close(self) -> None:
+        self.client.close()
 
     # ------------------------------------------------------------ reading
 
     def get_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return _get(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, _request_timeout=TIMEOUT)
+        return self.client.get(ROLLOUTS, namespace, name)
 
     def desired_template(self, namespace: str, spec: RolloutSpec) -> tuple[dict | None, str | None]:
         """The pod template to run: spec.template, or the template of the workloadRef Deployment."""
@@ -114,50 +131,32 @@ class Kube:
         ref = spec.workload_ref
         if ref is None:
             return None, "spec has neither template nor workloadRef"
-        dep = _get(self.apps.read_namespaced_deployment, ref.name, namespace, _request_timeout=TIMEOUT)
+        dep = self.client.get(DEPLOYMENTS, namespace, ref.name)
         if dep is None:
             return None, f"workloadRef: Deployment {ref.name} not found in namespace {namespace}"
-        raw = self.api_client.sanitize_for_serialization(dep.spec.template)
-        return raw, None
+        return dict((dep.get("spec") or {}).get("template") or {}), None
 
     def observe_color(self, namespace: str, rollout: str, color: str) -> core.ColorObs:
-        dep = _get(self.apps.read_namespaced_deployment, deployment_name(rollout, color), namespace, _request_timeout=TIMEOUT)
+        dep = self.client.get(DEPLOYMENTS, namespace, deployment_name(rollout, color))
         if dep is None:
             return core.ColorObs()
-        st = dep.status
-        meta = dep.metadata
-        replicas = dep.spec.replicas or 0
-        synced = (st.observed_generation or 0) >= (meta.generation or 0)
-        updated = st.updated_replicas or 0
-        available = st.available_replicas or 0
-        total = st.replicas or 0
-        fresh = fresh_available(updated, available, total)
-        # The Deployment controller copies its ReplicaSets' ReplicaFailure condition (pods
-        # refused by a ResourceQuota, a LimitRange, PodSecurity or a webhook).
-        failure = next((c.message or c.reason for c in st.conditions or []
-                        if c.type == "ReplicaFailure" and c.status == "True"), None)
-        return core.ColorObs(
-            exists=True,
-            hash=(meta.annotations or {}).get(ANNOTATION_HASH),
-            replicas=replicas,
-            ready=st.ready_replicas or 0,
-            updated_available=fresh,
-            synced=synced,
-            failure=failure,
-        )
+        return color_obs(dep)
 
     def observe_service(self, namespace: str, name: str) -> core.ServiceObs:
-        svc = _get(self.core.read_namespaced_service, name, namespace, _request_timeout=TIMEOUT)
+        svc = self.client.get(SERVICES, namespace, name)
         if svc is None:
             return core.ServiceObs(exists=False)
-        return core.ServiceObs(exists=True, color=(svc.spec.selector or {}).get(LABEL_COLOR))
+        return core.ServiceObs(exists=True, color=((svc.get("spec") or {}).get("selector") or {}).get(LABEL_COLOR))
 
     def observe_traffic(self, body: Mapping[str, Any], services: Iterable[str]) -> core.Observed:
         """The colours and the named Services only: what acting on an abort needs without a spec."""
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        return core.Observed(template=None, template_hash=None,
-                             colors={c: self.observe_color(ns, name, c) for c in COLORS},
-                             services={s: self.observe_service(ns, s) for s in services})
+        return core.Observed(
+            template=None,
+            template_hash=None,
+            colors={c: self.observe_color(ns, name, c) for c in COLORS},
+            services={s: self.observe_service(ns, s) for s in services},
+        )
 
     def observe(self, body: Mapping[str, Any], spec: RolloutSpec) -> core.Observed:
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
@@ -185,9 +184,8 @@ class Kube:
 
     def revision_template(self, namespace: str, rollout: str, hash_: str) -> dict[str, Any] | None:
         """The pod template of a revision, from its ControllerRevision (record_revision); None if gone."""
-        rev = _get(self.apps.read_namespaced_controller_revision, f"{rollout}-{hash_}", namespace,
-                   _request_timeout=TIMEOUT)
-        template = ((rev.data or {}) if rev is not None else {}).get("template")
+        rev = self.client.get(CONTROLLER_REVISIONS, namespace, f"{rollout}-{hash_}")
+        template = ((rev or {}).get("data") or {}).get("template")
         return dict(template) if isinstance(template, dict) else None  # named by its hash: <rollout>-<hash>
 
     # ------------------------------------------------------------ claims
@@ -195,14 +193,10 @@ class Kube:
     def _claim_meta(self, namespace: str, obj: str) -> tuple[str, str | None] | None:
         """(resourceVersion, claim annotation) of "Kind/name", or None if it does not exist."""
         kind, name = obj.split("/", 1)
-        if kind == "Service":
-            svc = _get(self.core.read_namespaced_service, name, namespace, _request_timeout=TIMEOUT)
-            if svc is None:
-                return None
-            return svc.metadata.resource_version, (svc.metadata.annotations or {}).get(ANNOTATION_CLAIMED_BY)
-        group, version, plural = ROUTE_API[kind]
-        got = _get(self.custom.get_namespaced_custom_object, group, version, namespace, plural, name,
-                   _request_timeout=TIMEOUT)
+        try:
+            got = self.client.get(SERVICES if kind == "Service" else ROUTE_API[kind], namespace, name)
+        except NotFound:  # the route's CRD is not installed: nothing to claim (the router says why)
+            return None
         if got is None:
             return None
         meta = got["metadata"]
@@ -212,19 +206,18 @@ class Kube:
         """Write (or with None remove) the claim; a 409 means someone wrote in between."""
         kind, name = obj.split("/", 1)
         patch = {"metadata": {"resourceVersion": resource_version, "annotations": {ANNOTATION_CLAIMED_BY: value}}}
-        if kind == "Service":
-            self.core.patch_namespaced_service(name, namespace, patch, _request_timeout=TIMEOUT)
-        else:
-            group, version, plural = ROUTE_API[kind]
-            self.custom.patch_namespaced_custom_object(group, version, namespace, plural, name, patch,
-                                                       _request_timeout=TIMEOUT)
+        self.client.merge_patch(SERVICES if kind == "Service" else ROUTE_API[kind], namespace, name, patch)
 
     def _claim_holds(self, namespace: str, claim: str, obj: str) -> bool:
         """Does the claiming Rollout exist (same uid, not being deleted) and still name obj?"""
         owner, _, uid = claim.partition("/")
         ro = self.get_rollout(namespace, owner) if owner else None
-        return bool(ro and ro["metadata"].get("uid") == uid and not ro["metadata"].get("deletionTimestamp")
-                    and obj in steered_objects(ro.get("spec")))
+        return bool(
+            ro
+            and ro["metadata"].get("uid") == uid
+            and not ro["metadata"].get("deletionTimestamp")
+            and obj in steered_objects(ro.get("spec"))
+        )
 
     def claim(self, body: Mapping[str, Any], objects: list[str]) -> tuple[list[str], dict[str, str]]:
         """Claim each object ("Service/x", "HTTPRoute/y", ...): ours already, free, or held
@@ -243,8 +236,9 @@ class Kube:
                 refused[obj] = claim.partition("/")[0]
             else:
                 if claim:
-                    log.info("%s/%s: taking over %s from %s (gone, or no longer names it)", ns,
-                             body["metadata"]["name"], obj, claim)
+                    log.info(
+                        "%s/%s: taking over %s from %s (gone, or no longer names it)", ns, body["metadata"]["name"], obj, claim
+                    )
                 self._set_claim(ns, obj, rv, mine)
                 held.append(obj)
         return held, refused
@@ -259,15 +253,12 @@ class Kube:
             if meta is not None and meta[1] == mine:
                 try:
                     self._set_claim(ns, obj, meta[0], None)
-                except ApiException as e:
-                    if e.status != 404:
-                        raise
+                except NotFound:
+                    pass  # gone in between: nothing left to release
 
     # ------------------------------------------------------------ writing
 
-    def deployment_manifest(
-        self, body: Mapping[str, Any], spec: RolloutSpec, action: core.DeployColor
-    ) -> dict[str, Any]:
+    def deployment_manifest(self, body: Mapping[str, Any], spec: RolloutSpec, action: core.DeployColor) -> dict[str, Any]:
         name = body["metadata"]["name"]
         template = copy.deepcopy(dict(action.template))
         tmeta = template.setdefault("metadata", {})
@@ -297,15 +288,7 @@ class Kube:
 
     def apply_deployment(self, manifest: Mapping[str, Any]) -> None:
         meta = manifest["metadata"]
-        self.apps.patch_namespaced_deployment(
-            meta["name"],
-            meta["namespace"],
-            manifest,
-            field_manager=FIELD_MANAGER,
-            force=True,
-            _content_type="application/apply-patch+yaml",
-            _request_timeout=TIMEOUT,
-        )
+        self.client.apply(DEPLOYMENTS, meta["namespace"], meta["name"], manifest, FIELD_MANAGER)
 
     def record_revision(self, body: Mapping[str, Any], action: core.RecordRevision, keep: int) -> None:
         """A ControllerRevision `<rollout>-<hash>` holding the template, newest `keep` kept."""
@@ -324,50 +307,32 @@ class Kube:
             "data": {"template": dict(action.template)},
             "revision": int(action.revision),
         }
-        self.apps.patch_namespaced_controller_revision(
-            manifest["metadata"]["name"], ns, manifest, field_manager=FIELD_MANAGER, force=True,
-            _content_type="application/apply-patch+yaml", _request_timeout=TIMEOUT,
-        )
-        revisions = self.apps.list_namespaced_controller_revision(
-            ns, label_selector=f"{LABEL_ROLLOUT}={rollout}", _request_timeout=TIMEOUT
-        ).items
-        for old in sorted(revisions, key=lambda r: r.revision, reverse=True)[max(keep, 1):]:
-            try:
-                self.apps.delete_namespaced_controller_revision(old.metadata.name, ns, _request_timeout=TIMEOUT)
-            except ApiException as e:
-                if e.status != 404:
-                    raise
+        self.client.apply(CONTROLLER_REVISIONS, ns, f"{rollout}-{action.hash}", manifest, FIELD_MANAGER)
+        revisions = self.client.items(CONTROLLER_REVISIONS, ns, label_selector=f"{LABEL_ROLLOUT}={rollout}")
+        for old in sorted(revisions, key=lambda r: int(r.get("revision") or 0), reverse=True)[max(keep, 1) :]:
+            self.client.delete(CONTROLLER_REVISIONS, ns, old["metadata"]["name"])  # None: gone already
 
     def scale(self, namespace: str, rollout: str, color: str, replicas: int) -> None:
         try:
-            self.apps.patch_namespaced_deployment_scale(
-                deployment_name(rollout, color), namespace, {"spec": {"replicas": replicas}}, _request_timeout=TIMEOUT
+            self.client.merge_patch(
+                DEPLOYMENTS, namespace, deployment_name(rollout, color), {"spec": {"replicas": replicas}}, sub="scale"
             )
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        except NotFound:
+            pass  # no Deployment, nothing to scale: the next observation says so
 
     def select_color(self, namespace: str, service: str, color: str) -> None:
-        self.core.patch_namespaced_service(
-            service, namespace, {"spec": {"selector": {LABEL_COLOR: color}}}, _request_timeout=TIMEOUT
-        )
+        self.client.merge_patch(SERVICES, namespace, service, {"spec": {"selector": {LABEL_COLOR: color}}})
 
     def patch_status(self, body: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
         """Merge-patch status, guarded by resourceVersion (a 409 means: decide again)."""
         meta = body["metadata"]
-        return self.custom.patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            meta["namespace"],
-            PLURAL,
-            meta["name"],
-            {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": patch},
-            _request_timeout=TIMEOUT,
+        return self.client.patch_status(
+            ROLLOUTS, meta["namespace"], meta["name"], {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": patch}
         )
 
     def post_event(self, body: Mapping[str, Any], event: core.Event) -> None:
         meta = body["metadata"]
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         ev = {
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {
@@ -389,9 +354,9 @@ class Kube:
             "count": 1,
         }
         try:
-            self.core.create_namespaced_event(meta["namespace"], ev, _request_timeout=TIMEOUT)
-        except ApiException as e:  # events are best effort
-            log.warning("could not post event %s: %s %s", event.reason, e.reason, (e.body or "")[:300])
+            self.client.create(EVENTS, meta["namespace"], ev)
+        except ApiError as e:  # events are best effort
+            log.warning("could not post event %s: %s", event.reason, e.quoted(300))
 
 
 def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,12 @@ import json
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import kopf
+
+    from .controller import Controller, Settings
 
 
 def _env_list(name: str) -> list[str]:
@@ -84,21 +90,34 @@ def setup_logging(level: str, fmt: str) -> None:
         logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
-def load_kube_credentials(pool_size: int = 32) -> None:
-    """In-cluster credentials, else the kubeconfig; shared by kopf and Teal's own client."""
-    import urllib3
-    from kubernetes import client, config
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The operator's settings, from the command line (and the environment defaults it read)."""
+    from .controller import Settings
+    from .peering import own_identity
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    cfg = client.Configuration.get_default_copy()
-    cfg.connection_pool_maxsize = pool_size
-    # urllib3 would re-send a timed-out read 3 times (4x the timeout): a hung call must
-    # fail after one timeout so the loop backs off; 429/503 with Retry-After still retry.
-    cfg.retries = urllib3.util.Retry(total=3, read=0)
-    client.Configuration.set_default(cfg)
+    return Settings(
+        namespaces=[] if args.all_namespaces else list(dict.fromkeys(args.namespace)),
+        prometheus_address=args.prometheus_address,
+        peering_name=args.peering,
+        priority=args.priority,
+        identity=own_identity(),
+        routers=args.routers,
+    )
+
+
+def build(settings: Settings) -> tuple[Controller, kopf.OperatorRegistry]:
+    """The Controller on its own Kubernetes client (in-cluster credentials, else the kubeconfig),
+    and a kopf registry with its handlers; kopf logs in through the kubernetes package too."""
+    import kopf
+
+    from .client import Client
+    from .controller import Controller, registry
+    from .kube import TIMEOUT, Kube
+
+    ctl = Controller(Kube(Client.auto(timeout=TIMEOUT, pool_size=settings.api_workers)), settings)
+    reg = registry(ctl)
+    kopf.on.login(registry=reg)(kopf.login_via_client)
+    return ctl, reg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,32 +125,23 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format)
     import kopf
 
-    from . import controller, metrics
+    from . import kopf_compat, metrics
 
-    load_kube_credentials(controller.SETTINGS.api_workers)
-    controller.SETTINGS.namespaces = [] if args.all_namespaces else list(dict.fromkeys(args.namespace))
-    controller.SETTINGS.prometheus_address = args.prometheus_address
-    controller.SETTINGS.peering_name = args.peering
-    controller.SETTINGS.priority = args.priority
-    controller.SETTINGS.routers = args.routers
-    controller.watch_routes(args.routers)
+    settings = settings_from(args)
+    _, reg = build(settings)
     logging.getLogger("teal").info("traffic routers in use (their routes are watched): %s",
-                                   ", ".join(args.routers) or "none")
-    from .peering import own_identity
-
-    controller.SETTINGS.identity = own_identity()
+                                   ", ".join(settings.routers) or "none")
     if args.metrics_port:
         metrics.serve(args.metrics_port)
-    from . import kopf_compat
-
     kopf_compat.install()  # a watch error other than 410 Gone restarts the watch, not the process
     kopf.run(
-        clusterwide=not controller.SETTINGS.namespaces,
-        namespaces=controller.SETTINGS.namespaces,
+        registry=reg,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
         standalone=args.peering is None,
         peering_name=args.peering,
         priority=args.priority,
-        identity=controller.SETTINGS.identity,
+        identity=settings.identity,  # type: ignore[arg-type]  # kopf.Identity (a NewType of str) is not exported
         liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None,
     )
     return 0

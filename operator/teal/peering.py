@@ -8,17 +8,21 @@ priority, lifetime and last-seen time) and tells the loops whether this replica 
 
 The rule is kopf's: act unless another live peer has a priority >= ours.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import getpass
 import os
 import socket
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from kubernetes.client.exceptions import ApiException
+from .client import Client, Resource
 
 PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
+CLUSTER_PEERINGS = Resource(PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", namespaced=False)
+PEERINGS = Resource(PEERING_GROUP, PEERING_VERSION, "kopfpeerings")
 
 
 def own_identity() -> str:
@@ -37,26 +41,15 @@ def leads(peers: Mapping[str, Mapping[str, Any]], identity: str, priority: int, 
         except (TypeError, ValueError):
             continue
         if lastseen.tzinfo is None:
-            lastseen = lastseen.replace(tzinfo=dt.timezone.utc)
+            lastseen = lastseen.replace(tzinfo=dt.UTC)
         alive = lastseen + lifetime > now
         if alive and int(peer.get("priority", 0)) >= priority:
             return False
     return True
 
 
-def read_peers(custom_api, name: str, namespaces: list[str]) -> list[Mapping[str, Any]]:
-    """The peer lists of the ClusterKopfPeering (cluster-wide) or of each KopfPeering."""
-    out = []
-    try:
-        if not namespaces:
-            obj = custom_api.get_cluster_custom_object(PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", name,
-                                                       _request_timeout=(5, 10))
-            out.append(obj.get("status") or {})
-        for ns in namespaces:
-            obj = custom_api.get_namespaced_custom_object(PEERING_GROUP, PEERING_VERSION, ns, "kopfpeerings", name,
-                                                          _request_timeout=(5, 10))
-            out.append(obj.get("status") or {})
-    except ApiException as e:
-        if e.status != 404:
-            raise
-    return out
+def read_peers(api: Client, name: str, namespaces: list[str]) -> list[Mapping[str, Any]]:
+    """The peer lists of the ClusterKopfPeering (cluster-wide) or of each KopfPeering that exists."""
+    found = [api.get(CLUSTER_PEERINGS, None, name)] if not namespaces else []
+    found += [api.get(PEERINGS, ns, name) for ns in namespaces]
+    return [obj.get("status") or {} for obj in found if obj is not None]

@@ -2,36 +2,54 @@
 (teal.policy.Gate, evaluated by teal.core.decide), and each policy's own status (Ready=False with
 the reason for what CEL cannot check: an unknown time zone, an invalid cron schedule).
 
-Policies are cached from kopf watch events; a change wakes the Rollouts it may concern, so a
-freeze or an unfreeze acts at once. A single Rollout is frozen by its annotation
+Policies are cached (`Policies`, one per Controller) from kopf watch events; a change wakes the
+Rollouts it may concern, so a freeze or an unfreeze acts at once. A single Rollout is frozen by its annotation
 `teal.dev/freeze: {"reason": ..., "by": ..., "until": ...}` (kubectl teal freeze NAME).
 
 Test clock: with TEAL_DEV_CLOCK_FILE set in the operator's environment (never by the chart), the
 operator's "now" is the real time plus the seconds in that file, and it logs a warning at start.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
 import os
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import kopf
 
 from . import policy as P
 from .api import GROUP, VERSION
+from .client import NAMESPACES, ApiError, Client, Resource
+
+
+class Operator(Protocol):
+    """What the policy watches need of teal.controller.Controller (no import: no circle)."""
+
+    policies: Policies
+    @property
+    def loops(self) -> Mapping[tuple[str, str], Any]: ...
+    kube: Any
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any: ...
+
 
 log = logging.getLogger("teal")
 
 FREEZE_ANNOTATION = "teal.dev/freeze"
 DEV_CLOCK_ENV = "TEAL_DEV_CLOCK_FILE"
 KINDS = {"releasepolicies": "ReleasePolicy", "clusterreleasepolicies": "ClusterReleasePolicy"}
-CACHE: dict[tuple[str, str, str], Mapping[str, Any]] = {}  # (plural, namespace or "", name) -> body
+RESOURCES = {
+    "releasepolicies": Resource(GROUP, VERSION, "releasepolicies"),
+    "clusterreleasepolicies": Resource(GROUP, VERSION, "clusterreleasepolicies", namespaced=False),
+}
 
 
 def now() -> dt.datetime:
-    real = dt.datetime.now(dt.timezone.utc)
+    real = dt.datetime.now(dt.UTC)
     path = os.environ.get(DEV_CLOCK_ENV)
     if not path:
         return real
@@ -48,8 +66,12 @@ def selects(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bo
         return False
     for e in selector.get("matchExpressions") or []:
         key, op, values = e.get("key"), e.get("operator"), e.get("values") or []
-        ok = {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
-              "Exists": key in labels, "DoesNotExist": key not in labels}.get(op, False)
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }.get(op, False)
         if not ok:
             return False
     return True
@@ -62,7 +84,7 @@ def parse_freeze(raw: Any) -> P.Freeze | None:
     if raw.get("until"):
         until = dt.datetime.fromisoformat(str(raw["until"]).replace("Z", "+00:00"))
         if until.tzinfo is None:
-            until = until.replace(tzinfo=dt.timezone.utc)
+            until = until.replace(tzinfo=dt.UTC)
     return P.Freeze(str(raw["reason"]), str(raw.get("by") or ""), until)
 
 
@@ -71,39 +93,62 @@ def gate_of(plural: str, body: Mapping[str, Any]) -> P.Gate:
     meta, spec = body["metadata"], body.get("spec") or {}
     where = f"{meta['namespace']}/" if meta.get("namespace") else ""
     policy = P.policy_from_spec(meta["name"], spec)
-    return P.Gate(f"{KINDS[plural]} {where}{meta['name']}", policy, spec.get("behaviour", P.HOLD_BEFORE_PROMOTION),
-                  parse_freeze(spec.get("freeze")))
+    return P.Gate(
+        f"{KINDS[plural]} {where}{meta['name']}",
+        policy,
+        spec.get("behaviour", P.HOLD_BEFORE_PROMOTION),
+        parse_freeze(spec.get("freeze")),
+    )
 
 
-def gates_for(rollout: Mapping[str, Any], namespace_labels: Callable[[str], Mapping[str, str] | None]
-              ) -> tuple[P.Gate, ...]:
-    """The gates of every valid policy that selects this Rollout, and its own freeze annotation."""
-    meta = rollout["metadata"]
-    ns, labels = meta["namespace"], meta.get("labels") or {}
-    gates = []
-    for (plural, pns, _), body in sorted(CACHE.items()):
-        spec = body.get("spec") or {}
-        if plural == "releasepolicies" and pns != ns:
-            continue
-        if not selects(spec.get("rolloutSelector"), labels):
-            continue
-        if plural == "clusterreleasepolicies" and spec.get("namespaceSelector"):
-            ns_labels = namespace_labels(ns)
-            if ns_labels is None or not selects(spec["namespaceSelector"], ns_labels):
+class Policies:
+    """The ReleasePolicies and ClusterReleasePolicies the watches have seen."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[tuple[str, str, str], Mapping[str, Any]] = {}  # (plural, namespace or "", name) -> body
+
+    def seen(self, plural: str, namespace: str | None, name: str, body: Mapping[str, Any] | None) -> None:
+        """Remember a policy as last seen (None: deleted)."""
+        key = (plural, namespace or "", name)
+        if body is None:
+            self.bodies.pop(key, None)
+        else:
+            self.bodies[key] = dict(body)
+
+    def gates_for(
+        self, rollout: Mapping[str, Any], namespace_labels: Callable[[str], Mapping[str, str] | None]
+    ) -> tuple[P.Gate, ...]:
+        """The gates of every valid policy that selects this Rollout, and its own freeze annotation."""
+        meta = rollout["metadata"]
+        ns, labels = meta["namespace"], meta.get("labels") or {}
+        gates = []
+        for (plural, pns, _), body in sorted(self.bodies.items()):
+            spec = body.get("spec") or {}
+            if plural == "releasepolicies" and pns != ns:
                 continue
-        try:
-            gates.append(gate_of(plural, body))
-        except (P.PolicyError, ValueError):
-            continue  # reported on the policy's own status; an invalid policy holds nothing
+            if not selects(spec.get("rolloutSelector"), labels):
+                continue
+            if plural == "clusterreleasepolicies" and spec.get("namespaceSelector"):
+                ns_labels = namespace_labels(ns)
+                if ns_labels is None or not selects(spec["namespaceSelector"], ns_labels):
+                    continue
+            try:
+                gates.append(gate_of(plural, body))
+            except (P.PolicyError, ValueError):
+                continue  # reported on the policy's own status; an invalid policy holds nothing
+        freeze = annotation_freeze(meta)
+        return (*gates, P.Gate(f"annotation {FREEZE_ANNOTATION}", freeze=freeze)) if freeze else tuple(gates)
+
+
+def annotation_freeze(meta: Mapping[str, Any]) -> P.Freeze | None:
+    """A single Rollout's freeze (its teal.dev/freeze annotation)."""
     raw = (meta.get("annotations") or {}).get(FREEZE_ANNOTATION)
-    if raw:
-        try:
-            freeze = parse_freeze(json.loads(raw))
-        except ValueError:
-            freeze = P.Freeze(f"unreadable {FREEZE_ANNOTATION} annotation: {raw[:100]}")
-        if freeze:
-            gates.append(P.Gate(f"annotation {FREEZE_ANNOTATION}", freeze=freeze))
-    return tuple(gates)
+    if not raw:
+        return None
+    try:
+        return parse_freeze(json.loads(raw))
+    except ValueError:
+        return P.Freeze(f"unreadable {FREEZE_ANNOTATION} annotation: {raw[:100]}")
 
 
 def ready_status(plural: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -113,10 +158,20 @@ def ready_status(plural: str, body: Mapping[str, Any]) -> dict[str, Any]:
     except (P.PolicyError, ValueError) as e:
         ok, reason, message = False, "InvalidPolicy", str(e)
     gen = body["metadata"].get("generation")
-    return {"observedGeneration": gen, "message": message,
-            "conditions": [{"type": "Ready", "status": "True" if ok else "False", "reason": reason,
-                            "message": message, "observedGeneration": gen,
-                            "lastTransitionTime": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}]}
+    return {
+        "observedGeneration": gen,
+        "message": message,
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True" if ok else "False",
+                "reason": reason,
+                "message": message,
+                "observedGeneration": gen,
+                "lastTransitionTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        ],
+    }
 
 
 def _status_patch(plural: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -127,49 +182,44 @@ def _status_patch(plural: str, body: Mapping[str, Any]) -> dict[str, Any] | None
     return new
 
 
-def _on_policy(plural: str):
-    async def handler(event: Mapping[str, Any], body: Mapping[str, Any], name: str, namespace: str | None,
-                      **_: Any) -> None:
-        from .controller import controller
-        key = (plural, namespace or "", name)
-        if event.get("type") == "DELETED":
-            CACHE.pop(key, None)
-        else:
-            CACHE[key] = dict(body)
-            patch = _status_patch(plural, body)
-            if patch is not None:
-                c = controller()
-                args = (GROUP, VERSION, namespace, plural, name) if namespace else (GROUP, VERSION, plural, name)
-                fn = (c.kube.custom.patch_namespaced_custom_object_status if namespace
-                      else c.kube.custom.patch_cluster_custom_object_status)
-                try:
-                    await c.call(fn, *args, {"status": patch})
-                except Exception as e:  # the next event tries again
-                    log.warning("%s %s: cannot write status: %s", KINDS[plural], name, e)
-        for (ns, _), loop in list(controller().loops.items()):
+def _on_policy(ctl: Operator, plural: str) -> Callable[..., Any]:
+    async def handler(event: Mapping[str, Any], body: Mapping[str, Any], name: str, namespace: str | None, **_: Any) -> None:
+        deleted = event.get("type") == "DELETED"
+        ctl.policies.seen(plural, namespace, name, None if deleted else body)
+        new_status = None if deleted else _status_patch(plural, body)
+        if new_status is not None:
+            try:
+                await ctl.call(ctl.kube.client.patch_status, RESOURCES[plural], namespace, name, {"status": new_status})
+            except ApiError as e:  # the next event tries again
+                log.warning("%s %s: cannot write status: %s", KINDS[plural], name, e)
+        for (ns, _rollout), loop in list(ctl.loops.items()):
             if namespace is None or ns == namespace:
                 loop.poke.set()
+
     return handler
 
 
-kopf.on.event(GROUP, VERSION, "releasepolicies")(_on_policy("releasepolicies"))
-kopf.on.event(GROUP, VERSION, "clusterreleasepolicies")(_on_policy("clusterreleasepolicies"))
+def register(registry: kopf.OperatorRegistry, ctl: Operator) -> None:
+    """The policy watches (feeding ctl.policies) and the test clock's warning, on `registry`."""
+    for plural in RESOURCES:
+        kopf.on.event(GROUP, VERSION, plural, registry=registry)(_on_policy(ctl, plural))
+    kopf.on.startup(registry=registry)(_warn_dev_clock)
 
 
-def namespace_labels(kube) -> Callable[[str], Mapping[str, str] | None]:
+def namespace_labels(api: Client) -> Callable[[str], Mapping[str, str] | None]:
     """Labels of a namespace through a list with a field selector (the list verb a cluster-wide
     operator has); None when they cannot be read (a namespaced operator)."""
+
     def read(ns: str) -> Mapping[str, str] | None:
         try:
-            items = kube.core.list_namespace(field_selector=f"metadata.name={ns}", _request_timeout=10).items
-        except Exception:
+            items = api.items(NAMESPACES, field_selector=f"metadata.name={ns}")
+        except ApiError:
             return None
-        return (items[0].metadata.labels or {}) if items else None
+        return ((items[0].get("metadata") or {}).get("labels") or {}) if items else None
+
     return read
 
 
-@kopf.on.startup()
 async def _warn_dev_clock(**_: Any) -> None:
     if os.environ.get(DEV_CLOCK_ENV):
-        log.warning("TEST CLOCK: %s is set; release windows are evaluated at a moved time (never in production)",
-                    DEV_CLOCK_ENV)
+        log.warning("TEST CLOCK: %s is set; release windows are evaluated at a moved time (never in production)", DEV_CLOCK_ENV)

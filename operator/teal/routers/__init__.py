@@ -2,7 +2,7 @@
 
     from teal.routers import ColorServices, RouterError, make_router
 
-    router = make_router(api_client, "shop", "checkout", owner_ref, spec.blue_green.traffic_routing,
+    router = make_router(client, "shop", "checkout", owner_ref, spec.blue_green.traffic_routing,
                          ColorServices.for_rollout("checkout", spec.blue_green.active_services))
     router.prepare()                     # per-colour Services, canary Ingress; idempotent
     observed = router.get_weights()      # {'blue': 90, 'green': 10}, read from the cluster
@@ -13,12 +13,13 @@ Every method is synchronous, reads the cluster each time (routers keep no state 
 operator relies on) and raises RouterError with a one-line message for what a user must
 fix (reason/transient tell the operator how to react). See base.py for the write rules.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from kubernetes import client
-
+from .. import client
 from ..api import TrafficRouting
 from .base import (
     ANNOTATION_WEIGHTS,
@@ -36,7 +37,7 @@ ROUTERS = {"gatewayAPI": GatewayAPIRouter, "nginx": NginxRouter, "istio": IstioR
 
 
 def make_router(
-    api_client: client.ApiClient,
+    api: client.Client | Any,
     namespace: str,
     rollout_name: str,
     owner_ref: Mapping[str, Any],
@@ -45,16 +46,16 @@ def make_router(
 ) -> Router:
     """The router for `routing.kind` ("gatewayAPI", "nginx", "istio").
 
-    `owner_ref` is the Rollout's ownerReference (apiVersion, kind, name, uid; controller
+    `api` is a teal.client.Client (or anything teal.client.Client.of takes); `owner_ref` is the Rollout's ownerReference (apiVersion, kind, name, uid; controller
     and blockOwnerDeletion as the operator wants) put on the objects Teal creates.
     """
     try:
         cls = ROUTERS[routing.kind]
     except KeyError:
-        raise RouterError(f"unknown traffic router {routing.kind!r}; one of {', '.join(ROUTERS)}", "InvalidSpec")
+        raise RouterError(f"unknown traffic router {routing.kind!r}; one of {', '.join(ROUTERS)}", "InvalidSpec") from None
     if services.rollout != rollout_name:
         raise ValueError(f"ColorServices are for {services.rollout!r}, not {rollout_name!r}")
-    return cls(api_client, namespace, rollout_name, owner_ref, routing, services)
+    return cls(api, namespace, rollout_name, owner_ref, routing, services)
 
 
 __all__ = [

@@ -13,23 +13,23 @@ the object it writes them to, so a later call can tell (without memory) that som
 changed them: that is *drift*, reported by ``set_weights()`` returning True and by
 ``last_drift``.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import time
-from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
 
-import urllib3
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
+from .. import client
 from ..api import BLUE, COLORS, GREEN, LABEL_COLOR, LABEL_ROLLOUT, TrafficRouting, other
+from ..client import INGRESSES, SERVICES, ApiError, NotFound, Resource
 
 ANNOTATION_WEIGHTS = "teal.dev/weights"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "teal"
-JSON_PATCH = "application/json-patch+json"
+JSON_PATCH = client.JSON_PATCH
 WRITE_ATTEMPTS = 8
 
 
@@ -85,14 +85,14 @@ class RouterBase:
 
     def __init__(
         self,
-        api_client: client.ApiClient,
+        api: client.Client | Any,
         namespace: str,
         rollout_name: str,
         owner_ref: Mapping[str, Any],
         routing: TrafficRouting,
-        services: "ColorServices",
+        services: ColorServices,
     ):
-        self.raw = Raw(api_client)
+        self.raw = Raw(api)
         self.namespace = namespace
         self.rollout = rollout_name
         self.owner_ref = dict(owner_ref)
@@ -120,7 +120,7 @@ class ColorServices:
         object.__setattr__(self, "active_services", tuple(self.active_services))
 
     @classmethod
-    def for_rollout(cls, rollout: str, active_services: Iterable[str]) -> "ColorServices":
+    def for_rollout(cls, rollout: str, active_services: Iterable[str]) -> ColorServices:
         return cls(rollout, tuple(active_services))
 
     @property
@@ -247,44 +247,17 @@ def replace_ops(path: tuple[Any, ...], old: Any, new: Any) -> list[dict[str, Any
     return [{"op": "test", "path": p, "value": old}, {"op": "replace", "path": p, "value": new}]
 
 
-def is_patch_conflict(exc: ApiException) -> bool:
+def is_patch_conflict(exc: ApiError) -> bool:
     """A failed JSON-patch `test` (422 without field causes) or a 409 Conflict."""
-    if exc.status == 409:
-        return True
-    if exc.status != 422:
-        return False
-    try:
-        body = json.loads(exc.body or "{}")
-    except ValueError:
-        return False
-    return not (body.get("details") or {}).get("causes")
+    return isinstance(exc, client.Conflict) or (exc.status == 422 and not exc.causes)
 
 
-def api_error(exc: ApiException, what: str) -> RouterError:
-    """An unexpected apiserver answer as a one-line RouterError."""
-    message = exc.reason or ""
-    try:
-        body = json.loads(exc.body or "{}")
-        message = body.get("message") or message
-    except ValueError:
-        if exc.body:
-            message = str(exc.body).strip().splitlines()[0]
-    transient = exc.status in (None, 0, 429, 500, 502, 503, 504)
-    return RouterError(f"{what}: {exc.status} {message}".strip(), "APIError", transient=transient)
-
-
-def type_missing(exc: ApiException) -> bool:
-    """A 404 for the resource type itself (the CRD is not installed), not for an object."""
-    if exc.status != 404:
-        return False
-    try:
-        return not isinstance(json.loads(exc.body or ""), dict)
-    except ValueError:
-        return True
-
-
-def unreachable(exc: Exception, what: str) -> RouterError:
-    return RouterError(f"{what}: cannot reach the apiserver: {exc}", "APIError", transient=True)
+def api_error(exc: ApiError, what: str) -> RouterError:
+    """An unexpected apiserver answer (or none) as a one-line RouterError."""
+    transient = isinstance(exc, client.Transient)
+    if exc.status == 0:
+        return RouterError(f"{what}: cannot reach the apiserver: {exc.message}", "APIError", transient=True)
+    return RouterError(f"{what}: {exc.status} {exc.quoted()}".strip(), "APIError", transient=transient)
 
 
 def retry_writes(fn: Callable[[int], bool | None], what: str, attempts: int = WRITE_ATTEMPTS) -> bool | None:
@@ -292,12 +265,10 @@ def retry_writes(fn: Callable[[int], bool | None], what: str, attempts: int = WR
     for attempt in range(attempts):
         try:
             return fn(attempt)
-        except ApiException as exc:
+        except ApiError as exc:
             if not is_patch_conflict(exc):
                 raise api_error(exc, what) from exc
             time.sleep(min(0.02 * (2**attempt), 0.5))
-        except urllib3.exceptions.HTTPError as exc:
-            raise unreachable(exc, what) from exc
     raise RouterError(
         f"{what}: gave up after {attempts} attempts, the object kept changing under Teal",
         "Conflict",
@@ -306,59 +277,37 @@ def retry_writes(fn: Callable[[int], bool | None], what: str, attempts: int = WR
 
 
 class Raw:
-    """Thin access to the apiserver returning plain JSON dicts (camelCase, as stored)."""
+    """The routers' access to the apiserver (teal.client): reads fail as RouterError (None
+    when the object does not exist); writes raise teal.client.ApiError for retry_writes."""
 
-    def __init__(self, api_client: client.ApiClient):
-        self.api_client = api_client
-        self.core = client.CoreV1Api(api_client)
-        self.net = client.NetworkingV1Api(api_client)
-        self.custom = client.CustomObjectsApi(api_client)
+    def __init__(self, api: client.Client | Any):
+        self.client = client.Client.of(api)
 
-    @staticmethod
-    def _json(resp: Any) -> dict[str, Any]:
-        return json.loads(resp.data)
-
-    def _read(self, read: Callable[..., Any], ns: str, name: str, kind: str) -> dict[str, Any] | None:
-        """A built-in object as plain JSON; None when it does not exist."""
+    def read(self, res: Resource, ns: str, name: str, kind: str) -> dict[str, Any] | None:
+        """An object as plain JSON; None when it does not exist."""
         try:
-            return self._json(read(name, ns, _preload_content=False))
-        except urllib3.exceptions.HTTPError as exc:
-            raise unreachable(exc, f"reading {kind} {name}") from exc
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
+            return self.client.get(res, ns, name)
+        except NotFound as exc:  # the resource type itself is missing
+            raise RouterError(
+                f"the {kind} API ({res.group or 'core'}/{res.version}) is not served by this cluster; are its CRDs installed?",
+                "APINotFound",
+            ) from exc
+        except ApiError as exc:
             raise api_error(exc, f"reading {kind} {name}") from exc
 
     def get_service(self, ns: str, name: str) -> dict[str, Any] | None:
-        return self._read(self.core.read_namespaced_service, ns, name, "Service")
+        return self.read(SERVICES, ns, name, "Service")
 
     def get_ingress(self, ns: str, name: str) -> dict[str, Any] | None:
-        return self._read(self.net.read_namespaced_ingress, ns, name, "Ingress")
+        return self.read(INGRESSES, ns, name, "Ingress")
 
-    # Custom objects
     def get_custom(self, group: str, version: str, plural: str, ns: str, name: str, kind: str) -> dict[str, Any] | None:
-        try:
-            return self._json(
-                self.custom.get_namespaced_custom_object(group, version, ns, plural, name, _preload_content=False)
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            raise unreachable(exc, f"reading {kind} {name}") from exc
-        except ApiException as exc:
-            if type_missing(exc):
-                raise RouterError(
-                    f"the {kind} API ({group}/{version}) is not served by this cluster; are its CRDs installed?",
-                    "APINotFound",
-                ) from exc
-            if exc.status == 404:
-                return None
-            raise api_error(exc, f"reading {kind} {name}") from exc
+        return self.read(Resource(group, version, plural), ns, name, kind)
 
-    def patch_custom(self, group: str, version: str, plural: str, ns: str, name: str, ops: list) -> dict[str, Any]:
-        return self._json(
-            self.custom.patch_namespaced_custom_object(
-                group, version, ns, plural, name, ops, _content_type=JSON_PATCH, _preload_content=False
-            )
-        )
+    def patch_custom(
+        self, group: str, version: str, plural: str, ns: str, name: str, ops: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        return self.client.json_patch(Resource(group, version, plural), ns, name, ops)
 
 
 # ---------------------------------------------------------------- ownership
@@ -402,7 +351,7 @@ def _ports_equal(a: list[Mapping[str, Any]], b: list[Mapping[str, Any]]) -> bool
 
 
 def ensure_color_services(
-    core_api: client.CoreV1Api,
+    api: client.Client | Any,
     namespace: str,
     rollout_name: str,
     active_service: str,
@@ -417,14 +366,41 @@ def ensure_color_services(
     that name is updated when Teal owns it or it carries ``teal.dev/rollout: <rollout>``
     (then it is adopted: ports and selector set, owner reference added); any other
     Service of that name is a RouterError, never overwritten. ``port``, when given,
-    must be one of the active Service's ports. Returns {colour: Service name}.
+    must be one of the active Service's ports. ``api`` is a teal.client.Client (or anything
+    teal.client.Client.of takes). Returns {colour: Service name}.
     """
-    raw = Raw(core_api.api_client)
+    raw = Raw(api)
+    selector, ports = _color_service_source(raw, namespace, rollout_name, active_service, port)
+    names = {}
+    for color in COLORS:
+        name = names[color] = f"{rollout_name}-{color}"
+        want = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": teal_labels(rollout_name, **{LABEL_COLOR: color}),
+                "ownerReferences": [dict(owner_ref)],
+            },
+            "spec": {"type": "ClusterIP", "selector": {**selector, LABEL_COLOR: color}, "ports": ports},
+        }
+
+        def once(attempt: int, want: dict[str, Any] = want) -> None:
+            _ensure_color_service(raw, namespace, rollout_name, want, owner_ref)
+
+        retry_writes(once, f"Service {name}")  # 409: a racing create or a stale resourceVersion
+    return names
+
+
+def _color_service_source(
+    raw: Raw, namespace: str, rollout_name: str, active_service: str, port: int | None
+) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """The selector (without teal.dev/color) and ports of the active Service, or RouterError."""
     active = raw.get_service(namespace, active_service)
     if active is None:
         raise RouterError(
-            f"Service {active_service} not found in namespace {namespace}; "
-            f"the per-colour Services copy its ports and selector",
+            f"Service {active_service} not found in namespace {namespace}; the per-colour Services copy its ports and selector",
             "ServiceNotFound",
         )
     selector = dict((active.get("spec") or {}).get("selector") or {})
@@ -444,55 +420,42 @@ def ensure_color_services(
             f"trafficRouting port {port} is not a port of Service {active_service} (ports: {have})",
             "InvalidService",
         )
-    names = {}
-    for color in COLORS:
-        name = f"{rollout_name}-{color}"
-        names[color] = name
-        want_selector = {**selector, LABEL_COLOR: color}
-        want_labels = teal_labels(rollout_name, **{LABEL_COLOR: color})
+    return selector, ports
 
-        def once(attempt: int, name: str = name, color: str = color) -> None:
-            svc = raw.get_service(namespace, name)
-            if svc is None:
-                body = {
-                    "apiVersion": "v1",
-                    "kind": "Service",
-                    "metadata": {
-                        "name": name,
-                        "namespace": namespace,
-                        "labels": want_labels,
-                        "ownerReferences": [dict(owner_ref)],
-                    },
-                    "spec": {"type": "ClusterIP", "selector": want_selector, "ports": ports},
-                }
-                core_api.create_namespaced_service(namespace, body)
-                return
-            if not may_manage(svc, rollout_name, owner_ref):
-                raise RouterError(
-                    f"Service {name} exists and does not belong to Rollout {rollout_name} "
-                    f"(not owned by it, no label {LABEL_ROLLOUT}={rollout_name}); Teal will not overwrite it",
-                    "NotOwned",
-                )
-            meta, spec = svc["metadata"], svc.setdefault("spec", {})
-            changed = False
-            if spec.get("selector") != want_selector:
-                spec["selector"] = want_selector
-                changed = True
-            if not _ports_equal(spec.get("ports") or [], ports):
-                spec["ports"] = ports
-                changed = True
-            labels = meta.setdefault("labels", {})
-            if any(labels.get(k) != v for k, v in want_labels.items()):
-                labels.update(want_labels)
-                changed = True
-            if not owned_by(svc, owner_ref):
-                meta.setdefault("ownerReferences", []).append(dict(owner_ref))
-                changed = True
-            if changed:  # replace guarded by resourceVersion (409 -> retry from a fresh read)
-                core_api.replace_namespaced_service(name, namespace, svc)
 
-        retry_writes(once, f"Service {name}")  # 409: a racing create or a stale resourceVersion
-    return names
+def _ensure_color_service(
+    raw: Raw, namespace: str, rollout_name: str, want: Mapping[str, Any], owner_ref: Mapping[str, Any]
+) -> None:
+    """One attempt: create the Service, or bring Teal's fields of an existing one in line
+    (a replace guarded by the resourceVersion read: 409 -> retry from a fresh read)."""
+    name = want["metadata"]["name"]
+    svc = raw.get_service(namespace, name)
+    if svc is None:
+        raw.client.create(SERVICES, namespace, want)
+        return
+    if not may_manage(svc, rollout_name, owner_ref):
+        raise RouterError(
+            f"Service {name} exists and does not belong to Rollout {rollout_name} "
+            f"(not owned by it, no label {LABEL_ROLLOUT}={rollout_name}); Teal will not overwrite it",
+            "NotOwned",
+        )
+    meta, spec = svc["metadata"], svc.setdefault("spec", {})
+    changed = False
+    if spec.get("selector") != want["spec"]["selector"]:
+        spec["selector"] = want["spec"]["selector"]
+        changed = True
+    if not _ports_equal(spec.get("ports") or [], want["spec"]["ports"]):
+        spec["ports"] = want["spec"]["ports"]
+        changed = True
+    labels = meta.setdefault("labels", {})
+    if any(labels.get(k) != v for k, v in want["metadata"]["labels"].items()):
+        labels.update(want["metadata"]["labels"])
+        changed = True
+    if not owned_by(svc, owner_ref):
+        meta.setdefault("ownerReferences", []).append(dict(owner_ref))
+        changed = True
+    if changed:
+        raw.client.replace(SERVICES, namespace, name, svc)
 
 
 # ---------------------------------------------------------------- drift

@@ -15,10 +15,12 @@ backendRefs in every rule that lists at least one of them, and nothing else:
 Teal's writes are JSON patches that pin (``test``) and replace the backendRefs list of
 each managed rule, plus the annotation teal.dev/weights.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .base import RouterError
 from .weighted import ListRouter, Place
@@ -44,7 +46,7 @@ class GatewayAPIRouter(ListRouter):
             return None
         return self.services.color_of(entry.get("name"))
 
-    def raw_weight(self, entry: Mapping[str, Any], items: list[Mapping[str, Any]]) -> float:
+    def raw_weight(self, entry: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> float:
         w = entry.get("weight")
         return 1.0 if w is None else float(w)  # the Gateway API default weight is 1
 

@@ -17,10 +17,12 @@ the ``weight`` of those destinations and nothing else.
 Writes are JSON patches that pin (``test``) the route's name and destination list and
 replace only that list, plus the annotation teal.dev/weights.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..api import COLORS
 from .base import RouterError
@@ -43,7 +45,7 @@ class IstioRouter(ListRouter):
             name = self.services.name(c)
             if host == name:
                 return c, ""
-            rest = host[len(name):] if host.startswith(name + ".") else None
+            rest = host[len(name) :] if host.startswith(name + ".") else None
             if rest is None:
                 continue
             ns = f".{self.namespace}"
@@ -55,7 +57,7 @@ class IstioRouter(ListRouter):
         hit = self._host_split((entry.get("destination") or {}).get("host"))
         return hit[0] if hit else None
 
-    def raw_weight(self, entry: Mapping[str, Any], items: list[Mapping[str, Any]]) -> float:
+    def raw_weight(self, entry: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> float:
         w = entry.get("weight")
         if w is None:
             return 100.0 if len(items) == 1 else 0.0  # a lone destination gets everything
@@ -95,8 +97,7 @@ class IstioRouter(ListRouter):
                 p = place(i)
                 if p is None:
                     raise RouterError(
-                        f"VirtualService {self.name} route {name!r} has no destination with host "
-                        f"{self.services.both()}",
+                        f"VirtualService {self.name} route {name!r} has no destination with host {self.services.both()}",
                         "BackendNotFound",
                     )
                 places.append(p)

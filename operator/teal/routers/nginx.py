@@ -31,23 +31,21 @@ paths that already name a colour Service (JSON patch with ``test``). The canary 
 Teal's: it is rewritten whole (guarded by resourceVersion) and follows the primary's
 hosts, paths and class.
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Mapping
-
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+from collections.abc import Mapping
+from typing import Any
 
 from ..api import COLORS, LABEL_COLOR, other
+from ..client import INGRESSES, ApiError
 from .base import (
     ANNOTATION_WEIGHTS,
-    JSON_PATCH,
-    annotation_ops,
-    Raw,
     RouterBase,
     RouterError,
+    annotation_ops,
     api_error,
     combine,
     drift_message,
@@ -120,7 +118,7 @@ class NginxRouter(RouterBase):
                 svc = (p.get("backend") or {}).get("service") or {}
                 name = svc.get("name")
                 color = self.services.color_of(name)
-                if color is None and name not in active:
+                if not isinstance(name, str) or (color is None and name not in active):
                     continue
                 if color is None:
                     if name not in selector_color:
@@ -129,14 +127,21 @@ class NginxRouter(RouterBase):
                         selector_color[name] = sel.get(LABEL_COLOR) if sel.get(LABEL_COLOR) in COLORS else None
                     color = selector_color[name]
                 paths.append(
-                    _Path(i, j, rule.get("host"), p.get("path"), p.get("pathType"), name,
-                          dict(svc.get("port") or {}), color, self.services.color_of(name) is not None)
+                    _Path(
+                        i,
+                        j,
+                        rule.get("host"),
+                        p.get("path"),
+                        p.get("pathType"),
+                        name,
+                        dict(svc.get("port") or {}),
+                        color,
+                        self.services.color_of(name) is not None,
+                    )
                 )
         if not paths:
             names = ", ".join([*self.services.active_services, *self.services.names.values()])
-            raise RouterError(
-                f"Ingress {self.name} has no path whose backend is Service {names}", "BackendNotFound"
-            )
+            raise RouterError(f"Ingress {self.name} has no path whose backend is Service {names}", "BackendNotFound")
         return obj, paths
 
     def _read_canary(self) -> _Canary:
@@ -145,8 +150,7 @@ class NginxRouter(RouterBase):
             return _Canary(None, None, 0, True, set())
         if not may_manage(obj, self.rollout, self.owner_ref):
             raise RouterError(
-                f"Ingress {self.canary_name} exists and does not belong to Rollout {self.rollout}; "
-                f"Teal will not overwrite it",
+                f"Ingress {self.canary_name} exists and does not belong to Rollout {self.rollout}; Teal will not overwrite it",
                 "NotOwned",
             )
         ann = (obj.get("metadata") or {}).get("annotations") or {}
@@ -185,8 +189,9 @@ class NginxRouter(RouterBase):
 
     # ------------------------------------------------------------ writing
 
-    def _canary_body(self, primary: dict[str, Any], paths: list[_Path], color: str, weight: int,
-                     existing: dict[str, Any] | None) -> dict[str, Any]:
+    def _canary_body(
+        self, primary: dict[str, Any], paths: list[_Path], color: str, weight: int, existing: dict[str, Any] | None
+    ) -> dict[str, Any]:
         rules: list[dict[str, Any]] = []
         by_rule: dict[int, dict[str, Any]] = {}
         for p in paths:
@@ -217,16 +222,20 @@ class NginxRouter(RouterBase):
         spec: dict[str, Any] = {"rules": rules}
         if (primary.get("spec") or {}).get("ingressClassName"):
             spec["ingressClassName"] = primary["spec"]["ingressClassName"]
-        meta = {**old_meta, "name": self.canary_name, "namespace": self.namespace,
-                "labels": labels, "annotations": annotations, "ownerReferences": owners}
+        meta = {
+            **old_meta,
+            "name": self.canary_name,
+            "namespace": self.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": owners,
+        }
         return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta, "spec": spec}
 
-    def _write_canary(self, primary: dict[str, Any], paths: list[_Path], canary: _Canary, color: str,
-                      weight: int) -> _Canary:
+    def _write_canary(self, primary: dict[str, Any], paths: list[_Path], canary: _Canary, color: str, weight: int) -> _Canary:
         body = self._canary_body(primary, paths, color, weight, canary.obj)
         if canary.obj is None:
-            resp = self.raw.net.create_namespaced_ingress(self.namespace, body, _preload_content=False)
-            body = Raw._json(resp)
+            body = self.raw.client.create(INGRESSES, self.namespace, body)
         else:
             old = canary.obj
             same = (
@@ -237,16 +246,12 @@ class NginxRouter(RouterBase):
                 and (old.get("metadata") or {}).get("ownerReferences") == body["metadata"]["ownerReferences"]
             )
             if not same:  # replace guarded by the resourceVersion read (409 -> retry)
-                resp = self.raw.net.replace_namespaced_ingress(
-                    self.canary_name, self.namespace, body, _preload_content=False
-                )
-                body = Raw._json(resp)
+                body = self.raw.client.replace(INGRESSES, self.namespace, self.canary_name, body)
             else:
                 body = old
         return _Canary(body, color, weight, True, {p.key for p in paths})
 
-    def _patch_primary(self, primary: dict[str, Any], paths: list[_Path], color: str | None,
-                       record: str | None = None) -> None:
+    def _patch_primary(self, primary: dict[str, Any], paths: list[_Path], color: str | None, record: str | None = None) -> None:
         """Point the switchable managed paths at `color` and/or record Teal's weights."""
         ops: list[dict[str, Any]] = []
         if color is not None:
@@ -258,7 +263,7 @@ class NginxRouter(RouterBase):
         if record is not None:
             ops += annotation_ops(primary, ANNOTATION_WEIGHTS, record)
         if ops:
-            self.raw.net.patch_namespaced_ingress(self.name, self.namespace, ops, _content_type=JSON_PATCH)
+            self.raw.client.json_patch(INGRESSES, self.namespace, self.name, ops)
         if color is not None:
             for p in paths:
                 if p.switchable:
@@ -268,7 +273,7 @@ class NginxRouter(RouterBase):
 
     def prepare(self) -> None:
         ensure_color_services(
-            self.raw.core, self.namespace, self.rollout, self.services.active, self.owner_ref, self.routing.port
+            self.raw.client, self.namespace, self.rollout, self.services.active, self.owner_ref, self.routing.port
         )
 
         def once(attempt: int) -> None:
@@ -326,7 +331,7 @@ class NginxRouter(RouterBase):
                     final = (full, 100)
             else:
                 if len(served) == 1 and None not in served:
-                    p = next(iter(served))
+                    p = next(c for c in served if c is not None)
                 elif foldable:
                     p = move_to = max(COLORS, key=lambda c: want[c])
                 else:
@@ -366,16 +371,10 @@ class NginxRouter(RouterBase):
             return
         if not may_manage(canary, self.rollout, self.owner_ref):
             return
-        try:
-            self.raw.net.delete_namespaced_ingress(
-                self.canary_name,
-                self.namespace,
-                body=client.V1DeleteOptions(
-                    preconditions=client.V1Preconditions(uid=canary["metadata"]["uid"])
-                ),
-            )
-        except ApiException as exc:
-            if exc.status not in (404, 409):
+        try:  # None: gone already; Conflict: replaced by a new one of that name in between
+            self.raw.client.delete(INGRESSES, self.namespace, self.canary_name, uid=canary["metadata"]["uid"])
+        except ApiError as exc:
+            if exc.status != 409:
                 raise api_error(exc, f"deleting Ingress {self.canary_name}") from exc
 
     def describe(self) -> dict[str, Any]:

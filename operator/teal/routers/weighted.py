@@ -8,12 +8,13 @@ lists only one colour gets the other one added (a copy of its sibling entry with
 name changed) so both colours can receive traffic. Entries for other backends keep
 their weights: the percentages Teal reads and writes are those of blue versus green.
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Mapping
-
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..api import COLORS, other
 from .base import (
@@ -60,12 +61,11 @@ class ListRouter(RouterBase):
     plural = ""
     entry_word = "entry"
 
-
     # -- what subclasses provide
     def entry_color(self, entry: Mapping[str, Any]) -> str | None:
         raise NotImplementedError
 
-    def raw_weight(self, entry: Mapping[str, Any], items: list[Mapping[str, Any]]) -> float:
+    def raw_weight(self, entry: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> float:
         raise NotImplementedError
 
     def with_weight(self, entry: Mapping[str, Any], weight: int) -> dict[str, Any]:
@@ -84,7 +84,7 @@ class ListRouter(RouterBase):
         return f"<{type(self).__name__} {self.namespace}/{self.name}>"
 
     def _place(self, label: str, path: tuple[Any, ...], items: list[dict[str, Any]], guards=None) -> Place | None:
-        index = {c: [] for c in COLORS}
+        index: dict[str, list[int]] = {c: [] for c in COLORS}
         for i, entry in enumerate(items):
             c = self.entry_color(entry)
             if c is not None:
@@ -147,7 +147,7 @@ class ListRouter(RouterBase):
     # -- the Router interface
     def prepare(self) -> None:
         ensure_color_services(
-            self.raw.core, self.namespace, self.rollout, self.services.active, self.owner_ref, self.routing.port
+            self.raw.client, self.namespace, self.rollout, self.services.active, self.owner_ref, self.routing.port
         )
 
         def once(attempt: int) -> None:
