@@ -34,6 +34,7 @@ import importlib.resources
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import ssl
@@ -68,6 +69,36 @@ from teal_devenv.wait import WaitTimeout
 NOT_READY_ANNOTATION = "teal.dev/fake-not-ready"
 NODE_LABEL = ("type", "kwok")
 NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+
+
+# The CA's and the apiserver certificate's openssl config (the apiserver answers on 127.0.0.1 and
+# as the in-cluster "kubernetes" Service).
+OPENSSL_CNF = """\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = teal-local
+[v3_ca]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign,digitalSignature
+subjectKeyIdentifier = hash
+[v3_server]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+subjectAltName = @alt
+[alt]
+DNS.1 = localhost
+DNS.2 = kubernetes
+DNS.3 = kubernetes.default
+DNS.4 = kubernetes.default.svc
+DNS.5 = kubernetes.default.svc.cluster.local
+IP.1 = 127.0.0.1
+IP.2 = {service_ip}
+"""
 
 
 class ClusterError(RuntimeError):
@@ -330,122 +361,50 @@ class LocalCluster:
                 comp.close_log()  # port was taken between allocation and bind: retry
         raise ClusterError(f"{name} could not bind a free port after 3 attempts{self._describe_failure()}")
 
-    def _openssl(self, *args: str) -> None:
-        proc = subprocess.run(["openssl", *args], cwd=self.pki_dir, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    def _openssl(self, command: str) -> None:
+        """Run ``openssl COMMAND`` (split as a shell would) in the PKI folder."""
+        proc = subprocess.run(
+            ["openssl", *shlex.split(command)], cwd=self.pki_dir, stdin=subprocess.DEVNULL, capture_output=True, text=True
+        )
         if proc.returncode != 0:
-            raise ClusterError(f"openssl {' '.join(args)} failed: {proc.stderr.strip()}")
+            raise ClusterError(f"openssl {command} failed: {proc.stderr.strip()}")
 
     def _make_pki(self) -> None:
+        """A CA, the apiserver's serving certificate (openssl), the service-account key pair and the static tokens."""
         pki = self.pki_dir
         assert pki is not None
-        alt = [
-            "DNS.1 = localhost",
-            "DNS.2 = kubernetes",
-            "DNS.3 = kubernetes.default",
-            "DNS.4 = kubernetes.default.svc",
-            "DNS.5 = kubernetes.default.svc.cluster.local",
-            "IP.1 = 127.0.0.1",
-            f"IP.2 = {self.SERVICE_IP}",
-        ]
-        (pki / "openssl.cnf").write_text(
-            "\n".join(
-                [
-                    "[req]",
-                    "distinguished_name = dn",
-                    "prompt = no",
-                    "[dn]",
-                    "CN = teal-local",
-                    "[v3_ca]",
-                    "basicConstraints = critical,CA:TRUE",
-                    "keyUsage = critical,keyCertSign,cRLSign,digitalSignature",
-                    "subjectKeyIdentifier = hash",
-                    "[v3_server]",
-                    "basicConstraints = critical,CA:FALSE",
-                    "keyUsage = critical,digitalSignature,keyEncipherment",
-                    "extendedKeyUsage = serverAuth",
-                    "subjectKeyIdentifier = hash",
-                    "authorityKeyIdentifier = keyid",
-                    "subjectAltName = @alt",
-                    "[alt]",
-                    *alt,
-                    "",
-                ]
-            )
-        )
-        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        (pki / "openssl.cnf").write_text(OPENSSL_CNF.format(service_ip=self.SERVICE_IP))
+        ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+        ca_subject = shlex.quote(f"/CN={self.name}-ca")
         self._openssl(
-            "req",
-            "-x509",
-            "-config",
-            "openssl.cnf",
-            "-extensions",
-            "v3_ca",
-            *ec,
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "3650",
-            "-subj",
-            f"/CN={self.name}-ca",
+            f"req -x509 -config openssl.cnf -extensions v3_ca {ec} -keyout ca.key -out ca.crt -days 3650 -subj {ca_subject}"
         )
+        self._openssl(f"req -new -config openssl.cnf {ec} -keyout apiserver.key -out apiserver.csr -subj /CN=kube-apiserver")
+        serial = int.from_bytes(secrets.token_bytes(8), "big")
         self._openssl(
-            "req",
-            "-new",
-            "-config",
-            "openssl.cnf",
-            *ec,
-            "-keyout",
-            "apiserver.key",
-            "-out",
-            "apiserver.csr",
-            "-subj",
-            "/CN=kube-apiserver",
+            f"x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -set_serial {serial} -out apiserver.crt -days 3650"
+            " -extfile openssl.cnf -extensions v3_server"
         )
-        self._openssl(
-            "x509",
-            "-req",
-            "-in",
-            "apiserver.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-set_serial",
-            str(int.from_bytes(secrets.token_bytes(8), "big")),
-            "-out",
-            "apiserver.crt",
-            "-days",
-            "3650",
-            "-extfile",
-            "openssl.cnf",
-            "-extensions",
-            "v3_server",
-        )
-        self._openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key")
-        self._openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub")
+        self._openssl("genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key")
+        self._openssl("pkey -in sa.key -pubout -out sa.pub")
         for f in pki.iterdir():
             if f.suffix == ".key":
                 f.chmod(0o600)
         self.ca_file = str(pki / "ca.crt")
         self.ca_key_file = str(pki / "ca.key")
         self._ssl = ssl.create_default_context(cafile=self.ca_file)
+        self._make_tokens(pki)
 
-        # Static tokens: one per component, all cluster admins (system:masters).
-        self._tokens = {
-            "admin": secrets.token_hex(24),
-            "kube-controller-manager": secrets.token_hex(24),
-            "kube-scheduler": secrets.token_hex(24),
-            "kwok": secrets.token_hex(24),
-        }
-        self.admin_token = self._tokens["admin"]
+    def _make_tokens(self, pki: Path) -> None:
+        """Static tokens: one per component, all cluster admins (system:masters)."""
         users = {
             "admin": "teal-admin",
             "kube-controller-manager": "system:kube-controller-manager",
             "kube-scheduler": "system:kube-scheduler",
             "kwok": "kwok-controller",
         }
+        self._tokens = {component: secrets.token_hex(24) for component in users}
+        self.admin_token = self._tokens["admin"]
         lines = [f'{tok},{users[k]},{users[k]},"system:masters"' for k, tok in self._tokens.items()]
         tokens = pki / "tokens.csv"
         tokens.write_text("\n".join(lines) + "\n")
