@@ -50,7 +50,7 @@ async def run(
         active_services=spec.blue_green.active_services,
         preview_service=spec.blue_green.preview_service,
     )
-    state = st.analysis_run if (st.analysis_run or {}).get("key") == key else None
+    state = st.analysis_run.dump() if st.analysis_run and st.analysis_run.is_for(release.analysis_key) else None
     ev = await analysis.evaluate_async(
         spec.analysis,
         key,

@@ -41,6 +41,7 @@ from .policy import Gate, hold
 from .status import (
     PHASES,
     Abort,
+    AnalysisState,
     Phase,
     Rejected,
     Release,
@@ -1181,7 +1182,7 @@ def _analysis_state(t: _Tick) -> None:
     run's state goes once no run is asked for (release.analysisKey)."""
     st, a = t.st, t.obs.analysis
     if a is not None and a.history is not None:
-        st.analysis_run = dict(a.state) if a.state is not None else None
+        st.analysis_run = AnalysisState.load(a.state) if a.state else None
         st.analysis = [dict(m) for m in a.history]
     if not (st.release and st.release.analysis_key):
         st.analysis_run = None

@@ -158,8 +158,8 @@ LIST: Conv[list[Any]] = Conv(lambda v: copy.deepcopy(list(v)), copy.deepcopy)
 
 def _record(cls: type[R]) -> Conv[R]:
     def load(v: Any) -> R:
-        if not isinstance(v, Mapping):
-            raise ValueError("not an object")
+        if not isinstance(v, Mapping) or not v:
+            raise ValueError("not an object (or an empty one: read as absent, as before)")
         return cls.load(v)
 
     return Conv(load, lambda r: r.dump())
@@ -299,6 +299,21 @@ class Release(Record):
 
 
 @dataclasses.dataclass(kw_only=True)
+class AnalysisState(Record):
+    """status.analysisRun: teal.analysis's state of the run the release waits for. The engine
+    owns its format; what says which run it belongs to is typed, the rest is kept as written."""
+
+    key: RunKey | None = persisted("key", KEY)
+    started_at: dt.datetime | None = persisted("startedAt", TIME)
+    verdict: str | None = persisted("verdict", STR)
+    message: str | None = persisted("message", STR)
+    metrics: dict[str, Any] | None = persisted("metrics", DICT)  # per metric: its measurements so far
+
+    def is_for(self, run: RunKey | None) -> bool:
+        return run is not None and self.key == run
+
+
+@dataclasses.dataclass(kw_only=True)
 class Status(Record):
     """The Rollout's status (the CRD schema and docs/status-and-api.md describe every field)."""
 
@@ -334,7 +349,7 @@ class Status(Record):
     selector: str | None = persisted("selector", STR)
     conditions: list[Any] | None = persisted("conditions", LIST)
     # the analysis engine's state of the running analysis (teal.analysis), and its measurements
-    analysis_run: dict[str, Any] | None = persisted("analysisRun", DICT)
+    analysis_run: AnalysisState | None = persisted("analysisRun", _record(AnalysisState))
     analysis: list[Any] | None = persisted("analysis", LIST)
 
     def condition(self, type_: str) -> Mapping[str, Any] | None:
