@@ -16,16 +16,18 @@ Exit codes (see docs/kubectl-teal.md):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as dt
 import json
 import os
 import sys
 import time
-import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
+from . import client
 from .api import (
     ANNOTATION_HASH,
     ANNOTATION_REVISION,
@@ -47,6 +49,7 @@ EXIT_NOT_FOUND = 3
 EXIT_REFUSED = 4
 EXIT_API = 5
 EXIT_USAGE = 64
+ROLLOUTS = client.Resource(GROUP, VERSION, PLURAL)
 
 PROG = "kubectl teal"
 FIELD_MANAGER = "kubectl-teal"
@@ -72,88 +75,83 @@ class ApiError(CliError):
 
 
 class Cluster:
-    """JSON over the kubernetes client's connection (dicts in, dicts out)."""
+    """One namespace of the cluster through teal.client (dicts in, dicts out); every API error
+    comes out as ApiError/CliError with the exit code the command should end with."""
 
-    def __init__(self, api_client: Any, namespace: str, timeout: float = 30.0):
-        self.api = api_client
+    def __init__(self, api: client.Client, namespace: str):
+        self.client = api
         self.namespace = namespace
-        self.timeout = timeout
+        self.timeout = api.timeout.read
 
     # -- plumbing
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """teal.client's errors as the CLI's: no answer -> EXIT_API; else ApiError (404 -> EXIT_NOT_FOUND)."""
+        try:
+            yield
+        except client.ApiError as exc:
+            if exc.status == 0:
+                raise CliError(f"cannot reach the Kubernetes API at {self.client.host}: {exc.message}", EXIT_API) from None
+            raise ApiError(exc.status, exc.message, exc.reason) from None
+
     def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        query: Mapping[str, Any] | None = None,
+        self, method: str, path: str, body: Any = None, query: Mapping[str, Any] | None = None,
         content_type: str | None = None,
     ) -> dict[str, Any]:
-        if query:
-            path = f"{path}?{urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})}"
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type or "application/json"
-        try:
-            method_, url, header_params, body_, _ = self.api.param_serialize(
-                method=method, resource_path=path, header_params=headers, body=body, auth_settings=["BearerToken"]
-            )
-            resp = self.api.call_api(method_, url, header_params=header_params, body=body_,
-                                     _request_timeout=self.timeout)
-            raw = resp.read()
-        except CliError:
-            raise
-        except Exception as exc:  # urllib3 / SSL / connection errors
-            raise CliError(f"cannot reach the Kubernetes API at {self.api.configuration.host}: {exc}", EXIT_API)
-        if resp.status >= 400:
-            try:
-                status = json.loads(raw)
-                message = status.get("message") or raw.decode(errors="replace")
-                reason = status.get("reason", "")
-            except (ValueError, AttributeError):
-                message, reason = raw.decode(errors="replace")[:500], ""
-            raise ApiError(resp.status, message, reason)
-        return json.loads(raw) if raw else {}
+        """A raw call (for the endpoints without a Resource, e.g. SelfSubjectReview)."""
+        with self._errors():
+            return self.client.request(method, path, body=body, query=query, content_type=content_type)
 
-    def _rollout_path(self, name: str | None = None, namespace: str | None = None, sub: str = "") -> str:
-        ns = namespace or self.namespace
-        path = f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}"
-        if name:
-            path += f"/{name}"
-        return path + (f"/{sub}" if sub else "")
+    def get(self, res: client.Resource, name: str) -> dict[str, Any] | None:
+        with self._errors():
+            return self.client.get(res, self.namespace, name)
+
+    def items(self, res: client.Resource, label_selector: str | None = None) -> list[dict[str, Any]]:
+        with self._errors():
+            return self.client.items(res, self.namespace, label_selector=label_selector)
+
+    def create(self, res: client.Resource, body: Mapping[str, Any]) -> dict[str, Any]:
+        with self._errors():
+            return self.client.create(res, self.namespace, body, fieldManager=FIELD_MANAGER)
+
+    def merge_patch(self, res: client.Resource, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        with self._errors():
+            return self.client.merge_patch(res, self.namespace, name, patch, fieldManager=FIELD_MANAGER)
+
+    def delete(self, res: client.Resource, name: str, uid: str | None = None,
+               propagation: str | None = None) -> dict[str, Any] | None:
+        """None when it was gone already."""
+        with self._errors():
+            return self.client.delete(res, self.namespace, name, uid=uid, propagation=propagation)
 
     # -- rollouts
+    def _rollout_api_missing(self) -> CliError:
+        return CliError("the Rollout API (rollouts.teal.dev) is not installed in this cluster; install Teal's CRDs",
+                        EXIT_NOT_FOUND)
+
     def get_rollout(self, name: str) -> dict[str, Any]:
         try:
-            return self.request("GET", self._rollout_path(name))
+            ro = self.get(ROLLOUTS, name)
         except ApiError as exc:
-            if exc.status == 404:
-                if "the server could not find the requested resource" in exc.message:
-                    raise CliError(
-                        "the Rollout API (rollouts.teal.dev) is not installed in this cluster; install Teal's CRDs",
-                        EXIT_NOT_FOUND,
-                    )
-                raise CliError(f'Rollout "{name}" not found in namespace "{self.namespace}"', EXIT_NOT_FOUND)
-            raise
+            raise self._rollout_api_missing() if exc.status == 404 else exc from None
+        if ro is None:
+            raise CliError(f'Rollout "{name}" not found in namespace "{self.namespace}"', EXIT_NOT_FOUND)
+        return ro
 
     def list_rollouts(self, all_namespaces: bool = False) -> list[dict[str, Any]]:
-        path = f"/apis/{GROUP}/{VERSION}/{PLURAL}" if all_namespaces else self._rollout_path()
         try:
-            items = self.request("GET", path).get("items") or []
+            with self._errors():
+                items = self.client.items(ROLLOUTS, None if all_namespaces else self.namespace)
         except ApiError as exc:
-            if exc.status == 404:
-                raise CliError(
-                    "the Rollout API (rollouts.teal.dev) is not installed in this cluster; install Teal's CRDs",
-                    EXIT_NOT_FOUND,
-                )
-            raise
+            raise self._rollout_api_missing() if exc.status == 404 else exc from None
         return sorted(items, key=lambda r: (r["metadata"].get("namespace", ""), r["metadata"]["name"]))
 
     def patch_rollout(self, name: str, patch: Any, status: bool = False, json_patch: bool = False) -> dict[str, Any]:
-        ctype = "application/json-patch+json" if json_patch else "application/merge-patch+json"
-        return self.request(
-            "PATCH", self._rollout_path(name, sub="status" if status else ""), patch,
-            query={"fieldManager": FIELD_MANAGER}, content_type=ctype,
-        )
+        sub = "status" if status else None
+        with self._errors():
+            if json_patch:
+                return self.client.json_patch(ROLLOUTS, self.namespace, name, patch, sub=sub, fieldManager=FIELD_MANAGER)
+            return self.client.merge_patch(ROLLOUTS, self.namespace, name, patch, sub=sub, fieldManager=FIELD_MANAGER)
 
     def write_status(self, ro: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
         """Merge `status` into the Rollout's status, only if nobody wrote it since `ro` was read."""
@@ -163,32 +161,28 @@ class Cluster:
             status=True,
         )
 
-    # -- what a Rollout owns or points at
-    def get_optional(self, path: str) -> dict[str, Any] | None:
+    # -- what a Rollout owns or points at (None/empty when absent or not readable)
+    def get_optional(self, res: client.Resource, name: str) -> dict[str, Any] | None:
         try:
-            return self.request("GET", path)
+            return self.get(res, name)
         except ApiError as exc:
             if exc.status in (404, 403):
                 return None
             raise
 
     def deployment(self, name: str) -> dict[str, Any] | None:
-        return self.get_optional(f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}")
+        return self.get_optional(client.DEPLOYMENTS, name)
 
     def service(self, name: str) -> dict[str, Any] | None:
-        return self.get_optional(f"/api/v1/namespaces/{self.namespace}/services/{name}")
+        return self.get_optional(client.SERVICES, name)
 
     def controller_revisions(self, rollout: str) -> list[dict[str, Any]]:
         try:
-            answer = self.request(
-                "GET", f"/apis/apps/v1/namespaces/{self.namespace}/controllerrevisions",
-                query={"labelSelector": f"{LABEL_ROLLOUT}={rollout}"},
-            )
+            return self.items(client.CONTROLLER_REVISIONS, f"{LABEL_ROLLOUT}={rollout}")
         except ApiError as exc:
             if exc.status in (403, 404):
                 return []
             raise
-        return answer.get("items") or []
 
     def whoami(self) -> str | None:
         """The user name as the apiserver sees it (SelfSubjectReview), if it says."""
@@ -215,9 +209,14 @@ def _kubeconfig_paths(explicit: str | None) -> list[str]:
 
 
 def connect(args: argparse.Namespace) -> Cluster:
-    """A Cluster for the kubeconfig/context/namespace flags (or the in-cluster ServiceAccount)."""
-    from kubernetes import client, config
+    """A Cluster for the kubeconfig/context/namespace flags (or the in-cluster ServiceAccount);
+    --request-timeout bounds every call; `as_user`/`as_groups`, when set, impersonate (kubectl's --as)."""
+    from kubernetes import config
 
+    options: dict[str, Any] = {
+        "timeout": args.request_timeout, "user_agent": "kubectl-teal",
+        "impersonate_user": getattr(args, "as_user", None), "impersonate_groups": getattr(args, "as_groups", None) or (),
+    }
     paths = _kubeconfig_paths(args.kubeconfig)
     existing = [p for p in paths if Path(p).exists()]
     namespace = args.namespace
@@ -226,7 +225,7 @@ def connect(args: argparse.Namespace) -> Cluster:
     if existing:
         cfg_file = os.pathsep.join(existing) if len(existing) > 1 else existing[0]
         try:
-            api_client = config.new_client_from_config(config_file=cfg_file, context=args.context)
+            api = client.Client.from_kubeconfig(cfg_file, args.context, **options)
             if not namespace:
                 contexts, active = config.list_kube_config_contexts(config_file=cfg_file)
                 chosen = active
@@ -234,17 +233,15 @@ def connect(args: argparse.Namespace) -> Cluster:
                     chosen = next((c for c in contexts if c.get("name") == args.context), active)
                 namespace = ((chosen or {}).get("context") or {}).get("namespace")
         except config.ConfigException as exc:
-            raise CliError(f"invalid kubeconfig: {exc}", EXIT_USAGE)
+            raise CliError(f"invalid kubeconfig: {exc}", EXIT_USAGE) from None
     elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-        cfg = client.Configuration()
-        config.load_incluster_config(client_configuration=cfg)
-        api_client = client.ApiClient(cfg)
+        api = client.Client.in_cluster(**options)
         if not namespace:
             sa_ns = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
             namespace = sa_ns.read_text().strip() if sa_ns.exists() else None
     else:
         raise CliError(f"no kubeconfig found (looked at {', '.join(paths)}) and not running in a cluster", EXIT_USAGE)
-    return Cluster(api_client, namespace or "default", timeout=args.request_timeout)
+    return Cluster(api, namespace or "default")
 
 
 # ---------------------------------------------------------------- helpers

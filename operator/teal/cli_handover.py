@@ -19,26 +19,27 @@ and deletes the Rollout, in this order:
    revision history (ControllerRevisions). Per-colour Services a traffic router used are
    left in place and named (a route may still point at them).
 """
+
 from __future__ import annotations
 
 import argparse
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .api import COLORS, LABEL_COLOR, LABEL_ROLLOUT, SpecError, parse_spec
-from .cli import EXIT_API, EXIT_OK, EXIT_REFUSED, PROG, ApiError, CliError, Cluster, _out, in_release
+from .cli import EXIT_API, EXIT_OK, EXIT_REFUSED, PROG, ROLLOUTS, ApiError, CliError, Cluster, _out, in_release
+from .client import CONTROLLER_REVISIONS, DEPLOYMENTS, SERVICES
 
 ANNOTATION_HANDED_OVER = "teal.dev/handed-over-from"
 
 
 def add_parser(command) -> None:
     """Registers the command; `command` is cli.parser()'s helper."""
-    command("handover", "delete the Rollout but keep its stable colour as a plain Deployment you own, "
-                        "so the Services keep their endpoints")
-
-
-def _apps(cluster: Cluster, kind: str, name: str = "") -> str:
-    return f"/apis/apps/v1/namespaces/{cluster.namespace}/{kind}" + (f"/{name}" if name else "")
+    command(
+        "handover",
+        "delete the Rollout but keep its stable colour as a plain Deployment you own, so the Services keep their endpoints",
+    )
 
 
 def _settled(cluster: Cluster, ro: Mapping[str, Any]) -> tuple[str, dict[str, Any], list[str]]:
@@ -49,8 +50,10 @@ def _settled(cluster: Cluster, ro: Mapping[str, Any]) -> tuple[str, dict[str, An
     if color not in COLORS:
         raise CliError(f"rollout {name} has no stable colour yet: nothing to hand over", EXIT_REFUSED)
     if in_release(ro) and st.get("phase") != "Aborted":
-        raise CliError(f"rollout {name} has a release in progress; promote or abort it first "
-                       f"(`{PROG} abort {name}`), then hand over", EXIT_REFUSED)
+        raise CliError(
+            f"rollout {name} has a release in progress; promote or abort it first (`{PROG} abort {name}`), then hand over",
+            EXIT_REFUSED,
+        )
     try:
         active = list(parse_spec(ro.get("spec") or {}).blue_green.active_services)
     except SpecError as e:
@@ -59,29 +62,31 @@ def _settled(cluster: Cluster, ro: Mapping[str, Any]) -> tuple[str, dict[str, An
         svc = cluster.service(svc_name) or {}
         selected = ((svc.get("spec") or {}).get("selector") or {}).get(LABEL_COLOR)
         if selected != color:
-            raise CliError(f"Service {svc_name} selects {selected or 'no colour'}, not the stable colour {color}; "
-                           "wait for the Rollout to settle", EXIT_REFUSED)
+            raise CliError(
+                f"Service {svc_name} selects {selected or 'no colour'}, not the stable colour {color}; "
+                "wait for the Rollout to settle",
+                EXIT_REFUSED,
+            )
     deploy = cluster.deployment(f"{name}-{color}")
     if deploy is None or not (deploy.get("status") or {}).get("readyReplicas"):
-        raise CliError(f"the stable colour's Deployment {name}-{color} has no ready pods; "
-                       "a handover would keep an outage", EXIT_REFUSED)
+        raise CliError(
+            f"the stable colour's Deployment {name}-{color} has no ready pods; a handover would keep an outage", EXIT_REFUSED
+        )
     return color, deploy, active
 
 
 def _wait_gone(cluster: Cluster, name: str, uid: str) -> None:
     deadline = time.monotonic() + cluster.timeout
     while time.monotonic() < deadline:
-        try:
-            ro = cluster.request("GET", cluster._rollout_path(name))
-        except ApiError as exc:
-            if exc.status == 404:
-                return
-            raise
-        if ro["metadata"]["uid"] != uid:
-            return  # gone, and someone made a new one of the same name
+        ro = cluster.get(ROLLOUTS, name)
+        if ro is None or ro["metadata"]["uid"] != uid:
+            return  # gone (and maybe someone made a new one of the same name)
         time.sleep(0.2)
-    raise CliError(f"rollout {name} was not deleted within {cluster.timeout:g}s (a finalizer?); "
-                   "its Deployments are orphaned, not deleted: run the command again", EXIT_API)
+    raise CliError(
+        f"rollout {name} was not deleted within {cluster.timeout:g}s (a finalizer?); "
+        "its Deployments are orphaned, not deleted: run the command again",
+        EXIT_API,
+    )
 
 
 def _keep(cluster: Cluster, deploy_name: str, rollout: str, uid: str) -> None:
@@ -92,12 +97,16 @@ def _keep(cluster: Cluster, deploy_name: str, rollout: str, uid: str) -> None:
             raise CliError(f"Deployment {deploy_name} disappeared during the handover", EXIT_API)
         meta = d["metadata"]
         owners = [o for o in meta.get("ownerReferences") or [] if o.get("uid") != uid]
-        patch = {"metadata": {"resourceVersion": meta["resourceVersion"], "ownerReferences": owners or None,
-                              "labels": {LABEL_ROLLOUT: None},
-                              "annotations": {ANNOTATION_HANDED_OVER: f"rollout/{rollout}"}}}
+        patch = {
+            "metadata": {
+                "resourceVersion": meta["resourceVersion"],
+                "ownerReferences": owners or None,
+                "labels": {LABEL_ROLLOUT: None},
+                "annotations": {ANNOTATION_HANDED_OVER: f"rollout/{rollout}"},
+            }
+        }
         try:
-            cluster.request("PATCH", _apps(cluster, "deployments", deploy_name), patch,
-                            content_type="application/merge-patch+json")
+            cluster.merge_patch(DEPLOYMENTS, deploy_name, patch)
             return
         except ApiError as exc:
             if exc.status != 409:
@@ -105,36 +114,29 @@ def _keep(cluster: Cluster, deploy_name: str, rollout: str, uid: str) -> None:
     raise CliError(f"Deployment {deploy_name} kept changing; run the command again", EXIT_API)
 
 
-def _delete_quietly(cluster: Cluster, path: str) -> None:
-    try:
-        cluster.request("DELETE", path)
-    except ApiError as exc:
-        if exc.status != 404:
-            raise
-
-
 def cmd_handover(cluster: Cluster, args: argparse.Namespace) -> int:
     name = args.name
     ro = cluster.get_rollout(name)
     uid = ro["metadata"]["uid"]
     color, deploy, active = _settled(cluster, ro)
-    orphan = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Orphan", "preconditions": {"uid": uid}}
-    cluster.request("DELETE", cluster._rollout_path(name), orphan)
+    cluster.delete(ROLLOUTS, name, uid=uid, propagation="Orphan")
     _wait_gone(cluster, name, uid)
     kept = deploy["metadata"]["name"]
     _keep(cluster, kept, name, uid)
     other = f"{name}-{next(c for c in COLORS if c != color)}"
-    _delete_quietly(cluster, _apps(cluster, "deployments", other))
+    cluster.delete(DEPLOYMENTS, other)  # None: gone already
     for rev in cluster.controller_revisions(name):
-        _delete_quietly(cluster, _apps(cluster, "controllerrevisions", rev["metadata"]["name"]))
-    services = cluster.request("GET", f"/api/v1/namespaces/{cluster.namespace}/services",
-                               query={"labelSelector": f"{LABEL_ROLLOUT}={name}"}).get("items") or []
-    _out(f"rollout {name} handed over: Deployment {kept} is yours now (no owner; annotated "
-         f"{ANNOTATION_HANDED_OVER}=rollout/{name}); {other} and the revision history are deleted")
+        cluster.delete(CONTROLLER_REVISIONS, rev["metadata"]["name"])
+    services = cluster.items(SERVICES, f"{LABEL_ROLLOUT}={name}")
+    _out(
+        f"rollout {name} handed over: Deployment {kept} is yours now (no owner; annotated "
+        f"{ANNOTATION_HANDED_OVER}=rollout/{name}); {other} and the revision history are deleted"
+    )
     if active:
-        _out(f"Services {', '.join(active)} keep selecting its pods ({LABEL_COLOR}={color}); "
-             f"drop {LABEL_COLOR} from their selectors only together with the pods' label")
+        _out(
+            f"Services {', '.join(active)} keep selecting its pods ({LABEL_COLOR}={color}); "
+            f"drop {LABEL_COLOR} from their selectors only together with the pods' label"
+        )
     if services:
-        _out("left in place (a route may still use them): "
-             + ", ".join(f"service/{s['metadata']['name']}" for s in services))
+        _out("left in place (a route may still use them): " + ", ".join(f"service/{s['metadata']['name']}" for s in services))
     return EXIT_OK
