@@ -118,10 +118,13 @@ class Watcher(threading.Thread):
 
     def wait(self, pred: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
         """The Rollout's status once ``pred`` holds for it; the sandbox ends when it does not in time."""
+
+        def holds() -> dict[str, Any] | None:
+            status = self.status  # one snapshot: the watcher thread replaces it
+            return status if status and pred(status) else None
+
         try:
-            return wait_for(
-                lambda: self.status if self.status and pred(self.status) else None, timeout=timeout, what=what, ignore=()
-            )
+            return wait_for(holds, timeout=timeout, what=what, ignore=())
         except WaitTimeout:
             raise SystemExit(f"sandbox: timed out after {timeout:.0f}s waiting for {what}; last status: {self.status}") from None
 
