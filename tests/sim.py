@@ -3,6 +3,7 @@
 Deployments become ready `ready_after` ticks after they are changed; Services and routes
 take actions at once. `World.tick()` runs one reconcile: observe, decide, apply.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,7 +54,7 @@ class World:
     deployments: dict[str, Dep] = dataclasses.field(default_factory=dict)
     services: dict[str, str | None] = dataclasses.field(default_factory=dict)
     weights: dict[str, int] | None = None
-    now: dt.datetime = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    now: dt.datetime = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     ticks: int = 0
     ready_after: int = 1
     analysis: core.AnalysisRun | None = None
@@ -93,8 +94,7 @@ class World:
                 colors[c] = core.ColorObs()
             else:
                 fresh = d.ready if d.ready <= d.replicas else d.replicas
-                colors[c] = core.ColorObs(True, d.hash, d.replicas, d.ready, fresh, True,
-                                          failure=self.forbidden_pods.get(d.hash))
+                colors[c] = core.ColorObs(True, d.hash, d.replicas, d.ready, fresh, True, failure=self.forbidden_pods.get(d.hash))
         return core.Observed(
             template=tpl,
             template_hash=template_hash(tpl),

@@ -1,10 +1,10 @@
 """core.cannot_decide: a spec that cannot be processed (or a decision that failed) still honours aborts."""
+
 from __future__ import annotations
 
 import datetime as dt
 
 from sim import World, rollout_spec
-
 from teal import core
 
 HUGE = {"steps": [{"pause": {"duration": "100000000000000000000h"}}]}
@@ -79,14 +79,14 @@ def test_stable_without_ready_pods_is_not_selected():
 def test_fallback_reads_only_what_is_readable():
     assert core.Fallback.from_spec(None) == core.Fallback()
     assert core.Fallback.from_spec({"strategy": {"blueGreen": {"activeServices": "x"}}}).active_services == ()
-    f = core.Fallback.from_spec({"strategy": {"blueGreen": {
-        "activeServices": ["a", 3, ""], "previewService": "p", "progressDeadlineSeconds": True}}})
+    f = core.Fallback.from_spec(
+        {"strategy": {"blueGreen": {"activeServices": ["a", 3, ""], "previewService": "p", "progressDeadlineSeconds": True}}}
+    )
     assert (f.active_services, f.preview_service, f.progress_deadline_seconds) == (("a",), "p", 600)
 
 
 def test_an_abort_moves_the_weights_back_when_the_route_still_parses():
-    w = World(spec=rollout_spec(trafficRouting={"gatewayAPI": {"httpRoute": "app"}},
-                                steps=[{"setWeight": 30}, {"pause": {}}]))
+    w = World(spec=rollout_spec(trafficRouting={"gatewayAPI": {"httpRoute": "app"}}, steps=[{"setWeight": 30}, {"pause": {}}]))
     w.run(3)
     w.set_image("v2")
     w.until(lambda w: w.status.get("reason") == "AwaitingPromotion" or w.weights == {"blue": 70, "green": 30})
@@ -100,6 +100,7 @@ def test_an_abort_moves_the_weights_back_when_the_route_still_parses():
 
 
 def test_an_unreadable_route_leaves_the_weights_but_still_moves_the_services():
-    fallback = core.Fallback.from_spec({"strategy": {"blueGreen": {"activeServices": ["app"],
-                                                                   "trafficRouting": {"gatewayAPI": {}}}}})
+    fallback = core.Fallback.from_spec(
+        {"strategy": {"blueGreen": {"activeServices": ["app"], "trafficRouting": {"gatewayAPI": {}}}}}
+    )
     assert fallback.traffic_routing is None and fallback.active_services == ("app",)

@@ -1,6 +1,7 @@
 """Release windows and freezes in the decision core (teal.core.decide with Observed.gates):
 held releases say why and when they open, stay Reconciling, wake at the opening; a hold never
 moves traffic to the new colour and never blocks an abort, a revert or a fast rollback."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,15 +10,20 @@ import zoneinfo
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sim import World, rollout_spec
-from test_core_properties import apply_op, check_plan, configs, image_hash, ops
 
+from sim import World, rollout_spec
 from teal import core
 from teal import policy as P
+from test_core_properties import apply_op, configs, image_hash, ops
 
 LONDON = zoneinfo.ZoneInfo("Europe/London")
-TRADING = P.policy_from_spec("trading-hours", {"timeZone": "Europe/London", "windows": [
-    {"name": "trading-hours", "days": ["Mon", "Tue", "Wed", "Thu", "Fri"], "start": "09:00", "end": "16:00"}]})
+TRADING = P.policy_from_spec(
+    "trading-hours",
+    {
+        "timeZone": "Europe/London",
+        "windows": [{"name": "trading-hours", "days": ["Mon", "Tue", "Wed", "Thu", "Fri"], "start": "09:00", "end": "16:00"}],
+    },
+)
 
 
 class GatedWorld(World):
@@ -38,7 +44,7 @@ def cond(status: dict, kind: str) -> str:
 
 
 def friday_evening() -> dt.datetime:
-    return dt.datetime(2026, 3, 27, 19, 0, tzinfo=LONDON).astimezone(dt.timezone.utc)
+    return dt.datetime(2026, 3, 27, 19, 0, tzinfo=LONDON).astimezone(dt.UTC)
 
 
 def test_hold_before_promotion_runs_the_new_colour_and_switches_when_the_window_opens():
@@ -50,13 +56,15 @@ def test_hold_before_promotion_runs_the_new_colour_and_switches_when_the_window_
     assert w.services["app"] == "blue" and w.services["app-preview"] == "green"
     st_ = w.status
     assert (st_["phase"], st_["reason"]) == ("Progressing", "HeldByPolicy")
-    assert "revision 2 on green waits before promotion: held by window trading-hours (Europe/London): opens Mon 09:00, in 2d12h" \
+    assert (
+        "revision 2 on green waits before promotion: held by window trading-hours (Europe/London): opens Mon 09:00, in 2d12h"
         in st_["message"]
+    )
     assert (cond(st_, "Reconciling"), cond(st_, "Stalled")) == ("True", "False")
     assert w.reasons().count("HeldByPolicy") == 1
     opens = dt.datetime(2026, 3, 30, 9, 0, tzinfo=LONDON)
     assert abs(w.now + dt.timedelta(seconds=plan.requeue_after) - opens) < dt.timedelta(seconds=1)
-    w.now = opens.astimezone(dt.timezone.utc) - dt.timedelta(seconds=1)
+    w.now = opens.astimezone(dt.UTC) - dt.timedelta(seconds=1)
     w.until(lambda w: w.services["app"] == "green", n=10)
     assert w.status["phase"] in ("Healthy", "Progressing")
 
@@ -98,8 +106,11 @@ def test_abort_revert_and_fast_rollback_act_during_a_freeze():
     w.run(3)
     assert not any(d.hash == image_hash("v3") for d in w.deployments.values())  # frozen: not even started
     w.gates = w.gates[1:]  # unfrozen; still outside trading hours: runs, held before promotion
-    w.until(lambda w: w.status["reason"] == "HeldByPolicy" and w.ready("green") > 0
-            and w.deployments["green"].hash == image_hash("v3"))
+    w.until(
+        lambda w: (
+            w.status["reason"] == "HeldByPolicy" and w.ready("green") > 0 and w.deployments["green"].hash == image_hash("v3")
+        )
+    )
     w.status["abort"] = {"revision": w.status["currentRevision"], "reason": "AbortedByUser", "message": "test"}
     w.until(lambda w: w.status["phase"] == "Aborted", n=5)
     assert w.services["app"] == "blue"

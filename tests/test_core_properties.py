@@ -1,12 +1,13 @@
 """Property tests of the core's safety rules over random histories of a simulated world."""
+
 from __future__ import annotations
 
 import dataclasses
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sim import World, rollout_spec, template
 
+from sim import World, rollout_spec, template
 from teal import core
 from teal.api import other, parse_spec, template_hash
 
@@ -192,7 +193,7 @@ def test_a_refused_deployment_is_never_sent_in_a_loop(spec, history):
         if rejected and w.status.get("reason") == "DeploymentRejected":
             assert rejected["message"] in w.status["message"]
     for key, times in sent.items():
-        gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+        gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
         assert all(g >= 30 for g in gaps), (key, times)
 
 
@@ -209,8 +210,7 @@ CLAIMABLE = ["Service/app", "Service/app-preview", "HTTPRoute/app"]
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(configs(), st.lists(st.one_of(ops, st.tuples(st.just("claim"), st.sets(st.sampled_from(CLAIMABLE)))),
-                           max_size=40))
+@given(configs(), st.lists(st.one_of(ops, st.tuples(st.just("claim"), st.sets(st.sampled_from(CLAIMABLE)))), max_size=40))
 def test_a_claimed_object_is_never_written_by_a_non_owner(spec, history):
     """While another Rollout holds a claim, no SelectColor/SetWeights touches that object,
     and the Rollout says so (Degraded, ServiceClaimed, naming the owner)."""
@@ -246,8 +246,12 @@ def test_stable_short_of_pods_is_reported_and_restored(spec, history, fault):
         apply_op(w, op, arg)
     st_ = w.status
     stable = st_.get("stableColor")
-    if not stable or st_.get("activeColor") != stable or st_.get("phase") not in ("Healthy", "Progressing", "Paused") \
-            or w.refused:
+    if (
+        not stable
+        or st_.get("activeColor") != stable
+        or st_.get("phase") not in ("Healthy", "Progressing", "Paused")
+        or w.refused
+    ):
         return
     if fault == "delete":
         w.deployments.pop(stable, None)
@@ -259,5 +263,6 @@ def test_stable_short_of_pods_is_reported_and_restored(spec, history, fault):
     plan = core.decide(parse_spec(w.spec), w.status, w.last_observed, w.now, generation=1)
     assert (plan.status["phase"], plan.status["reason"]) == ("Degraded", "StableUnavailable"), plan.status["message"]
     if fault == "delete":
-        assert any(isinstance(a, core.DeployColor) and a.color == stable and a.hash == st_["stableHash"]
-                   for a in plan.actions), plan.actions
+        assert any(isinstance(a, core.DeployColor) and a.color == stable and a.hash == st_["stableHash"] for a in plan.actions), (
+            plan.actions
+        )

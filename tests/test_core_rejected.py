@@ -6,21 +6,26 @@ condition a ResourceQuota leaves). The core must say so at once (reason
 DeploymentRejected, the apiserver's message, a Warning Event), keep traffic on the
 stable colour, and not send the same Deployment again in a loop.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 
 from sim import World, rollout_spec, template
-
 from teal import core
 from teal.api import parse_spec, template_hash
 
-INVALID = (422, 'Deployment.apps "app-blue" is invalid: spec.template.spec.restartPolicy: Unsupported value: '
-                '"Never": supported values: "Always"')
-QUOTA = (403, 'deployments.apps "app-blue" is forbidden: exceeded quota: no-deployments, requested: '
-              'count/deployments.apps=1, used: count/deployments.apps=0, limited: count/deployments.apps=0')
-PODS = ('pods "app-green-5d9c7-x2x7q" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=3, '
-        'limited: pods=3')
+INVALID = (
+    422,
+    'Deployment.apps "app-blue" is invalid: spec.template.spec.restartPolicy: Unsupported value: '
+    '"Never": supported values: "Always"',
+)
+QUOTA = (
+    403,
+    'deployments.apps "app-blue" is forbidden: exceeded quota: no-deployments, requested: '
+    "count/deployments.apps=1, used: count/deployments.apps=0, limited: count/deployments.apps=0",
+)
+PODS = 'pods "app-green-5d9c7-x2x7q" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=3, limited: pods=3'
 
 
 def h(image: str) -> str:
@@ -70,14 +75,14 @@ def test_a_forbidden_first_release_is_tried_again_with_a_bounded_backoff():
     w = World(rollout_spec())
     w.refused[h("v1")] = QUOTA
     tries, step = [], 1.0
-    while w.now < dt.datetime(2026, 1, 1, 0, 25, tzinfo=dt.timezone.utc):
+    while w.now < dt.datetime(2026, 1, 1, 0, 25, tzinfo=dt.UTC):
         plan = w.tick(step)
         if deploys(plan):
             tries.append(w.now)
         step = 0.05 if plan.actions else min(plan.requeue_after or 30.0, 30.0)
         if len(tries) > 1:
             assert w.status["reason"] == "DeploymentRejected" and "exceeded quota" in w.status["message"]
-    gaps = [round((b - a).total_seconds()) for a, b in zip(tries, tries[1:])]
+    gaps = [round((b - a).total_seconds()) for a, b in zip(tries, tries[1:], strict=False)]
     assert gaps[:4] == [30, 60, 120, 240] and set(gaps[4:]) == {300}, gaps  # doubling, at most every 5 min
     assert [e.reason for e in w.events if e.type == "Warning"] == ["DeploymentRejected"]  # said once
     assert w.status["rejected"]["attempts"] == len(tries)
@@ -89,8 +94,10 @@ def test_a_forbidden_first_release_is_tried_again_with_a_bounded_backoff():
 
 def test_a_refused_release_aborts_and_traffic_stays_on_stable():
     w = healthy_world()
-    w.refused[h("v2")] = (422, 'Deployment.apps "app-green" is invalid: spec.template.spec.containers[0].name: '
-                               'Invalid value: "App_1"')
+    w.refused[h("v2")] = (
+        422,
+        'Deployment.apps "app-green" is invalid: spec.template.spec.containers[0].name: Invalid value: "App_1"',
+    )
     w.set_image("v2")
     w.tick()
     plan = w.tick()
@@ -99,7 +106,9 @@ def test_a_refused_release_aborts_and_traffic_stays_on_stable():
     assert '"App_1"' in st["message"] and "serves all traffic on blue" in st["message"]
     assert w.services["app"] == "blue" and st["activeColor"] == "blue"
     assert [(e.type, e.reason) for e in w.events if e.type == "Warning"] == [
-        ("Warning", "DeploymentRejected"), ("Warning", "Aborted")]
+        ("Warning", "DeploymentRejected"),
+        ("Warning", "Aborted"),
+    ]
     assert deploys(plan) == []
     before = dict(w.status)
     for _ in range(10):
@@ -157,12 +166,12 @@ def test_an_unavailable_router_has_its_own_reason():
     w = World(rollout_spec(trafficRouting={"istio": {"virtualService": "app"}}, steps=[{"setWeight": 50}]))
     obs = w.observe()
     msg = "the istio traffic router is not enabled in this operator"
-    plan = core.decide(parse_spec(w.spec), {}, core.Observed(**{**obs.__dict__, "router_error": msg,
-                                                               "router_unavailable": True}), w.now)
+    plan = core.decide(
+        parse_spec(w.spec), {}, core.Observed(**{**obs.__dict__, "router_error": msg, "router_unavailable": True}), w.now
+    )
     assert (plan.status["phase"], plan.status["reason"], plan.status["message"]) == ("Degraded", "RouterUnavailable", msg)
     assert plan.actions == []
-    other = core.decide(parse_spec(w.spec), {}, core.Observed(**{**obs.__dict__, "router_error": "RouteNotFound: x"}),
-                        w.now)
+    other = core.decide(parse_spec(w.spec), {}, core.Observed(**{**obs.__dict__, "router_error": "RouteNotFound: x"}), w.now)
     assert other.status["reason"] == "TrafficRouterError"
 
 

@@ -1,10 +1,10 @@
 """The blue/green lifecycle, decided by the pure core against an in-memory world."""
+
 from __future__ import annotations
 
 import datetime as dt
 
 from sim import World, rollout_spec
-
 from teal import core
 
 
@@ -145,7 +145,9 @@ def test_missing_service_is_reported_and_nothing_touched():
     w = World(rollout_spec())
     del w.services["app"]
     obs = w.observe()
-    obs = core.Observed(**{**obs.__dict__, "services": {"app-preview": core.ServiceObs(True, None), "app": core.ServiceObs(False)}})
+    obs = core.Observed(
+        **{**obs.__dict__, "services": {"app-preview": core.ServiceObs(True, None), "app": core.ServiceObs(False)}}
+    )
     from teal.api import parse_spec
 
     plan = core.decide(parse_spec(w.spec), {}, obs, w.now)

@@ -1,4 +1,5 @@
 """The operator's own Prometheus metrics: how often do we ship, and how often does it hurt?"""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -24,8 +25,7 @@ RELEASE_SECONDS = Histogram(
     ["namespace"],
     buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 3600),
 )
-RECONCILES = Counter("teal_reconciles_total", "Reconciles of each Rollout (read, decide, write, act)",
-                     ["namespace", "rollout"])
+RECONCILES = Counter("teal_reconciles_total", "Reconciles of each Rollout (read, decide, write, act)", ["namespace", "rollout"])
 DEPLOYMENTS_REJECTED = Counter(
     "teal_deployments_rejected_total",
     "Colour Deployments the apiserver refused (400/422 invalid, 403 forbidden by a quota, policy or webhook)",
@@ -33,8 +33,14 @@ DEPLOYMENTS_REJECTED = Counter(
 )
 PHASE = Gauge("teal_rollout_phase", "1 for the phase each Rollout is in", ["namespace", "rollout", "phase"])
 
-_OUTCOMES = {"releases": "started", "promoted": "promoted", "aborted": "aborted", "rollbacks": "rollbacks",
-             "retries": "retries", "superseded": "superseded"}
+_OUTCOMES = {
+    "releases": "started",
+    "promoted": "promoted",
+    "aborted": "aborted",
+    "rollbacks": "rollbacks",
+    "retries": "retries",
+    "superseded": "superseded",
+}
 
 
 def observe_reconcile(seconds: float, body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
