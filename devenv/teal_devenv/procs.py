@@ -154,7 +154,7 @@ class ComponentExited(RuntimeError):
 
 def wait_while_alive(
     components: Iterable[Component],
-    fn: Callable[[], T],
+    fn: Callable[[], T | None],
     timeout: float,
     what: str,
     interval: float = 0.1,
@@ -166,7 +166,7 @@ def wait_while_alive(
         raise ValueError(f"ignore={ignore!r} would hide ComponentExited")
     watched = list(components)
 
-    def alive_and_ready() -> T:
+    def alive_and_ready() -> T | None:
         for comp in watched:
             if not comp.alive():
                 raise ComponentExited(comp, what)

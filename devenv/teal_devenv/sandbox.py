@@ -196,6 +196,7 @@ def start_sandbox(stack: contextlib.ExitStack, workdir: Path, t0: float) -> Sand
     stack.callback(watcher.stop_flag.set)
     traffic = stack.enter_context(ClusterTraffic(api, NS, apps, NAME, f"{NAME}-preview", rps=40, duration=1200))
     custom = kubernetes.client.CustomObjectsApi(api)
+    assert cluster.kubeconfig is not None and prom.url is not None  # both started
     return Sandbox(custom, apps, traffic, watcher, cluster.kubeconfig, prom.url)
 
 

@@ -37,7 +37,7 @@ def _timed_out(
 
 
 def wait_for(
-    fn: Callable[[], T],
+    fn: Callable[[], T | None],
     timeout: float = 30.0,
     interval: float = 0.2,
     what: str | None = None,
@@ -68,7 +68,7 @@ def wait_for(
 
 
 async def async_wait_for(
-    fn: Callable[[], T | Awaitable[T]],
+    fn: Callable[[], T | None | Awaitable[T | None]],
     timeout: float = 30.0,
     interval: float = 0.2,
     what: str | None = None,
