@@ -30,7 +30,7 @@ import datetime as dt
 import functools
 import math
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from ..api import SpecError, parse_duration
 from ..core import iso
@@ -169,8 +169,8 @@ class Metric:
             raise err("thresholdRange", f"min {self.threshold_min:g} is greater than max {self.threshold_max:g}")
         for f in ("threshold_min", "threshold_max", "max_ratio", "floor"):
             v = getattr(self, f)
-            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v)):
-                raise err(_camel(f), f"{v!r} is not a number")
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)):
+                raise err(_camel(f), f"{v!r} is not a finite number")  # NaN/Inf: JSON cannot carry them either
         if (self.max_ratio is not None or self.floor) and not ratio:
             raise err("maxRatio", "maxRatio and floor need a baseline query (and no conditions)")
         if self.max_ratio is not None and self.max_ratio <= 0:
@@ -737,6 +737,14 @@ def _no_data_text(r: QueryResult, what: str) -> str:
     return f"no data ({what} returned NaN, e.g. 0/0 when there were no requests)"
 
 
+class _Verdict(NamedTuple):
+    verdict: str
+    message: str
+    value: float | None = None
+    baseline: float | None = None
+    error_kind: str | None = None
+
+
 def judge(
     metric: Metric,
     value: QueryResult,
@@ -748,94 +756,91 @@ def judge(
     baseline_query: str | None = None,
 ) -> Measurement:
     """The verdict of one measurement (pure). See the module docstring for the rules."""
+    data = _judge_data(metric, value, baseline)
+    if isinstance(data, _Verdict):
+        found = data
+    elif metric.success_condition is not None or metric.failure_condition is not None:
+        found = _judge_conditions(metric, *data)
+    elif data[1] is not None:
+        found = _judge_baseline(metric, data[0], data[1])
+    else:
+        found = _judge_threshold(metric, data[0])
+    return Measurement(
+        metric=metric.name,
+        run=key,
+        color=color,
+        value=found.value,
+        baseline=found.baseline,
+        verdict=found.verdict,
+        query=query,
+        message=found.message,
+        at=iso(now),
+        dry_run=metric.dry_run,
+        baseline_query=baseline_query,
+        error_kind=found.error_kind,
+    )
 
-    def out(verdict: str, message: str, v: float | None = None, b: float | None = None, kind: str | None = None) -> Measurement:
-        return Measurement(
-            metric=metric.name,
-            run=key,
-            color=color,
-            value=v,
-            baseline=b,
-            verdict=verdict,
-            query=query,
-            message=message,
-            at=iso(now),
-            dry_run=metric.dry_run,
-            baseline_query=baseline_query,
-            error_kind=kind,
-        )
 
+def _judge_data(metric: Metric, value: QueryResult, baseline: QueryResult | None) -> _Verdict | tuple[float, float | None]:
+    """The verdict when the data decides (errors, no data, an infinite baseline), else (value, baseline)."""
     name = metric.name
     no_data_verdict = {"inconclusive": INCONCLUSIVE, "fail": FAILED, "pass": SUCCESSFUL}[metric.no_data]
-
     if value.error is not None:
-        return out(ERROR, f"{name}: query failed ({value.error_kind or 'error'}): {value.error}", kind=value.error_kind)
+        return _Verdict(ERROR, f"{name}: query failed ({value.error_kind or 'error'}): {value.error}", error_kind=value.error_kind)
     if value.no_data:
-        return out(
-            no_data_verdict,
-            f"{name}: {_no_data_text(value, 'the query')}; noData={metric.no_data}",
-            v=value.value,
-        )
+        return _Verdict(no_data_verdict, f"{name}: {_no_data_text(value, 'the query')}; noData={metric.no_data}", value.value)
     v = float(value.value)  # type: ignore[arg-type]
+    if metric.baseline is None:
+        return v, None
+    if baseline is None:
+        return _Verdict(ERROR, f"{name} {_fmt(v)}: the baseline was not measured", v)
+    if baseline.error is not None:
+        message = f"{name} {_fmt(v)}: baseline query failed ({baseline.error_kind or 'error'}): {baseline.error}"
+        return _Verdict(ERROR, message, v, error_kind=baseline.error_kind)
+    if baseline.no_data:
+        message = f"{name} {_fmt(v)}: baseline {_no_data_text(baseline, 'the baseline query')}; noData={metric.no_data}"
+        return _Verdict(no_data_verdict, message, v, baseline.value)
+    b = float(baseline.value)  # type: ignore[arg-type]
+    if math.isinf(b):
+        return _Verdict(INCONCLUSIVE, f"{name} {_fmt(v)}: baseline is {_fmt(b)}, nothing to compare with", v, b)
+    return v, b
 
-    b: float | None = None
-    if metric.baseline is not None:
-        if baseline is None:
-            return out(ERROR, f"{name} {_fmt(v)}: the baseline was not measured", v=v)
-        if baseline.error is not None:
-            return out(
-                ERROR,
-                f"{name} {_fmt(v)}: baseline query failed ({baseline.error_kind or 'error'}): {baseline.error}",
-                v=v,
-                kind=baseline.error_kind,
-            )
-        if baseline.no_data:
-            return out(
-                no_data_verdict,
-                f"{name} {_fmt(v)}: baseline {_no_data_text(baseline, 'the baseline query')}; noData={metric.no_data}",
-                v=v,
-                b=baseline.value,
-            )
-        b = float(baseline.value)  # type: ignore[arg-type]
-        if math.isinf(b):
-            return out(INCONCLUSIVE, f"{name} {_fmt(v)}: baseline is {_fmt(b)}, nothing to compare with", v=v, b=b)
 
-    if metric.success_condition is not None or metric.failure_condition is not None:
-        env = {"result": v, "baseline": b}
-        shown = f"{name} {_fmt(v)}" + (f" (baseline {_fmt(b)})" if b is not None else "")
-        try:
-            if metric.failure_condition is not None and _condition(metric.failure_condition, metric.baseline is not None).evaluate(env):
-                return out(FAILED, f"{shown}: failureCondition `{metric.failure_condition}` is true", v=v, b=b)
-            if metric.success_condition is not None:
-                ok = _condition(metric.success_condition, metric.baseline is not None).evaluate(env)
-                if ok:
-                    return out(SUCCESSFUL, f"{shown}: successCondition `{metric.success_condition}` is true", v=v, b=b)
-                if metric.failure_condition is None:
-                    return out(FAILED, f"{shown}: successCondition `{metric.success_condition}` is false", v=v, b=b)
-                return out(
-                    INCONCLUSIVE,
-                    f"{shown}: neither successCondition `{metric.success_condition}` nor failureCondition is true",
-                    v=v,
-                    b=b,
-                )
-            return out(SUCCESSFUL, f"{shown}: failureCondition `{metric.failure_condition}` is false", v=v, b=b)
-        except ExprError as e:
-            return out(ERROR, f"{shown}: {e}", v=v, b=b, kind="condition")
+def _judge_conditions(metric: Metric, v: float, b: float | None) -> _Verdict:
+    env = {"result": v, "baseline": b}
+    shown = f"{metric.name} {_fmt(v)}" + (f" (baseline {_fmt(b)})" if b is not None else "")
+    success, failure = metric.success_condition, metric.failure_condition
+    with_baseline = metric.baseline is not None
+    try:
+        if failure is not None and _condition(failure, with_baseline).evaluate(env):
+            return _Verdict(FAILED, f"{shown}: failureCondition `{failure}` is true", v, b)
+        if success is None:
+            return _Verdict(SUCCESSFUL, f"{shown}: failureCondition `{failure}` is false", v, b)
+        if _condition(success, with_baseline).evaluate(env):
+            return _Verdict(SUCCESSFUL, f"{shown}: successCondition `{success}` is true", v, b)
+        if failure is None:
+            return _Verdict(FAILED, f"{shown}: successCondition `{success}` is false", v, b)
+        return _Verdict(INCONCLUSIVE, f"{shown}: neither successCondition `{success}` nor failureCondition is true", v, b)
+    except ExprError as e:
+        return _Verdict(ERROR, f"{shown}: {e}", v, b, "condition")
 
-    if b is not None:
-        limit = b * metric.ratio + metric.floor
-        formula = f"{_fmt(metric.ratio)} x baseline {_fmt(b)} + {_fmt(metric.floor)} = {_fmt(limit)}"
-        if v <= limit:
-            return out(SUCCESSFUL, f"{name} {_fmt(v)} <= {formula}", v=v, b=b)
-        return out(FAILED, f"{name} {_fmt(v)} > {formula}", v=v, b=b)
 
-    lo, hi = metric.threshold_min, metric.threshold_max
+def _judge_baseline(metric: Metric, v: float, b: float) -> _Verdict:
+    limit = b * metric.ratio + metric.floor
+    formula = f"{_fmt(metric.ratio)} x baseline {_fmt(b)} + {_fmt(metric.floor)} = {_fmt(limit)}"
+    if v <= limit:
+        return _Verdict(SUCCESSFUL, f"{metric.name} {_fmt(v)} <= {formula}", v, b)
+    return _Verdict(FAILED, f"{metric.name} {_fmt(v)} > {formula}", v, b)
+
+
+def _judge_threshold(metric: Metric, v: float) -> _Verdict:
+    name, lo, hi = metric.name, metric.threshold_min, metric.threshold_max
     if lo is not None and v < lo:
-        return out(FAILED, f"{name} {_fmt(v)} < min {_fmt(lo)}", v=v)
+        return _Verdict(FAILED, f"{name} {_fmt(v)} < min {_fmt(lo)}", v)
     if hi is not None and v > hi:
-        return out(FAILED, f"{name} {_fmt(v)} > max {_fmt(hi)}", v=v)
+        return _Verdict(FAILED, f"{name} {_fmt(v)} > max {_fmt(hi)}", v)
     if lo is not None and hi is not None:
-        return out(SUCCESSFUL, f"{name} {_fmt(v)} within [{_fmt(lo)}, {_fmt(hi)}]", v=v)
+        return _Verdict(SUCCESSFUL, f"{name} {_fmt(v)} within [{_fmt(lo)}, {_fmt(hi)}]", v)
     if hi is not None:
-        return out(SUCCESSFUL, f"{name} {_fmt(v)} <= max {_fmt(hi)}", v=v)
-    return out(SUCCESSFUL, f"{name} {_fmt(v)} >= min {_fmt(lo)}", v=v)
+        return _Verdict(SUCCESSFUL, f"{name} {_fmt(v)} <= max {_fmt(hi)}", v)
+    return _Verdict(SUCCESSFUL, f"{name} {_fmt(v)} >= min {_fmt(lo)}", v)
