@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 from cli_helpers import CRDS, EXAMPLES, run, teal
-
 from teal import cli_lint
 
 VALID = sorted(EXAMPLES.glob("*.yaml"))
@@ -235,3 +234,90 @@ def test_kubectl_runs_it_as_a_plugin(kubectl, tmp_path):
     assert bad.returncode == 1 and expectation(INVALID[0]) in bad.stdout
     listed = run([kubectl, "plugin", "list"], env=env, check=False)
     assert "kubectl-teal" in listed.stdout
+
+
+# ---------------------------------------------------------------- lint = the apiserver, then the operator
+
+BASE = """\
+apiVersion: teal.dev/v1alpha1
+kind: Rollout
+metadata: {name: app}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: app}}
+  template:
+    metadata: {labels: {app: app}}
+    spec: {containers: [{name: app, image: app:1}]}
+  strategy: {blueGreen: {activeServices: [app]}}
+  analysis:
+    prePromotion: [errors]
+    metrics:
+      - name: errors
+        query: up
+        thresholdRange: {max: 0.01}
+"""
+
+
+def lint_text(text: str, index: cli_lint.CrdIndex) -> tuple[list[str], list[str]]:
+    result = cli_lint.LintResult()
+    cli_lint.lint_text(text, "x.yaml", index, result)
+    return [f"{p.path}: {p.message}" for p in result.problems], result.warnings
+
+
+@pytest.mark.parametrize("old, new, expect", [
+    # each of these was "valid" to lint before; the apiserver or the operator refused it
+    ("        thresholdRange: {max: 0.01}", "        thresholdRange: {max: 0.01}\n        failureLimit: 3\n        count: 1",
+     "failureLimit must be less than its count"),
+    ("  analysis:\n", "  analysis:\n    count: 2\n", None),  # valid: failureLimit 0 < 2
+    ("replicas: 2", "replicas: 3000000000", "spec.replicas: Invalid value: 3000000000"),
+    ("{max: 0.01}", "{max: .nan}", "thresholdRange.max: Invalid value: NaN: JSON has no NaN or Infinity"),
+    ("{max: 0.01}", "{max: -.inf}", "Invalid value: -Inf"),
+    ("replicas: 2", "replicas: 2.0", None),  # kubectl sends 2
+    ("prePromotion: [errors]", "prePromotion: [n]", 'prePromotion[0]: Invalid value: "boolean"'),  # n is false to kubectl
+    ("query: up", "query: sum(rate(x[1m])", "is never closed"),  # the operator's PromQL check, not the apiserver's
+    ("query: up", "query: '{{args.window}}'", "no argument 'window' is given"),
+    ("query: up", "query: '   '", "must not be blank"),
+    ("thresholdRange: {max: 0.01}", "successCondition: result <", "is not a valid expression"),
+])
+def test_lint_refuses_what_the_apiserver_or_the_operator_refuses(index, old, new, expect):
+    assert old in BASE
+    problems, _ = lint_text(BASE.replace(old, new, 1), index)
+    if expect is None:
+        assert not problems
+    else:
+        assert any(expect in p for p in problems), problems
+
+
+TEMPLATE = """\
+apiVersion: teal.dev/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: latency}
+spec:
+  query: histogram_quantile(0.99, sum by (le) (rate(x[1m])))
+  thresholdRange: {max: 0.5}
+  failureLimit: 2
+"""
+
+
+def test_metrics_are_checked_with_the_templates_among_the_linted_files(index):
+    uses = BASE.replace("        query: up\n        thresholdRange: {max: 0.01}\n",
+                        "        templateRef: {name: latency}\n        count: 2\n")
+    problems, warnings = lint_text(uses, index)
+    assert not problems and any("AnalysisTemplate/latency is not among the linted files" in w for w in warnings)
+    problems, _ = lint_text(TEMPLATE + "---\n" + uses, index)  # the template's failureLimit 2 >= the metric's count 2
+    assert any("failureLimit 2 >= count 2" in p for p in problems), problems
+    problems, _ = lint_text(TEMPLATE + "---\n" + uses.replace("count: 2", "count: 3"), index)
+    assert not problems
+
+
+def test_a_template_is_checked_as_every_rollout_would_use_it(index):
+    assert lint_text(TEMPLATE, index) == ([], [])
+    problems, _ = lint_text(TEMPLATE.replace("thresholdRange: {max: 0.5}", "successCondition: result >"), index)
+    assert problems and "is not a valid expression" in problems[0]
+
+
+def test_yaml_errors_say_where(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: teal.dev/v1alpha1\nkind: Rollout\nmetadata: {name: [\n")
+    r = teal("lint", "-f", str(bad))
+    assert r.code == 1 and "<yaml>: cannot parse: line 4, column 1:" in r.out, r
