@@ -7,11 +7,12 @@ import functools
 import zoneinfo
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from teal import policy as P
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 ZONES = ["Europe/London", "America/New_York", "Australia/Lord_Howe", "UTC", "Asia/Kolkata"]
 DST_ZONES = ZONES[:3]
 
@@ -97,7 +98,7 @@ def wall_open(windows: list[dict], wall: dt.datetime) -> bool:
         end_t = dt.time.max if end == "24:00" else dt.time.fromisoformat(end)
         now, wd = wall.time().replace(tzinfo=None), wall.weekday()
         if end_t > start:
-            if wd in days and start <= now < end_t and not (end == "24:00" and False):
+            if wd in days and start <= now < end_t:
                 return True
         elif (wd in days and now >= start) or ((wd - 1) % 7 in days and now < end_t):
             return True
@@ -219,3 +220,74 @@ def test_never_open_within_the_horizon():
 def test_bad_policies_are_refused_with_the_reason(spec, error):
     with pytest.raises(P.PolicyError, match=error):
         P.policy_from_spec("bad", spec)
+
+
+# ---------------------------------------------------------------- the memo bounds a reconcile's cost
+
+NEVER = {"timeZone": "Europe/London",
+         "windows": [{"name": "every-20", "schedule": "*/20 * * * *", "duration": "5m"}],
+         "denyWindows": [{"name": "all", "days": list(P.DAYS), "start": "00:00", "end": "24:00"}]}
+
+
+def test_a_never_open_policy_is_scanned_in_full_once_per_memo_period(monkeypatch):
+    """The worst case (a */20 cron that never opens: 4 years of intervals, ~1 s) is scanned
+    to the horizon once; later ticks scan one day (a bounded number of intervals)."""
+    pol = P.policy_from_spec("never", NEVER)
+    P._memo.clear()
+    built: list[int] = []
+    real = P._Index.__init__
+
+    def counting(self, ivs):
+        built.append(len(ivs))
+        real(self, ivs)
+
+    monkeypatch.setattr(P._Index, "__init__", counting)
+    t0 = at("Europe/London", 2026, 12, 1, 12, 0)
+    assert P.evaluate(pol, t0).next_opening is None
+    full = sum(built)
+    assert full > 100_000  # the whole horizon
+    built.clear()
+    for i in range(1, 30):  # a reconcile every 2 minutes for an hour
+        v = P.evaluate(pol, t0 + dt.timedelta(minutes=2 * i))
+        assert (v.open, v.next_opening, v.window) == (False, None, "all")
+    assert sum(built) <= 29 * 2000  # one day (plus the look-back) per tick, never the horizon again
+    built.clear()
+    P.evaluate(pol, t0 + P.NONE_REUSE)  # the memo's "none" is not reused beyond its period
+    assert sum(built) >= full // 2
+
+
+@SETTINGS
+@given(pz=policies(), data=st.data())
+def test_the_memo_gives_what_a_fresh_scan_gives(pz, data):
+    """A sequence of evaluations (as reconciles make them, time moving forward) equals the
+    memo-free scan at each time, except that "none within the horizon" may be reused for
+    NONE_REUSE."""
+    pol, zone = pz
+    P._memo.clear()
+    t = data.draw(instants(zone))
+    for _ in range(4):
+        t += dt.timedelta(minutes=data.draw(st.integers(0, 3 * 1440)))
+        got, fresh = P.evaluate(pol, t), P._scan(pol, t, P.HORIZON)
+        assert (got.open, got.window, got.reason) == (fresh.open, fresh.window, fresh.reason)
+        assert got.next_opening == fresh.next_opening or (got.next_opening is None and fresh.next_opening
+                                                          and fresh.next_opening - t > P.HORIZON - P.NONE_REUSE)
+
+
+# ---------------------------------------------------------------- overlapping windows are reported
+
+@pytest.mark.parametrize("windows, deny, found", [
+    ([{"name": "a", "days": ["Mon"], "start": "09:00", "end": "12:00"},
+      {"name": "b", "days": ["Mon", "Tue"], "start": "11:00", "end": "13:00"}], [], ["windows: a and b overlap"]),
+    ([{"name": "late", "days": ["Fri"], "start": "22:00", "end": "02:00"},
+      {"name": "sat", "days": ["Sat"], "start": "01:00", "end": "03:00"}], [], ["windows: late and sat overlap"]),
+    ([{"name": "c", "schedule": "*/20 * * * *", "duration": "30m"}], [], ["windows: window c overlaps itself"]),
+    ([{"name": "a", "days": ["Mon"], "start": "09:00", "end": "12:00"},
+      {"name": "b", "days": ["Mon"], "start": "12:00", "end": "13:00"}], [], []),  # touching is not overlapping
+    (TRADING["windows"], [{"name": "x", "from": "2027-06-01T00:00", "until": "2027-06-03T00:00"},
+                          {"name": "y", "from": "2027-06-02T00:00", "until": "2027-06-04T00:00"}],
+     ["denyWindows: x and y overlap"]),
+])
+def test_overlapping_windows_are_found(windows, deny, found):
+    pol = P.policy_from_spec("p", {"timeZone": "Europe/London", "windows": windows, "denyWindows": deny})
+    got = P.overlaps(pol, at("Europe/London", 2026, 12, 1, 0, 0))
+    assert [g.split(" at ")[0] for g in got] == found

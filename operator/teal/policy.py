@@ -209,11 +209,39 @@ class _Index:
         return self.starts[i] if i < len(self.starts) else None
 
 
+# The next opening, remembered per policy: the scan to it may cover years of cron intervals
+# (a never-open policy with a "*/20" schedule: ~1 s), and the reconcile evaluates every tick.
+# An opening T found from t0 is the answer for every now in [t0, T): nothing opened in
+# between. "None within the horizon" found at t0 is reused for NONE_REUSE (the horizon then
+# ends up to that much earlier than now + HORIZON). Pure: a memo of a pure function.
+NONE_REUSE = dt.timedelta(hours=1)
+_NEAR = dt.timedelta(days=1)
+_MEMO_SIZE = 512
+_memo: dict[tuple[Policy, dt.timedelta], tuple[dt.datetime, dt.datetime | None]] = {}
+
+
 def evaluate(policy: Policy, now: dt.datetime, horizon: dt.timedelta = HORIZON) -> Verdict:
-    """Whether `now` (aware) is open under `policy`, and the first open instant at or after it."""
+    """Whether `now` (aware) is open under `policy`, and the first open instant at or after it.
+    The first day is scanned every time; a later opening comes from the memo when it holds."""
     if now.tzinfo is None:
         raise ValueError("evaluate() needs an aware datetime")
     now = now.astimezone(UTC)
+    near = _scan(policy, now, min(horizon, _NEAR))
+    if near.open or near.next_opening is not None or horizon <= _NEAR:
+        return near
+    key = (policy, horizon)
+    hit = _memo.get(key)
+    if hit is not None and hit[0] <= now and (now < hit[1] if hit[1] is not None else now < hit[0] + NONE_REUSE):
+        return dataclasses.replace(near, next_opening=hit[1])
+    full = _scan(policy, now, horizon)
+    if len(_memo) >= _MEMO_SIZE:
+        _memo.clear()
+    _memo[key] = (now, full.next_opening)
+    return dataclasses.replace(near, next_opening=full.next_opening)
+
+
+def _scan(policy: Policy, now: dt.datetime, horizon: dt.timedelta) -> Verdict:
+    """evaluate() without the memo: a walk over the windows' intervals from `now`."""
     tz, end = policy.tz, now + horizon
     first_reason: tuple[str, str] | None = None
     x = lo = now
@@ -312,6 +340,33 @@ def policy_from_spec(name: str, spec: Mapping[str, Any]) -> Policy:
     if not windows and not spec.get("freeze"):
         raise PolicyError("a policy needs at least one window (or a freeze)")
     return Policy(name, zone, windows, deny)
+
+
+OVERLAP_SPAN = dt.timedelta(days=15)  # two weeks of weekday ranges and cron starts, and more
+
+
+def overlaps(policy: Policy, now: dt.datetime) -> list[str]:
+    """Windows of one list (windows, or denyWindows) that overlap one another, or a cron window
+    that overlaps itself (a duration longer than its period): "windows a and b overlap at
+    <local time>". Looked for over the next OVERLAP_SPAN and over each from/until range."""
+    tz, out = policy.tz, []
+    for kind, windows in (("windows", policy.windows), ("denyWindows", policy.deny)):
+        spans = [(now, now + OVERLAP_SPAN)]
+        spans += [(_utc(w.since, tz), _utc(w.until, tz)) for w in windows if w.since is not None and w.until is not None]
+        found: set[tuple[str, str]] = set()
+        for lo, hi in spans:
+            ivs = _intervals(windows, tz, lo, hi)
+            run_end, run_name = None, ""
+            for s, e, name in ivs:
+                if run_end is not None and s < run_end:
+                    pair = (min(run_name, name), max(run_name, name))
+                    if pair not in found:
+                        found.add(pair)
+                        what = f"window {name} overlaps itself" if pair[0] == pair[1] else f"{pair[0]} and {pair[1]} overlap"
+                        out.append(f"{kind}: {what} at {s.astimezone(tz):%Y-%m-%d %H:%M} ({policy.zone})")
+                if run_end is None or e > run_end:
+                    run_end, run_name = e, name
+    return out
 
 
 def describe(policy: Policy, v: Verdict, now: dt.datetime) -> str:

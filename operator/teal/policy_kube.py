@@ -151,12 +151,30 @@ def annotation_freeze(meta: Mapping[str, Any]) -> P.Freeze | None:
         return P.Freeze(f"unreadable {FREEZE_ANNOTATION} annotation: {raw[:100]}")
 
 
-def ready_status(plural: str, body: Mapping[str, Any]) -> dict[str, Any]:
+NO_NAMESPACE_LABELS = (
+    "namespaceSelector selects no namespace: this operator cannot read Namespaces (a namespaced install); "
+    "use ReleasePolicies in the watched namespaces, or install the operator cluster-wide"
+)
+
+
+def ready_status(
+    plural: str, body: Mapping[str, Any], namespaces_readable: bool = True, now: dt.datetime | None = None
+) -> dict[str, Any]:
+    """The policy's status: Ready=False when it cannot act as written. InvalidPolicy: it holds
+    nothing; OverlappingWindows: it acts on the windows' union; NamespaceSelectorUnreadable:
+    it selects no namespace (the operator cannot read Namespace labels)."""
+    ok, reason, message = True, "Valid", "the policy is valid"
     try:
-        gate_of(plural, body)
-        ok, reason, message = True, "Valid", "the policy is valid"
+        gate = gate_of(plural, body)
     except (P.PolicyError, ValueError) as e:
         ok, reason, message = False, "InvalidPolicy", str(e)
+    else:
+        found = P.overlaps(gate.policy, now or dt.datetime.now(dt.UTC)) if gate.policy else []
+        if found:
+            ok, reason = False, "OverlappingWindows"
+            message = "; ".join(found) + " (the policy acts on their union; make the windows disjoint)"
+        elif plural == "clusterreleasepolicies" and (body.get("spec") or {}).get("namespaceSelector") and not namespaces_readable:
+            ok, reason, message = False, "NamespaceSelectorUnreadable", NO_NAMESPACE_LABELS
     gen = body["metadata"].get("generation")
     return {
         "observedGeneration": gen,
@@ -174,9 +192,9 @@ def ready_status(plural: str, body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _status_patch(plural: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+def _status_patch(plural: str, body: Mapping[str, Any], namespaces_readable: bool = True) -> dict[str, Any] | None:
     old = body.get("status") or {}
-    new = ready_status(plural, body)
+    new = ready_status(plural, body, namespaces_readable)
     if old.get("observedGeneration") == new["observedGeneration"] and old.get("message") == new["message"]:
         return None
     return new
@@ -186,7 +204,10 @@ def _on_policy(ctl: Operator, plural: str) -> Callable[..., Any]:
     async def handler(event: Mapping[str, Any], body: Mapping[str, Any], name: str, namespace: str | None, **_: Any) -> None:
         deleted = event.get("type") == "DELETED"
         ctl.policies.seen(plural, namespace, name, None if deleted else body)
-        new_status = None if deleted else _status_patch(plural, body)
+        readable = True
+        if not deleted and plural == "clusterreleasepolicies" and (body.get("spec") or {}).get("namespaceSelector"):
+            readable = await ctl.call(can_read_namespaces, ctl.kube.client)
+        new_status = None if deleted else _status_patch(plural, body, readable)
         if new_status is not None:
             try:
                 await ctl.call(ctl.kube.client.patch_status, RESOURCES[plural], namespace, name, {"status": new_status})
@@ -218,6 +239,15 @@ def namespace_labels(api: Client) -> Callable[[str], Mapping[str, str] | None]:
         return ((items[0].get("metadata") or {}).get("labels") or {}) if items else None
 
     return read
+
+
+def can_read_namespaces(api: Client) -> bool:
+    """May this operator list Namespaces (and so read the labels a namespaceSelector needs)?"""
+    try:
+        api.items(NAMESPACES, field_selector="metadata.name=default")
+    except ApiError as e:
+        return getattr(e, "status", None) not in (401, 403)  # a transient error says nothing
+    return True
 
 
 async def _warn_dev_clock(**_: Any) -> None:

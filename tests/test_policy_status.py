@@ -1,0 +1,87 @@
+"""A policy's own status (teal.policy_kube.ready_status): what the apiserver cannot refuse is
+said there -- an invalid policy, windows that overlap, and a ClusterReleasePolicy's
+namespaceSelector that a namespaced operator cannot evaluate (it cannot read Namespaces)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from teal import policy_kube as PK
+from teal.client import NAMESPACES, Client, Resource
+
+SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts")
+
+NOW = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+WEEKDAYS = {"name": "day", "days": ["Mon", "Tue", "Wed", "Thu", "Fri"], "start": "09:00", "end": "16:00"}
+
+
+def body(spec: dict[str, Any], namespace: str | None = "shop") -> dict[str, Any]:
+    meta = {"name": "p", "generation": 3, **({"namespace": namespace} if namespace else {})}
+    return {"metadata": meta, "spec": spec}
+
+
+def ready(status: dict[str, Any]) -> tuple[str, str]:
+    (c,) = status["conditions"]
+    assert c["observedGeneration"] == status["observedGeneration"] == 3
+    return c["status"], c["reason"]
+
+
+def test_a_valid_policy_is_ready() -> None:
+    st = PK.ready_status("releasepolicies", body({"windows": [WEEKDAYS]}), now=NOW)
+    assert ready(st) == ("True", "Valid")
+
+
+def test_overlapping_windows_are_reported_and_the_union_still_acts() -> None:
+    late = {"name": "late", "days": ["Mon"], "start": "15:00", "end": "18:00"}
+    b = body({"timeZone": "Europe/London", "windows": [WEEKDAYS, late]})
+    st = PK.ready_status("releasepolicies", b, now=NOW)
+    assert ready(st) == ("False", "OverlappingWindows")
+    assert st["message"].startswith("windows: day and late overlap at 2026-12-07 15:00 (Europe/London)")
+    gate = PK.gate_of("releasepolicies", b)  # still a gate: a deny or a window is not dropped
+    assert gate.policy is not None and len(gate.policy.windows) == 2
+
+
+def test_an_unreadable_namespace_selector_is_reported_only_where_it_matters() -> None:
+    spec = {"windows": [WEEKDAYS], "namespaceSelector": {"matchLabels": {"env": "prod"}}}
+    cluster = body(spec, namespace=None)
+    assert ready(PK.ready_status("clusterreleasepolicies", cluster, namespaces_readable=False, now=NOW)) == (
+        "False",
+        "NamespaceSelectorUnreadable",
+    )
+    assert ready(PK.ready_status("clusterreleasepolicies", cluster, namespaces_readable=True, now=NOW)) == ("True", "Valid")
+    no_selector = body({"windows": [WEEKDAYS]}, namespace=None)
+    assert ready(PK.ready_status("clusterreleasepolicies", no_selector, namespaces_readable=False, now=NOW))[0] == "True"
+
+
+def test_an_unreadable_selector_selects_nothing() -> None:
+    pols = PK.Policies()
+    pols.seen(
+        "clusterreleasepolicies",
+        None,
+        "p",
+        body({"windows": [WEEKDAYS], "namespaceSelector": {"matchLabels": {"env": "prod"}}}, namespace=None),
+    )
+    rollout = {"metadata": {"name": "r", "namespace": "shop"}}
+    assert pols.gates_for(rollout, lambda ns: None) == ()
+    assert len(pols.gates_for(rollout, lambda ns: {"env": "prod"})) == 1
+
+
+@pytest.mark.cluster
+def test_can_read_namespaces_is_what_rbac_says(cluster: Any, namespace: str) -> None:
+    admin = Client.from_kubeconfig(cluster.kubeconfig, timeout=(5, 20))
+    assert PK.can_read_namespaces(admin)
+    assert admin.items(NAMESPACES, field_selector="metadata.name=default")
+    admin.create(SERVICE_ACCOUNTS, namespace, {"metadata": {"name": "namespaced-operator"}})
+    answer = admin.request(
+        "POST",
+        SERVICE_ACCOUNTS.path(namespace, "namespaced-operator", "token"),
+        body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 600}},
+    )
+    cfg = k8s.Configuration()
+    cfg.host, cfg.ssl_ca_cert = admin.configuration.host, admin.configuration.ssl_ca_cert
+    cfg.api_key, cfg.api_key_prefix = {"BearerToken": answer["status"]["token"]}, {"BearerToken": "Bearer"}
+    assert not PK.can_read_namespaces(Client(cfg))
