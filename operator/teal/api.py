@@ -14,7 +14,8 @@ import dataclasses
 import hashlib
 import json
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 GROUP = "teal.dev"
 VERSION = "v1alpha1"
@@ -187,7 +188,7 @@ def parse_spec(spec: Mapping[str, Any]) -> RolloutSpec:
         raise SpecError("spec.strategy.blueGreen.activeServices", "name at least one Service")
     steps = tuple(_step(s, i) for i, s in enumerate(strategy.get("steps") or ()))
     weights = [s.set_weight for s in steps if s.set_weight is not None]
-    if any(b < a for a, b in zip(weights, weights[1:])):
+    if any(b < a for a, b in zip(weights, weights[1:], strict=False)):
         raise SpecError("spec.strategy.blueGreen.steps", f"setWeight values must not decrease, got {weights}")
     routing = parse_traffic_routing(strategy.get("trafficRouting"))
     if steps and any(s.set_weight not in (None, 0, 100) for s in steps) and routing is None:

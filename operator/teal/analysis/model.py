@@ -30,7 +30,8 @@ import datetime as dt
 import functools
 import math
 import re
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 from ..api import SpecError, parse_duration
 from ..core import iso
@@ -107,7 +108,7 @@ class AnalysisConfigError(ValueError):
         prefix = ", ".join(where)
         return f"{prefix}: {self.detail}" if prefix else self.detail
 
-    def within(self, *, metric: str | None = None, template: str | None = None, field: str | None = None) -> "AnalysisConfigError":
+    def within(self, *, metric: str | None = None, template: str | None = None, field: str | None = None) -> AnalysisConfigError:
         """The same error with missing context filled in."""
         return AnalysisConfigError(
             self.detail,
@@ -672,15 +673,15 @@ class QueryResult:
     error_kind: str | None = None  # bad_data | unavailable | timeout | multiple_series | http | tls | bad_response | ...
 
     @classmethod
-    def of(cls, value: float) -> "QueryResult":
+    def of(cls, value: float) -> QueryResult:
         return cls(value=float(value))
 
     @classmethod
-    def nothing(cls) -> "QueryResult":
+    def nothing(cls) -> QueryResult:
         return cls(empty=True)
 
     @classmethod
-    def failure(cls, kind: str, message: str) -> "QueryResult":
+    def failure(cls, kind: str, message: str) -> QueryResult:
         return cls(error=message, error_kind=kind)
 
     @property
