@@ -34,7 +34,7 @@ async def run(
     now: dt.datetime,
 ) -> core.Observed:
     """`observed` with the verdict of the run the status asks for (unchanged when none is)."""
-    st = status if isinstance(status, Status) else Status.load(status)
+    st = status if isinstance(status, Status) else Status.read(status)
     release = st.release
     if release is None or release.analysis_key is None or release.aborted_at is not None:
         return observed

@@ -29,7 +29,6 @@ Status layout (all of it is in the CRD schema):
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import datetime as dt
 import re
@@ -235,8 +234,8 @@ class _Tick:
 
     def __init__(self, spec: RolloutSpec | None, status: Mapping[str, Any] | Status, obs: Observed, now: dt.datetime):
         self._spec = spec
-        self.old = status if isinstance(status, Status) else Status.load(status)
-        self.st: Status = copy.deepcopy(self.old)
+        self.old = status if isinstance(status, Status) else Status.read(status)  # read-only
+        self.st: Status = self.old.copy()
         self.obs = obs
         self.now = now
         self.actions: list[Action] = []
@@ -759,7 +758,8 @@ def _complete_release(t: _Tick, release: Release, superseded: bool = False) -> N
     st.release = st.promote = st.abort = None
     t.stats("promoted")
     if release.started_at and st.stats is not None:
-        st.stats["lastReleaseSeconds"] = round((t.now - release.started_at).total_seconds(), 3)
+        held = release.held_seconds or 0  # a hold is not release time (teal_release_held_seconds_total)
+        st.stats["lastReleaseSeconds"] = round((t.now - release.started_at).total_seconds() - held, 3)
     how = " (superseded by a newer template while being verified)" if superseded else ""
     t.event("Promoted", f"revision {release.revision} is live on {release.color}{how}")
 
@@ -906,13 +906,27 @@ def _deadline(t: _Tick, r: Release, what: str) -> AbortIntent | None:
 
 
 def _held_move(t: _Tick, r: Release, what: str) -> bool:
-    """A window or freeze holds the next move of traffic (never a fast rollback)."""
+    """A window or freeze holds the next move of traffic (never a fast rollback); the time held
+    is recorded (release.heldSince/heldSeconds, stats.heldSeconds), not counted as release time."""
     h = None if r.fast_rollback else hold(t.obs.gates, t.now)
     if h is None:
+        _hold_ended(t, r)
         return False
+    if r.held_since is None:
+        r.held_since = t.now
     _progressed(t, r, "Held")
     _held(t, f"revision {r.revision} on {r.color} waits before {what}: {h.message}", h.opens_at)
     return True
+
+
+def _hold_ended(t: _Tick, r: Release) -> None:
+    if r.held_since is None:
+        return
+    held = max(0, round((t.now - r.held_since).total_seconds()))
+    r.held_since, r.held_seconds = None, (r.held_seconds or 0) + held
+    stats = t.st.stats if t.st.stats is not None else {}
+    stats["heldSeconds"] = int(stats.get("heldSeconds", 0)) + held
+    t.st.stats = stats
 
 
 def _target(t: _Tick, r: Release) -> int:

@@ -152,17 +152,17 @@ TIME: Conv[dt.datetime] = Conv(_time, iso)
 PHASE: Conv[Phase] = Conv(_phase, str)
 KEY: Conv[RunKey] = Conv(RunKey.parse, str)
 KEYS: Conv[list[RunKey]] = Conv(_keys, lambda ks: [str(k) for k in ks])
-DICT: Conv[dict[str, Any]] = Conv(lambda v: copy.deepcopy(dict(v)), copy.deepcopy)
-LIST: Conv[list[Any]] = Conv(lambda v: copy.deepcopy(list(v)), copy.deepcopy)
+DICT: Conv[dict[str, Any]] = Conv(lambda v: dict(v), _same)  # Record.copy() isolates what it changes
+LIST: Conv[list[Any]] = Conv(lambda v: list(v), _same)
 
 
 def _record(cls: type[R]) -> Conv[R]:
     def load(v: Any) -> R:
         if not isinstance(v, Mapping) or not v:
             raise ValueError("not an object (or an empty one: read as absent, as before)")
-        return cls.load(v)
+        return cls.read(v)
 
-    return Conv(load, lambda r: r.dump())
+    return Conv(load, lambda r: r.shallow_dump())
 
 
 def persisted(name: str, conv: Conv[Any], default: Any = None, *, nullable: bool = False) -> Any:
@@ -171,6 +171,9 @@ def persisted(name: str, conv: Conv[Any], default: Any = None, *, nullable: bool
     if isinstance(default, (list, dict)):
         raise TypeError("mutable default")
     return dataclasses.field(default=default, metadata=meta)
+
+
+_FIELDS: dict[type[Any], list[dataclasses.Field[Any]]] = {}
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -182,10 +185,20 @@ class Record:
 
     @classmethod
     def _fields(cls) -> list[dataclasses.Field[Any]]:
-        return [f for f in dataclasses.fields(cls) if "key" in f.metadata]
+        fields = _FIELDS.get(cls)
+        if fields is None:
+            fields = _FIELDS[cls] = [f for f in dataclasses.fields(cls) if "key" in f.metadata]
+        return fields
 
     @classmethod
     def load(cls: type[R], d: Mapping[str, Any]) -> R:
+        """A record of `d` to read and change (`d` itself is never changed)."""
+        return cls.read(d).copy()
+
+    @classmethod
+    def read(cls: type[R], d: Mapping[str, Any]) -> R:
+        """A read-only record of `d`: its values are what it remembers as read, so it must not
+        be changed (in place); `copy()` gives one that may be."""
         values: dict[str, Any] = {}
         for f in cls._fields():
             raw = d.get(f.metadata["key"])
@@ -196,12 +209,27 @@ class Record:
             except (TypeError, ValueError, KeyError):
                 continue  # unreadable: the default here, written back as it was
         obj = cls(**values)
-        obj._raw = copy.deepcopy(dict(d))
-        obj._loaded = copy.deepcopy(values)
+        obj._raw = d if isinstance(d, dict) else dict(d)  # never changed: dump() starts from a copy
+        obj._loaded = values
         return obj
 
+    def copy(self: R) -> R:
+        """A working copy: changing it, in place too, leaves this record and what it read alone."""
+        new = copy.copy(self)
+        for f in self._fields():
+            v = getattr(self, f.name)
+            if isinstance(v, Record):
+                setattr(new, f.name, v.copy())
+            elif isinstance(v, dict | list):
+                setattr(new, f.name, copy.deepcopy(v))
+        return new
+
     def dump(self) -> dict[str, Any]:
-        out = copy.deepcopy(self._raw)
+        """The status dict: what was read, with what changed (shares nothing with the input)."""
+        return copy.deepcopy(self.shallow_dump())
+
+    def shallow_dump(self) -> dict[str, Any]:
+        out = dict(self._raw)
         for f in self._fields():
             cur = getattr(self, f.name)
             if cur == self._loaded.get(f.name, f.default):
@@ -278,6 +306,10 @@ class Release(Record):
     step_started_at: dt.datetime | None = persisted("stepStartedAt", TIME)
     switched_at: dt.datetime | None = persisted("switchedAt", TIME)
     aborted_at: dt.datetime | None = persisted("abortedAt", TIME)
+    # time held by a release window or a freeze (teal.policy): since when, and the total of
+    # holds that ended; not counted in the release's duration (stats.lastReleaseSeconds)
+    held_since: dt.datetime | None = persisted("heldSince", TIME)
+    held_seconds: int | None = persisted("heldSeconds", INT)
 
     @property
     def stage(self) -> Stage:
