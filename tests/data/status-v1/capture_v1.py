@@ -3,8 +3,14 @@
 Run ONCE with the code whose behaviour is the reference (it was run before the typed status
 and the stage machine replaced the dict-based core):
 
-    python -m pytest -p capture_v1 tests/test_core_*.py -q   (with tests/data/status-v1 on PYTHONPATH)
-    python tests/data/status-v1/capture_v1.py                (the scenarios below, analysis and cannot_decide)
+    python tests/data/status-v1/capture_v1.py   (the scenarios below: analysis, aborts, deadlines, cannot_decide)
+    TEAL_CAPTURE_PLUGIN=1 PYTHONPATH=tests/data/status-v1:tests python -m pytest -p capture_v1 \
+        tests/test_core_scenarios.py tests/test_core_rejected.py tests/test_core_properties.py \
+        tests/test_core_cannot_decide.py -q   (every decide() of those tests: files t-*.json)
+
+It was run at commit 93f90b0 (the dict-based core). The expected plans are decide()'s alone: the
+controller then dropped status.analysisRun when no run was asked for, which decide() does now
+(tests/test_status_compat.py applies that to the expectation).
 
 Every decide() call of the core tests is recorded (its raw spec, the status it was given, the
 Observed, now) with the plan it returned; cases with release-policy gates are left out (a Gate
