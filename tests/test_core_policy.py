@@ -147,3 +147,32 @@ def test_a_closed_gate_never_moves_traffic_to_a_new_template(spec, history, beha
                 assert all(w.last_observed.colors[c].hash in known for c, v in a.as_dict().items() if v > 0)
         if w.status.get("reason") == "HeldByPolicy":
             assert cond(w.status, "Stalled") == "False"
+
+
+def test_held_time_is_recorded_and_not_counted_as_release_time():
+    """release.heldSince while held, release.heldSeconds and stats.heldSeconds once it opens;
+    stats.lastReleaseSeconds (teal_release_duration_seconds) leaves the hold out."""
+    w = released_v1(rollout_spec(), friday_evening())
+    w.gates = (P.Gate("ReleasePolicy shop/trading-hours", TRADING, P.HOLD_BEFORE_PROMOTION),)
+    started = w.now
+    w.set_image("v2")
+    w.until(lambda w: w.status.get("reason") == "HeldByPolicy", seconds=1)
+    since = dt.datetime.fromisoformat(w.status["release"]["heldSince"].replace("Z", "+00:00"))
+    assert started <= since <= w.now and "heldSeconds" not in w.status["release"]
+    opens = dt.datetime(2026, 3, 30, 9, 0, tzinfo=LONDON).astimezone(dt.UTC)
+    w.now = opens
+    w.until(lambda w: w.status["stats"].get("promoted") == 2, n=20)
+    stats = w.status["stats"]
+    held = round((opens - since).total_seconds())
+    assert abs(stats["heldSeconds"] - held) <= 2
+    total = (w.now - started).total_seconds()
+    assert stats["lastReleaseSeconds"] < total - held + 60 < 3600  # minutes of work, not a weekend
+    assert "release" not in w.status or not w.status["release"].get("heldSince")
+
+
+def test_held_fields_are_optional_in_old_statuses():
+    from teal.status import Release
+
+    r = Release.load({"revision": "2", "color": "green"})
+    assert (r.held_since, r.held_seconds) == (None, None)
+    assert r.dump() == {"revision": "2", "color": "green"}

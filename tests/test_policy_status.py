@@ -85,3 +85,14 @@ def test_can_read_namespaces_is_what_rbac_says(cluster: Any, namespace: str) -> 
     cfg.host, cfg.ssl_ca_cert = admin.configuration.host, admin.configuration.ssl_ca_cert
     cfg.api_key, cfg.api_key_prefix = {"BearerToken": answer["status"]["token"]}, {"BearerToken": "Bearer"}
     assert not PK.can_read_namespaces(Client(cfg))
+
+
+def test_held_seconds_are_counted_by_namespace() -> None:
+    from teal import metrics
+
+    counter = metrics.RELEASE_HELD_SECONDS.labels("held-ns")
+    before = counter._value.get()
+    body = {"metadata": {"namespace": "held-ns", "name": "r"}}
+    metrics.observe_reconcile(0.01, body, {"stats": {"heldSeconds": 100}}, {"stats": {"heldSeconds": 160}})
+    metrics.observe_reconcile(0.01, body, {"stats": {"heldSeconds": 160}}, {"stats": {"heldSeconds": 160}})
+    assert counter._value.get() - before == 60

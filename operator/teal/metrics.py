@@ -25,6 +25,11 @@ RELEASE_SECONDS = Histogram(
     ["namespace"],
     buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 3600),
 )
+RELEASE_HELD_SECONDS = Counter(
+    "teal_release_held_seconds_total",
+    "Time releases were held by a release window or a freeze (not counted in teal_release_duration_seconds)",
+    ["namespace"],
+)
 RECONCILES = Counter("teal_reconciles_total", "Reconciles of each Rollout (read, decide, write, act)", ["namespace", "rollout"])
 DEPLOYMENTS_REJECTED = Counter(
     "teal_deployments_rejected_total",
@@ -54,6 +59,9 @@ def observe_reconcile(seconds: float, body: Mapping[str, Any], old: Mapping[str,
             RELEASES.labels(ns, name, outcome).inc(delta)
     if after.get("lastReleaseSeconds") is not None and after.get("lastPromotedAt") != before.get("lastPromotedAt"):
         RELEASE_SECONDS.labels(ns).observe(float(after["lastReleaseSeconds"]))
+    held = int(after.get("heldSeconds", 0)) - int(before.get("heldSeconds", 0))
+    if held > 0:
+        RELEASE_HELD_SECONDS.labels(ns).inc(held)
     for phase in Phase:
         PHASE.labels(ns, name, phase.value).set(1 if new.get("phase") == phase.value else 0)
 
