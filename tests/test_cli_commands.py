@@ -42,7 +42,7 @@ def test_list_shows_every_rollout(rollouts, namespace):
     r = teal("list", "-n", namespace)
     assert r.code == 0, r
     lines = r.out.splitlines()
-    assert lines[0].split() == ["NAME", "PHASE", "ACTIVE", "PREVIEW", "STABLE", "CURRENT", "STEP", "WEIGHTS", "AGE"]
+    assert lines[0].split() == ["NAME", "PHASE", "ACTIVE", "PREVIEW", "STABLE", "CURRENT", "STEP", "WEIGHTS", "HELD", "AGE"]
     assert lines[1].split()[:6] == ["alpha", "Healthy", "blue", "-", "3", "3"]
     assert lines[2].split()[:8] == ["beta", "Progressing", "blue", "green", "1", "2", "2/0", "blue:90/green:10"]
 

@@ -82,7 +82,7 @@ def table(rows: Sequence[Sequence[str]]) -> str:
 def list_table(
     rollouts: Sequence[Mapping[str, Any]], all_namespaces: bool = False, wide: bool = False, now: dt.datetime | None = None
 ) -> str:
-    header = ["NAME", "PHASE", "ACTIVE", "PREVIEW", "STABLE", "CURRENT", "STEP", "WEIGHTS", "AGE"]
+    header = ["NAME", "PHASE", "ACTIVE", "PREVIEW", "STABLE", "CURRENT", "STEP", "WEIGHTS", "HELD", "AGE"]
     if all_namespaces:
         header.insert(0, "NAMESPACE")
     if wide:
@@ -101,6 +101,7 @@ def list_table(
             str(st.get("currentRevision") or "-"),
             step,
             weights_text(st.get("weights")),
+            _held_text(st, now),
             age(meta.get("creationTimestamp"), now),
         ]
         if all_namespaces:
@@ -154,6 +155,14 @@ def _router_text(bg: Mapping[str, Any]) -> str:
 Section = tuple[str, list[str]]  # (title line, child lines)
 
 
+def _held_text(st: Mapping[str, Any], now: dt.datetime | None) -> str:
+    """HELD: for how long a release window or a freeze has held the release ("yes" before it starts)."""
+    if st.get("reason") != "HeldByPolicy":
+        return "-"
+    since = (st.get("release") or {}).get("heldSince")
+    return age(since, now) if since else "yes"
+
+
 def rollout_tree(
     ro: Mapping[str, Any],
     deployments: Mapping[str, Mapping[str, Any] | None],
@@ -172,6 +181,7 @@ def rollout_tree(
     sections += _service_sections(bg, services, g)
     sections += _analysis_sections(st, measurements)
     sections += _request_sections(st)
+    sections += _held_sections(st, now)
     sections += _condition_sections(st, now)
     return _draw(f"Rollout {meta.get('namespace', '?')}/{meta.get('name', '?')}", sections, g)
 
@@ -317,6 +327,23 @@ def _request_sections(st: Mapping[str, Any]) -> list[Section]:
         what = "full" if promote.get("full") else (f"step {promote['step']}" if promote.get("step") else "current step")
         out.append((f"Promote    revision {promote.get('revision', '?')} ({what}) requested", []))
     return out
+
+
+def _held_sections(st: Mapping[str, Any], now: dt.datetime | None) -> list[Section]:
+    """Held: which policy, window or freeze holds the release, when it opens, since when."""
+    release = st.get("release") or {}
+    children = []
+    if st.get("reason") == "HeldByPolicy":
+        msg = str(st.get("message") or "")
+        why = msg.split(": ", 1)[1] if ": " in msg else msg  # after "revision 2 on green waits before promotion"
+        if release.get("heldSince"):
+            children.append(f"since {release['heldSince']} ({age(release['heldSince'], now)})")
+        if release.get("heldSeconds"):
+            children.append(f"earlier holds of this release: {release['heldSeconds']}s")
+        return [(f"Held       {why}", children)]
+    if release.get("heldSeconds"):
+        return [(f"Held       {release['heldSeconds']}s in all (not counted as release time)", [])]
+    return []
 
 
 def _condition_sections(st: Mapping[str, Any], now: dt.datetime | None) -> list[Section]:
