@@ -16,7 +16,7 @@ import json
 import re
 
 from .api import GROUP, VERSION
-from .cli import EXIT_OK, EXIT_USAGE, ROLLOUTS, ApiError, CliError, Cluster, _out
+from .cli_cluster import EXIT_OK, EXIT_USAGE, ROLLOUTS, ApiError, CliError, Cluster, _out
 from .client import Resource
 
 NAME = "teal-freeze"

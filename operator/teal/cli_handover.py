@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .api import COLORS, LABEL_COLOR, LABEL_ROLLOUT, SpecError, parse_spec
-from .cli import EXIT_API, EXIT_OK, EXIT_REFUSED, PROG, ROLLOUTS, ApiError, CliError, Cluster, _out, in_release
+from .cli_cluster import EXIT_API, EXIT_OK, EXIT_REFUSED, PROG, ROLLOUTS, ApiError, CliError, Cluster, _out, in_release
 from .client import CONTROLLER_REVISIONS, DEPLOYMENTS, SERVICES
 
 ANNOTATION_HANDED_OVER = "teal.dev/handed-over-from"

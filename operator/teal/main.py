@@ -1,4 +1,5 @@
 """`teal run`: start the operator."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,8 @@ def _routers(value: str) -> tuple[str, ...]:
     unknown = [n for n in names if n not in ROUTER_KINDS]
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown traffic router {', '.join(unknown)}: choose from {', '.join(ROUTER_KINDS)}, or none")
+            f"unknown traffic router {', '.join(unknown)}: choose from {', '.join(ROUTER_KINDS)}, or none"
+        )
     return tuple(dict.fromkeys(names))
 
 
@@ -55,24 +57,46 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="teal", description="Teal: blue/green releases for Kubernetes")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the operator")
-    run.add_argument("--namespace", "-n", action="append", default=_env_list("TEAL_NAMESPACES"),
-                     help="watch this namespace (repeat for more); default: all namespaces")
+    run.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=_env_list("TEAL_NAMESPACES"),
+        help="watch this namespace (repeat for more); default: all namespaces",
+    )
     run.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
-    run.add_argument("--prometheus-address", default=os.environ.get("TEAL_PROMETHEUS_ADDRESS"),
-                     help="Prometheus used when a Rollout names none")
-    run.add_argument("--routers", type=_routers, default=os.environ.get("TEAL_ROUTERS", "gatewayAPI,nginx,istio"),
-                     help="traffic routers to use and whose routes to watch, comma-separated (gatewayAPI, nginx, "
-                          "istio, or none); give only those the operator's RBAC covers. Default: TEAL_ROUTERS, else all")
-    run.add_argument("--log-level", default=os.environ.get("TEAL_LOG_LEVEL", "info"),
-                     choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--prometheus-address",
+        default=os.environ.get("TEAL_PROMETHEUS_ADDRESS"),
+        help="Prometheus used when a Rollout names none",
+    )
+    run.add_argument(
+        "--routers",
+        type=_routers,
+        default=os.environ.get("TEAL_ROUTERS", "gatewayAPI,nginx,istio"),
+        help="traffic routers to use and whose routes to watch, comma-separated (gatewayAPI, nginx, "
+        "istio, or none); give only those the operator's RBAC covers. Default: TEAL_ROUTERS, else all",
+    )
+    run.add_argument(
+        "--log-level", default=os.environ.get("TEAL_LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"]
+    )
     run.add_argument("--log-format", default=os.environ.get("TEAL_LOG_FORMAT", "text"), choices=["text", "json"])
-    run.add_argument("--peering", default=os.environ.get("TEAL_PEERING"),
-                     help="kopf peering name: several replicas elect one active operator")
-    run.add_argument("--priority", type=int, default=_default_priority(),
-                     help="peering priority; default: TEAL_PRIORITY, else derived from POD_NAME so replicas differ")
+    run.add_argument(
+        "--peering", default=os.environ.get("TEAL_PEERING"), help="kopf peering name: several replicas elect one active operator"
+    )
+    run.add_argument(
+        "--priority",
+        type=int,
+        default=_default_priority(),
+        help="peering priority; default: TEAL_PRIORITY, else derived from POD_NAME so replicas differ",
+    )
     run.add_argument("--liveness-port", type=int, default=int(os.environ.get("TEAL_LIVENESS_PORT", "8080")))
-    run.add_argument("--metrics-port", type=int, default=int(os.environ.get("TEAL_METRICS_PORT", "9090")),
-                     help="0 disables the metrics endpoint")
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("TEAL_METRICS_PORT", "9090")),
+        help="0 disables the metrics endpoint",
+    )
     return p
 
 
@@ -129,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = settings_from(args)
     _, reg = build(settings)
-    logging.getLogger("teal").info("traffic routers in use (their routes are watched): %s",
-                                   ", ".join(settings.routers) or "none")
+    logging.getLogger("teal").info("traffic routers in use (their routes are watched): %s", ", ".join(settings.routers) or "none")
     if args.metrics_port:
         metrics.serve(args.metrics_port)
     kopf_compat.install()  # a watch error other than 410 Gone restarts the watch, not the process

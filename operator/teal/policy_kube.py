@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import kopf
 
 from . import policy as P
-from .api import GROUP, VERSION
+from .api import GROUP, VERSION, ReleasePolicyRef, SpecError, parse_release_policy
 from .client import NAMESPACES, ApiError, Client, Resource
 
 
@@ -30,8 +30,10 @@ class Operator(Protocol):
     """What the policy watches need of teal.controller.Controller (no import: no circle)."""
 
     policies: Policies
+
     @property
     def loops(self) -> Mapping[tuple[str, str], Any]: ...
+
     kube: Any
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any: ...
@@ -121,12 +123,14 @@ class Policies:
         """The gates of every valid policy that selects this Rollout, and its own freeze annotation."""
         meta = rollout["metadata"]
         ns, labels = meta["namespace"], meta.get("labels") or {}
+        override = _override(rollout)
         gates = []
-        for (plural, pns, _), body in sorted(self.bodies.items()):
+        for (plural, pns, name), body in sorted(self.bodies.items()):
             spec = body.get("spec") or {}
             if plural == "releasepolicies" and pns != ns:
                 continue
-            if not selects(spec.get("rolloutSelector"), labels):
+            chosen = overridden(override, plural, name, spec)
+            if chosen is False or (chosen is None and not selects(spec.get("rolloutSelector"), labels)):
                 continue
             if plural == "clusterreleasepolicies" and spec.get("namespaceSelector"):
                 ns_labels = namespace_labels(ns)
@@ -138,6 +142,30 @@ class Policies:
                 continue  # reported on the policy's own status; an invalid policy holds nothing
         freeze = annotation_freeze(meta)
         return (*gates, P.Gate(f"annotation {FREEZE_ANNOTATION}", freeze=freeze)) if freeze else tuple(gates)
+
+
+def _override(rollout: Mapping[str, Any]) -> ReleasePolicyRef | None:
+    try:
+        return parse_release_policy((rollout.get("spec") or {}).get("releasePolicy"))
+    except SpecError:
+        return None  # said on the Rollout (InvalidSpec); the policies apply as they select
+
+
+def overridden(ref: ReleasePolicyRef | None, plural: str, name: str, spec: Mapping[str, Any]) -> bool | None:
+    """What a Rollout's spec.releasePolicy says of one policy: True (named in `policies`: it
+    applies whatever its rolloutSelector), False (left out), None (its selectors decide). A
+    freeze, and a ClusterReleasePolicy, are left out only when the policy allows it
+    (spec.allowRolloutOptOut): an incident freeze or a cluster-wide rule is not escaped by a spec."""
+    if ref is None:
+        return None
+    may_opt_out = bool(spec.get("allowRolloutOptOut")) or (plural == "releasepolicies" and not spec.get("freeze"))
+    if plural == "releasepolicies" and ref.policies is not None:
+        if name in ref.policies:
+            return True
+        return False if may_opt_out else None
+    if name in ref.exclude and may_opt_out:
+        return False
+    return None
 
 
 def annotation_freeze(meta: Mapping[str, Any]) -> P.Freeze | None:
