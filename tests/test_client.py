@@ -12,11 +12,13 @@ import asyncio
 import threading
 import time
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import kmock
 import pytest
 from kubernetes import client as k8s
+from kubernetes.client import AppsV1Api as k8s_apps
 
 from fault_helpers import SERVICES as KM_SERVICES
 from fault_helpers import fake_api, status_body
@@ -340,3 +342,38 @@ def test_error_for_maps_every_status_to_one_class() -> None:
     e = tc.error_for(409, status)
     assert (e.status, e.reason, e.message) == (409, "AlreadyExists", 'services "x" already exists')
     assert tc.error_for(404, None, "404 page not found").kind_missing
+
+
+@pytest.mark.cluster
+def test_a_workload_template_hashes_as_it_did_through_the_generated_models(api: Client, k8s: Any, namespace: str) -> None:
+    """kube.Kube reads a workloadRef Deployment as JSON; its template (nulls dropped) must hash
+    exactly as the generated client's model did, or every workloadRef Rollout would start a
+    release on upgrade."""
+    from teal.api import WorkloadRef, template_hash
+    from teal.kube import Kube
+
+    template = {
+        "metadata": {"labels": {"app": "w"}, "annotations": {"a": "b"}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "x:1",
+                    "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                    "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}},
+                    "readinessProbe": {"httpGet": {"path": "/", "port": "http"}},
+                }
+            ]
+        },
+    }
+    dep = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "w"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "w"}}, "template": template},
+    }
+    api.create(DEPLOYMENTS, namespace, dep)
+    old = k8s.sanitize_for_serialization(k8s_apps(k8s).read_namespaced_deployment("w", namespace).spec.template)
+    spec = SimpleNamespace(template=None, workload_ref=WorkloadRef(name="w"))
+    new, error = Kube(api).desired_template(namespace, spec)  # type: ignore[arg-type]
+    assert error is None and new == old and template_hash(new) == template_hash(old)

@@ -78,6 +78,15 @@ def fresh_available(updated: int, available: int, total: int) -> int:
     return max(0, min(updated, available - max(0, total - updated)))
 
 
+def without_nulls(value: Any) -> Any:
+    """`value` with every null dropped from its mappings, recursively."""
+    if isinstance(value, Mapping):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
+
+
 def color_obs(dep: Mapping[str, Any]) -> core.ColorObs:
     """What the core needs of a colour's Deployment (a JSON dict)."""
     st, meta = dep.get("status") or {}, dep.get("metadata") or {}
@@ -134,7 +143,9 @@ class Kube:
         dep = self.client.get(DEPLOYMENTS, namespace, ref.name)
         if dep is None:
             return None, f"workloadRef: Deployment {ref.name} not found in namespace {namespace}"
-        return dict((dep.get("spec") or {}).get("template") or {}), None
+        # Without nulls (the apiserver sends metadata.creationTimestamp: null), as the generated
+        # client's models gave it before: the template's hash, and so the revision, stays the same.
+        return without_nulls((dep.get("spec") or {}).get("template") or {}), None
 
     def observe_color(self, namespace: str, rollout: str, color: str) -> core.ColorObs:
         dep = self.client.get(DEPLOYMENTS, namespace, deployment_name(rollout, color))
