@@ -310,10 +310,6 @@ class Release(Record):
     # holds that ended; not counted in the release's duration (stats.lastReleaseSeconds)
     held_since: dt.datetime | None = persisted("heldSince", TIME)
     held_seconds: int | None = persisted("heldSeconds", INT)
-    # time held by a release window or a freeze (teal.policy): since when, and the total of
-    # holds that ended; not counted in the release's duration (stats.lastReleaseSeconds)
-    held_since: dt.datetime | None = persisted("heldSince", TIME)
-    held_seconds: int | None = persisted("heldSeconds", INT)
 
     @property
     def stage(self) -> Stage:
