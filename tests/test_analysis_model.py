@@ -1,4 +1,5 @@
 """Pure tests of teal.analysis.model: templating, the PromQL check, parsing, judging."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -25,7 +26,7 @@ from teal.analysis import (
 from teal.analysis.expr import ExprError, compile_condition
 from teal.analysis.model import with_color
 
-NOW = dt.datetime(2030, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2030, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
 VARS = {
     "namespace": "shop",
     "name": "checkout",
@@ -64,10 +65,9 @@ def test_render_fills_every_variable_and_args():
 
 def test_render_pod_variables_follow_the_colour():
     env = with_color(VARS, "green")
-    q = render('{{deployment}} {{podRegex}} {{stableDeployment}} {{stablePodRegex}}', env)
+    q = render("{{deployment}} {{podRegex}} {{stableDeployment}} {{stablePodRegex}}", env)
     hash_, rand = "[456789bcdf]{1,10}", "[bcdfghjklmnpqrstvwxz2456789]{5}"
-    assert q.split() == ["checkout-green", f"checkout-green-{hash_}-{rand}",
-                         "checkout-blue", f"checkout-blue-{hash_}-{rand}"]
+    assert q.split() == ["checkout-green", f"checkout-green-{hash_}-{rand}", "checkout-blue", f"checkout-blue-{hash_}-{rand}"]
     # {{color}} keeps working next to them
     assert render("{{color}}/{{stableColor}}", env) == "green/blue"
     # without a stable colour (the first release) the stable names have no value
@@ -324,9 +324,7 @@ def test_threshold_min_and_range():
     assert j(m, QueryResult.of(0.995)).verdict == SUCCESSFUL
 
 
-@pytest.mark.parametrize(
-    "policy, verdict", [("inconclusive", INCONCLUSIVE), ("fail", FAILED), ("pass", SUCCESSFUL)]
-)
+@pytest.mark.parametrize("policy, verdict", [("inconclusive", INCONCLUSIVE), ("fail", FAILED), ("pass", SUCCESSFUL)])
 @pytest.mark.parametrize("result", [QueryResult.nothing(), QueryResult(value=float("nan"))])
 def test_no_data_policy(policy, verdict, result):
     m = j(threshold(no_data=policy), result)

@@ -5,6 +5,7 @@ each examples/invalid/*.yaml names the apiserver's reason in a `# expect:` comme
 The cluster tests send the same files, and a few hundred mutations of a valid Rollout,
 to the real apiserver (dry run, strict field validation) and require the same verdict.
 """
+
 from __future__ import annotations
 
 import copy
@@ -144,8 +145,10 @@ def test_apiserver_and_lint_agree_on_the_examples(k8s, namespace, teal_crds, kub
     for path in VALID:
         run([kubectl, "--kubeconfig", cluster.kubeconfig, "apply", "--dry-run=server", "-n", namespace, "-f", str(path)])
     for path in INVALID:
-        proc = run([kubectl, "--kubeconfig", cluster.kubeconfig, "apply", "--dry-run=server", "-n", namespace,
-                    "-f", str(path)], check=False)
+        proc = run(
+            [kubectl, "--kubeconfig", cluster.kubeconfig, "apply", "--dry-run=server", "-n", namespace, "-f", str(path)],
+            check=False,
+        )
         assert proc.returncode != 0, f"the apiserver accepted {path.name}"
         assert expectation(path) in proc.stderr, (path.name, proc.stderr)
         lint = teal("lint", "-f", str(path))
@@ -154,8 +157,32 @@ def test_apiserver_and_lint_agree_on_the_examples(k8s, namespace, teal_crds, kub
 
 # Mutations of a valid Rollout: lint must accept exactly what the apiserver accepts.
 _VALUES: list[Any] = [
-    None, -1, 0, 1, 2, 100, 101, 1.5, "", "x", "30", "30s", "1h30m", "2 minutes", True, [], ["a"], ["a", "a"],
-    {}, {"x": 1}, "Deployment", "StatefulSet", "inconclusive", "maybe", "http://p:9090", "p:9090",
+    None,
+    -1,
+    0,
+    1,
+    2,
+    100,
+    101,
+    1.5,
+    "",
+    "x",
+    "30",
+    "30s",
+    "1h30m",
+    "2 minutes",
+    True,
+    [],
+    ["a"],
+    ["a", "a"],
+    {},
+    {"x": 1},
+    "Deployment",
+    "StatefulSet",
+    "inconclusive",
+    "maybe",
+    "http://p:9090",
+    "p:9090",
 ]
 
 
@@ -226,8 +253,7 @@ def test_kubectl_runs_it_as_a_plugin(kubectl, tmp_path):
     plugin = shutil.which("kubectl-teal")
     assert plugin, "kubectl-teal is not on PATH: install the package (pip install -e .)"
     # kubectl finds plugins on PATH; no cluster is needed for lint
-    env = {"PATH": os.pathsep.join([os.path.dirname(plugin), os.environ.get("PATH", "")]),
-           "KUBECONFIG": str(tmp_path / "none")}
+    env = {"PATH": os.pathsep.join([os.path.dirname(plugin), os.environ.get("PATH", "")]), "KUBECONFIG": str(tmp_path / "none")}
     ok = run([kubectl, "teal", "lint", "-f", str(VALID[0])], env=env)
     assert "valid" in ok.stderr
     bad = run([kubectl, "teal", "lint", "-f", str(INVALID[0])], env=env, check=False)
@@ -264,21 +290,27 @@ def lint_text(text: str, index: cli_lint.CrdIndex) -> tuple[list[str], list[str]
     return [f"{p.path}: {p.message}" for p in result.problems], result.warnings
 
 
-@pytest.mark.parametrize("old, new, expect", [
-    # each of these was "valid" to lint before; the apiserver or the operator refused it
-    ("        thresholdRange: {max: 0.01}", "        thresholdRange: {max: 0.01}\n        failureLimit: 3\n        count: 1",
-     "failureLimit must be less than its count"),
-    ("  analysis:\n", "  analysis:\n    count: 2\n", None),  # valid: failureLimit 0 < 2
-    ("replicas: 2", "replicas: 3000000000", "spec.replicas: Invalid value: 3000000000"),
-    ("{max: 0.01}", "{max: .nan}", "thresholdRange.max: Invalid value: NaN: JSON has no NaN or Infinity"),
-    ("{max: 0.01}", "{max: -.inf}", "Invalid value: -Inf"),
-    ("replicas: 2", "replicas: 2.0", None),  # kubectl sends 2
-    ("prePromotion: [errors]", "prePromotion: [n]", 'prePromotion[0]: Invalid value: "boolean"'),  # n is false to kubectl
-    ("query: up", "query: sum(rate(x[1m])", "is never closed"),  # the operator's PromQL check, not the apiserver's
-    ("query: up", "query: '{{args.window}}'", "no argument 'window' is given"),
-    ("query: up", "query: '   '", "must not be blank"),
-    ("thresholdRange: {max: 0.01}", "successCondition: result <", "is not a valid expression"),
-])
+@pytest.mark.parametrize(
+    "old, new, expect",
+    [
+        # each of these was "valid" to lint before; the apiserver or the operator refused it
+        (
+            "        thresholdRange: {max: 0.01}",
+            "        thresholdRange: {max: 0.01}\n        failureLimit: 3\n        count: 1",
+            "failureLimit must be less than its count",
+        ),
+        ("  analysis:\n", "  analysis:\n    count: 2\n", None),  # valid: failureLimit 0 < 2
+        ("replicas: 2", "replicas: 3000000000", "spec.replicas: Invalid value: 3000000000"),
+        ("{max: 0.01}", "{max: .nan}", "thresholdRange.max: Invalid value: NaN: JSON has no NaN or Infinity"),
+        ("{max: 0.01}", "{max: -.inf}", "Invalid value: -Inf"),
+        ("replicas: 2", "replicas: 2.0", None),  # kubectl sends 2
+        ("prePromotion: [errors]", "prePromotion: [n]", 'prePromotion[0]: Invalid value: "boolean"'),  # n is false to kubectl
+        ("query: up", "query: sum(rate(x[1m])", "is never closed"),  # the operator's PromQL check, not the apiserver's
+        ("query: up", "query: '{{args.window}}'", "no argument 'window' is given"),
+        ("query: up", "query: '   '", "must not be blank"),
+        ("thresholdRange: {max: 0.01}", "successCondition: result <", "is not a valid expression"),
+    ],
+)
 def test_lint_refuses_what_the_apiserver_or_the_operator_refuses(index, old, new, expect):
     assert old in BASE
     problems, _ = lint_text(BASE.replace(old, new, 1), index)
@@ -300,8 +332,9 @@ spec:
 
 
 def test_metrics_are_checked_with_the_templates_among_the_linted_files(index):
-    uses = BASE.replace("        query: up\n        thresholdRange: {max: 0.01}\n",
-                        "        templateRef: {name: latency}\n        count: 2\n")
+    uses = BASE.replace(
+        "        query: up\n        thresholdRange: {max: 0.01}\n", "        templateRef: {name: latency}\n        count: 2\n"
+    )
     problems, warnings = lint_text(uses, index)
     assert not problems and any("AnalysisTemplate/latency is not among the linted files" in w for w in warnings)
     problems, _ = lint_text(TEMPLATE + "---\n" + uses, index)  # the template's failureLimit 2 >= the metric's count 2

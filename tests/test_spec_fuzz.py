@@ -6,6 +6,7 @@ refuse it with a SpecError / AnalysisConfigError naming the field, and anything 
 driven through releases, aborts and long ticks of the simulated world. No other exception
 may escape: one used to freeze the Rollout's status on every reconcile (issue 12).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -13,15 +14,14 @@ import datetime as dt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sim import World, rollout_spec, template
 
+from sim import World, rollout_spec, template
 from teal import analysis, core
 from teal.api import MAX_DURATION_S, SpecError, parse_duration, parse_spec
 
 INT32 = st.integers(0, 2**31 - 1)
 # what the CRD's pattern ^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$ and maxLength 32 accept
-DURATION = st.from_regex(r"\A([0-9]{1,25}(\.[0-9]{1,3})?(ms|s|m|h)){1,2}\Z", fullmatch=True).filter(
-    lambda s: len(s) <= 32)
+DURATION = st.from_regex(r"\A([0-9]{1,25}(\.[0-9]{1,3})?(ms|s|m|h)){1,2}\Z", fullmatch=True).filter(lambda s: len(s) <= 32)
 SMALL_DURATION = st.sampled_from(["0s", "500ms", "1s", "30s", "2m", "1h30m", "720h"])
 
 
@@ -55,12 +55,15 @@ def specs(draw) -> dict:
     return spec
 
 
-ops = st.lists(st.one_of(
-    st.tuples(st.just("tick"), st.sampled_from([0.5, 5, 600, 86400, 30 * 86400])),
-    st.tuples(st.just("image"), st.sampled_from(["v2", "v3"])),
-    st.tuples(st.just("abort"), st.none()),
-    st.tuples(st.just("promote"), st.none()),
-), max_size=12)
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("tick"), st.sampled_from([0.5, 5, 600, 86400, 30 * 86400])),
+        st.tuples(st.just("image"), st.sampled_from(["v2", "v3"])),
+        st.tuples(st.just("abort"), st.none()),
+        st.tuples(st.just("promote"), st.none()),
+    ),
+    max_size=12,
+)
 
 
 def parsed(spec: dict):
@@ -115,14 +118,17 @@ def test_durations_are_bounded_or_refused(value):
         assert "longer than the limit of 720h" in str(e)
         return
     assert 0 <= seconds <= MAX_DURATION_S
-    dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=seconds)  # no OverflowError
+    dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=seconds)  # no OverflowError
 
 
-@pytest.mark.parametrize("spec_patch, field", [
-    ({"steps": [{"pause": {"duration": "100000000000000000000h"}}]}, "steps[0].pause.duration"),
-    ({"steps": [{"pause": {"duration": "721h"}}]}, "steps[0].pause.duration"),
-    ({"steps": [{"pause": {"duration": 1e20}}]}, "steps[0].pause.duration"),
-])
+@pytest.mark.parametrize(
+    "spec_patch, field",
+    [
+        ({"steps": [{"pause": {"duration": "100000000000000000000h"}}]}, "steps[0].pause.duration"),
+        ({"steps": [{"pause": {"duration": "721h"}}]}, "steps[0].pause.duration"),
+        ({"steps": [{"pause": {"duration": 1e20}}]}, "steps[0].pause.duration"),
+    ],
+)
 def test_parser_refuses_what_the_schema_would(spec_patch, field):
     with pytest.raises(SpecError, match=r"longer than the limit of 720h") as err:
         parse_spec(rollout_spec(**spec_patch))

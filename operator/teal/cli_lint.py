@@ -24,6 +24,7 @@ on). Messages of steps 1-4 follow the apiserver's wording, so a test can check t
 operator would say at run time. tests/test_validation_agree.py checks that lint, the
 apiserver and the operator agree on generated manifests (and lists where they cannot).
 """
+
 from __future__ import annotations
 
 import copy
@@ -88,11 +89,18 @@ class CrdIndex:
             for ver in spec.get("versions") or []:
                 if ver.get("served", True):
                     schema = ((ver.get("schema") or {}).get("openAPIV3Schema")) or {"type": "object"}
-                    found.append(CrdVersion(
-                        group=spec.get("group", ""), version=ver.get("name", ""), kind=names.get("kind", ""),
-                        plural=names.get("plural", ""), namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-                        schema=schema, status_subresource="status" in (ver.get("subresources") or {}), source=source,
-                    ))
+                    found.append(
+                        CrdVersion(
+                            group=spec.get("group", ""),
+                            version=ver.get("name", ""),
+                            kind=names.get("kind", ""),
+                            plural=names.get("plural", ""),
+                            namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+                            schema=schema,
+                            status_subresource="status" in (ver.get("subresources") or {}),
+                            source=source,
+                        )
+                    )
         return cls(found)
 
     @classmethod
@@ -152,8 +160,13 @@ def as_sent(value: Any, path: list[str | int], found: Found) -> Any:
     if isinstance(value, float):
         if not math.isfinite(value):
             shown = "NaN" if math.isnan(value) else "+Inf" if value > 0 else "-Inf"
-            found.append((_fmt_path(path), f"Invalid value: {shown}: JSON has no NaN or Infinity "
-                                           f"(kubectl and the apiserver refuse it: json: unsupported value)"))
+            found.append(
+                (
+                    _fmt_path(path),
+                    f"Invalid value: {shown}: JSON has no NaN or Infinity "
+                    f"(kubectl and the apiserver refuse it: json: unsupported value)",
+                )
+            )
         elif value.is_integer() and abs(value) < 1e21 and -(2**63) <= value < 2**63:
             return int(value)
     elif isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
@@ -174,9 +187,21 @@ def _key(k: Any) -> str:
 # ---------------------------------------------------------------- step 1: unknown fields
 
 OBJECT_META_FIELDS = {
-    "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
-    "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels", "annotations",
-    "ownerReferences", "finalizers", "managedFields",
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
 }
 
 
@@ -243,8 +268,22 @@ def apply_defaults(obj: Any, schema: Mapping[str, Any]) -> Any:
 # ---------------------------------------------------------------- step 3: OpenAPI via jsonschema
 
 _KEEP = {
-    "type", "required", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength",
-    "maxLength", "pattern", "minItems", "maxItems", "uniqueItems", "minProperties", "maxProperties", "multipleOf",
+    "type",
+    "required",
+    "enum",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "minProperties",
+    "maxProperties",
+    "multipleOf",
 }  # not `format`: the apiserver does not hold integers to int32 (the CRDs say `maximum: 2147483647`)
 
 
@@ -381,7 +420,7 @@ def _cel_functions() -> dict[str, Callable[..., Any]]:
     S, B = celtypes.StringType, celtypes.BoolType
 
     def substring(s: Any, start: Any, end: Any = None) -> Any:
-        return S(str(s)[int(start):] if end is None else str(s)[int(start):int(end)])
+        return S(str(s)[int(start) :] if end is None else str(s)[int(start) : int(end)])
 
     return {
         "isSorted": lambda lst: B(all(a <= b for a, b in zip(list(lst), list(lst)[1:], strict=False))),
@@ -454,8 +493,14 @@ def _uses_old_self(rule: str) -> bool:
     return re.search(r"\boldSelf\b", rule) is not None
 
 
-def _rule_problem(r: Mapping[str, Any], activation: dict[str, Any], obj: Any, schema: Mapping[str, Any],
-                  path: list[str | int], warnings: list[str]) -> tuple[str, str] | None:
+def _rule_problem(
+    r: Mapping[str, Any],
+    activation: dict[str, Any],
+    obj: Any,
+    schema: Mapping[str, Any],
+    path: list[str | int],
+    warnings: list[str],
+) -> tuple[str, str] | None:
     """The apiserver's error for one rule (an evaluation error rejects the object there too)."""
     rule = r.get("rule", "")
     shown = json.dumps(schema.get("type") or _TYPE_NAMES.get(type(obj), "object"))
@@ -481,14 +526,18 @@ def _rule_problem(r: Mapping[str, Any], activation: dict[str, Any], obj: Any, sc
     return _fmt_path(where), f"Invalid value: {shown}: {message}"
 
 
-def cel_problems(obj: Any, schema: Mapping[str, Any], path: list[str | int], warnings: list[str],
-                 root: bool = False) -> Found:
+def cel_problems(obj: Any, schema: Mapping[str, Any], path: list[str | int], warnings: list[str], root: bool = False) -> Found:
     out: Found = []
-    rules = [r for r in schema.get("x-kubernetes-validations") or []
-             if r.get("optionalOldSelf") or not _uses_old_self(r.get("rule", ""))]  # transition rules: not on create
+    rules = [
+        r
+        for r in schema.get("x-kubernetes-validations") or []
+        if r.get("optionalOldSelf") or not _uses_old_self(r.get("rule", ""))
+    ]  # transition rules: not on create
     if rules:
-        activation: dict[str, Any] = {"self": to_cel(_root_view(obj) if root and isinstance(obj, dict) else obj, schema),
-                                      "oldSelf": _Absent()}
+        activation: dict[str, Any] = {
+            "self": to_cel(_root_view(obj) if root and isinstance(obj, dict) else obj, schema),
+            "oldSelf": _Absent(),
+        }
         out.extend(p for r in rules if (p := _rule_problem(r, activation, obj, schema, path, warnings)))
     if isinstance(obj, dict):
         for key, value in obj.items():
@@ -524,8 +573,13 @@ def metadata_problems(obj: Mapping[str, Any]) -> Found:
     if name and len(name) > 253:
         out.append(("metadata.name", f"Invalid value: {_go_value(name)}: must be no more than 253 characters"))
     if name and not _DNS_SUBDOMAIN.match(name):
-        out.append(("metadata.name", f"Invalid value: {_go_value(name)}: a lowercase RFC 1123 subdomain must consist of "
-                    "lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"))
+        out.append(
+            (
+                "metadata.name",
+                f"Invalid value: {_go_value(name)}: a lowercase RFC 1123 subdomain must consist of "
+                "lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+            )
+        )
     for key in ("labels", "annotations"):
         value = meta.get(key)
         if value is not None and (not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values())):
@@ -538,25 +592,25 @@ def metadata_problems(obj: Mapping[str, Any]) -> Found:
 
 def check_object(obj: Mapping[str, Any], crd: CrdVersion, warnings: list[str]) -> tuple[Found, dict[str, Any]]:
     """What the apiserver would reject in a create of `obj`, and the object it would store (defaulted)."""
-    obj = copy.deepcopy(dict(obj))
+    stored: dict[str, Any] = copy.deepcopy(dict(obj))
     if crd.status_subresource:
-        obj.pop("status", None)
-    body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
-    meta = obj.get("metadata")
+        stored.pop("status", None)
+    body = {k: v for k, v in stored.items() if k not in ("apiVersion", "kind", "metadata")}
+    meta = stored.get("metadata")
     unknown = [f"metadata.{k}" for k in (meta if isinstance(meta, dict) else ()) if k not in OBJECT_META_FIELDS]
     problems = [(f, f'unknown field "{f}"') for f in [*unknown, *unknown_fields(body, crd.schema, [])]]
-    problems += metadata_problems(obj)
-    obj = apply_defaults(obj, crd.schema)
+    problems += metadata_problems(stored)
+    stored = apply_defaults(stored, crd.schema)
     props = {k: v for k, v in (crd.schema.get("properties") or {}).items() if k != "metadata"}
-    schema_problems = openapi_problems({k: v for k, v in obj.items() if k != "metadata"}, {**crd.schema, "properties": props})
+    schema_problems = openapi_problems({k: v for k, v in stored.items() if k != "metadata"}, {**crd.schema, "properties": props})
     problems += schema_problems
     # Like the apiserver, CEL only on an object that passed the OpenAPI checks (it says
     # "some validation rules were not checked because the object was invalid").
     if schema_problems:
         warnings.append("the CEL validation rules were not checked because the object is invalid")
     else:
-        problems += cel_problems(obj, crd.schema, [], warnings, root=True)
-    return list(dict.fromkeys(problems)), obj
+        problems += cel_problems(stored, crd.schema, [], warnings, root=True)
+    return list(dict.fromkeys(problems)), stored
 
 
 # ---------------------------------------------------------------- step 5: the operator's parsers
@@ -575,8 +629,9 @@ def _metric_path(i: int, e: Any) -> str:
     return f"spec.analysis.metrics[{i}]" + (f".{field}" if field and not field.startswith("spec.") else "")
 
 
-def _fetcher(namespace: str | None, templates: Mapping[TemplateKey, Mapping[str, Any]]
-             ) -> Callable[[str, str], Mapping[str, Any]]:
+def _fetcher(
+    namespace: str | None, templates: Mapping[TemplateKey, Mapping[str, Any]]
+) -> Callable[[str, str], Mapping[str, Any]]:
     def fetch(kind: str, name: str) -> Mapping[str, Any]:
         for (k, ns, n), obj in templates.items():
             if (k, n) == (kind, name) and (kind != "AnalysisTemplate" or None in (ns, namespace) or ns == namespace):
@@ -590,8 +645,7 @@ def _settings_secret(name: str, key: str) -> str:
     return "-----BEGIN CERTIFICATE----- (Secrets are read at run time)"
 
 
-def rollout_problems(obj: Mapping[str, Any], templates: Mapping[TemplateKey, Mapping[str, Any]],
-                     warnings: list[str]) -> Found:
+def rollout_problems(obj: Mapping[str, Any], templates: Mapping[TemplateKey, Mapping[str, Any]], warnings: list[str]) -> Found:
     """What the operator refuses in a stored Rollout: parse_spec, then every metric as its
     analysis would parse it (templates from `templates`), then the Prometheus settings."""
     from . import api
@@ -632,7 +686,10 @@ def template_problems(obj: Mapping[str, Any]) -> Found:
     used = placeholders(f"{spec.get('query') or ''} {spec.get('baseline') or ''}")
     needed = [n[5:] for n in used if n.startswith("args.")] + [a["name"] for a in spec.get("args") or [] if "value" not in a]
     args = [{"name": n, "value": "1"} for n in dict.fromkeys(needed)]
-    analysis = {"metrics": [{"name": "template", "templateRef": {"kind": obj["kind"], "name": "template"}}], "args": args}
+    analysis: dict[str, Any] = {
+        "metrics": [{"name": "template", "templateRef": {"kind": obj["kind"], "name": "template"}}],
+        "args": args,
+    }
     if "count" not in spec:
         analysis["count"] = MAX_COUNT
     try:
@@ -654,8 +711,7 @@ def policy_problems(obj: Mapping[str, Any]) -> Found:
     return []
 
 
-def operator_problems(obj: Mapping[str, Any], templates: Mapping[TemplateKey, Mapping[str, Any]],
-                      warnings: list[str]) -> Found:
+def operator_problems(obj: Mapping[str, Any], templates: Mapping[TemplateKey, Mapping[str, Any]], warnings: list[str]) -> Found:
     kind = obj.get("kind")
     if kind == "Rollout":
         return rollout_problems(obj, templates, warnings)
@@ -666,8 +722,12 @@ def operator_problems(obj: Mapping[str, Any], templates: Mapping[TemplateKey, Ma
     return []
 
 
-def validate_object(obj: Mapping[str, Any], crd: CrdVersion, warnings: list[str] | None = None,
-                    templates: Mapping[TemplateKey, Mapping[str, Any]] | None = None) -> Found:
+def validate_object(
+    obj: Mapping[str, Any],
+    crd: CrdVersion,
+    warnings: list[str] | None = None,
+    templates: Mapping[TemplateKey, Mapping[str, Any]] | None = None,
+) -> Found:
     """(path, message) for everything the apiserver would reject in a create of `obj`, or,
     when it would store it, what the operator would refuse (steps 0-5 above)."""
     warnings = warnings if warnings is not None else []
@@ -750,7 +810,7 @@ def read_documents(text: str, source: str, index: CrdIndex, result: LintResult) 
             result.problems.append(Problem(source, "?", "?", "<root>", "a manifest must be a mapping"))
             continue
         api_version, kind = str(doc.get("apiVersion", "")), str(doc.get("kind", ""))
-        meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+        meta = doc["metadata"] if isinstance(doc.get("metadata"), dict) else {}
         name = str(meta.get("name") or meta.get("generateName") or "<no name>")
         crd = index.lookup(api_version, kind)
         if crd is not None:

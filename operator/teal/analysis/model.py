@@ -23,6 +23,7 @@ Data that is not a number is never a pass by accident:
 - a provider error (Prometheus down, timeout, several series, ...) -> Error; the run
   turns errors into Inconclusive past consecutiveErrorLimit, never into a pass.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -157,7 +158,11 @@ class Metric:
         conditions = self.success_condition is not None or self.failure_condition is not None
         threshold = self.threshold_min is not None or self.threshold_max is not None
         ratio = self.baseline is not None and not conditions
-        modes = [n for n, on in (("thresholdRange", threshold), ("successCondition/failureCondition", conditions), ("baseline", ratio)) if on]
+        modes = [
+            n
+            for n, on in (("thresholdRange", threshold), ("successCondition/failureCondition", conditions), ("baseline", ratio))
+            if on
+        ]
         if len(modes) != 1:
             what = " and ".join(modes) if modes else "none"
             raise err(
@@ -356,9 +361,7 @@ def render(query: str, variables: Mapping[str, str | None]) -> str:
             )
         value = variables[name]
         if value is None:
-            raise AnalysisConfigError(
-                f"the query uses {{{{{name}}}}} but it has no value for this Rollout", field="query"
-            )
+            raise AnalysisConfigError(f"the query uses {{{{{name}}}}} but it has no value for this Rollout", field="query")
         return str(value)
 
     return _PLACEHOLDER.sub(sub, query)
@@ -389,7 +392,9 @@ def check_promql(query: str) -> None:
                     break
                 j += 1
             if j >= n or query[j] != c:
-                raise AnalysisConfigError(f"unterminated string starting at character {i + 1}: {_excerpt(query, i)}", field="query")
+                raise AnalysisConfigError(
+                    f"unterminated string starting at character {i + 1}: {_excerpt(query, i)}", field="query"
+                )
             i = j + 1
             continue
         if c == "#":  # a comment runs to the end of the line
@@ -499,7 +504,9 @@ def _int(raw: Mapping[str, Any], key: str, default: int, field: str) -> int:
     return v
 
 
-def _metric_from(raw: Mapping[str, Any], name: str, args: Mapping[str, str], defaults: Mapping[str, Any], template: str | None) -> Metric:
+def _metric_from(
+    raw: Mapping[str, Any], name: str, args: Mapping[str, str], defaults: Mapping[str, Any], template: str | None
+) -> Metric:
     threshold = raw.get("thresholdRange")
     if threshold is not None and not isinstance(threshold, Mapping):
         raise AnalysisConfigError("must be {min, max}", metric=name, template=template, field="thresholdRange")
@@ -787,7 +794,9 @@ def _judge_data(metric: Metric, value: QueryResult, baseline: QueryResult | None
     name = metric.name
     no_data_verdict = {"inconclusive": INCONCLUSIVE, "fail": FAILED, "pass": SUCCESSFUL}[metric.no_data]
     if value.error is not None:
-        return _Verdict(ERROR, f"{name}: query failed ({value.error_kind or 'error'}): {value.error}", error_kind=value.error_kind)
+        return _Verdict(
+            ERROR, f"{name}: query failed ({value.error_kind or 'error'}): {value.error}", error_kind=value.error_kind
+        )
     if value.no_data:
         return _Verdict(no_data_verdict, f"{name}: {_no_data_text(value, 'the query')}; noData={metric.no_data}", value.value)
     v = float(value.value)  # type: ignore[arg-type]
