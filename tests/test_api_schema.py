@@ -50,6 +50,9 @@ MODEL_PATHS: dict[tuple[type, str], tuple[str, ...]] = {
     (api.RolloutSpec, "paused"): ("spec.paused",),
     (api.RolloutSpec, "revision_history_limit"): ("spec.revisionHistoryLimit",),
     (api.RolloutSpec, "analysis"): ("spec.analysis",),  # the rest is teal.analysis' (see below)
+    (api.RolloutSpec, "release_policy"): ("spec.releasePolicy",),
+    (api.ReleasePolicyRef, "policies"): ("spec.releasePolicy.policies",),
+    (api.ReleasePolicyRef, "exclude"): ("spec.releasePolicy.exclude",),
     (api.WorkloadRef, "name"): ("spec.workloadRef.name",),
     (api.WorkloadRef, "kind"): ("spec.workloadRef.kind",),
     (api.WorkloadRef, "api_version"): ("spec.workloadRef.apiVersion",),
@@ -70,7 +73,7 @@ MODEL_PATHS: dict[tuple[type, str], tuple[str, ...]] = {
     (api.Step, "pause"): (f"{BG}.steps[].pause",),
     (api.Step, "pause_seconds"): (f"{BG}.steps[].pause.duration",),
 }
-MODEL_CLASSES = (api.RolloutSpec, api.WorkloadRef, api.BlueGreen, api.TrafficRouting, api.Step)
+MODEL_CLASSES = (api.RolloutSpec, api.WorkloadRef, api.BlueGreen, api.TrafficRouting, api.Step, api.ReleasePolicyRef)
 MAPPED = {p for paths in MODEL_PATHS.values() for p in paths}
 
 # The CRD defaults that api.py must agree with (api.py falls back to the same values
@@ -127,6 +130,7 @@ def test_crd_names_and_version():
         "Preview": (".status.previewColor", 0),
         "Revision": (".status.currentRevision", 0),
         "Step": (".status.currentStep", 1),
+        "Held": (".status.release.heldSince", 1),
         "Message": (".status.message", 1),
         "Age": (".metadata.creationTimestamp", 0),
     }

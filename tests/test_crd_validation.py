@@ -204,9 +204,9 @@ def test_printer_columns(k8s, objects, namespace):
     assert table["kind"] == "Table"
     columns = [(c["name"], c.get("priority", 0)) for c in table["columnDefinitions"]]
     assert columns == [("Name", 0), ("Phase", 0), ("Active", 0), ("Preview", 0), ("Revision", 0),
-                       ("Step", 1), ("Message", 1), ("Age", 0)]
+                       ("Step", 1), ("Held", 1), ("Message", 1), ("Age", 0)]
     (row,) = table["rows"]
-    assert row["cells"][:7] == [name, "Paused", "blue", "green", "7", 2, "step 2/4: paused until promoted"]
+    assert row["cells"][:8] == [name, "Paused", "blue", "green", "7", 2, None, "step 2/4: paused until promoted"]
 
 
 # ---------------------------------------------------------------- statuses teal.core writes

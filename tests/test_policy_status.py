@@ -96,3 +96,70 @@ def test_held_seconds_are_counted_by_namespace() -> None:
     metrics.observe_reconcile(0.01, body, {"stats": {"heldSeconds": 100}}, {"stats": {"heldSeconds": 160}})
     metrics.observe_reconcile(0.01, body, {"stats": {"heldSeconds": 160}}, {"stats": {"heldSeconds": 160}})
     assert counter._value.get() - before == 60
+
+
+# ---------------------------------------------------------------- a Rollout's spec.releasePolicy
+
+
+def policies(*items: tuple[str, str, dict[str, Any]]) -> PK.Policies:
+    pols = PK.Policies()
+    for plural, name, spec in items:
+        ns = "shop" if plural == "releasepolicies" else None
+        b = body(spec, namespace=ns)
+        b["metadata"]["name"] = name
+        pols.seen(plural, ns, name, b)
+    return pols
+
+
+def sources(pols: PK.Policies, release_policy: dict[str, Any] | None, labels: dict[str, str] | None = None) -> list[str]:
+    spec = {"releasePolicy": release_policy} if release_policy is not None else {}
+    rollout = {"metadata": {"name": "r", "namespace": "shop", "labels": labels or {}}, "spec": spec}
+    return [g.source for g in pols.gates_for(rollout, lambda ns: {})]
+
+
+FRONTEND = {"windows": [WEEKDAYS], "rolloutSelector": {"matchLabels": {"tier": "frontend"}}}
+FREEZE = {"freeze": {"reason": "incident 4711"}}
+
+
+def test_exclude_leaves_out_a_namespaced_policy_but_not_a_freeze_or_a_cluster_policy() -> None:
+    pols = policies(
+        ("releasepolicies", "trading-hours", {"windows": [WEEKDAYS]}),
+        ("releasepolicies", "teal-freeze", FREEZE),
+        ("clusterreleasepolicies", "nightly", {"windows": [WEEKDAYS]}),
+        ("clusterreleasepolicies", "lenient", {"windows": [WEEKDAYS], "allowRolloutOptOut": True}),
+    )
+    every = [
+        "ClusterReleasePolicy lenient",
+        "ClusterReleasePolicy nightly",
+        "ReleasePolicy shop/teal-freeze",
+        "ReleasePolicy shop/trading-hours",
+    ]
+    assert sources(pols, None) == every
+    out = sources(pols, {"exclude": ["trading-hours", "teal-freeze", "nightly", "lenient"]})
+    assert out == ["ClusterReleasePolicy nightly", "ReleasePolicy shop/teal-freeze"]
+
+
+def test_policies_names_the_namespaced_policies_that_apply() -> None:
+    pols = policies(
+        ("releasepolicies", "frontend-hours", FRONTEND),
+        ("releasepolicies", "backend-hours", {"windows": [WEEKDAYS]}),
+        ("releasepolicies", "teal-freeze", FREEZE),
+        ("clusterreleasepolicies", "nightly", {"windows": [WEEKDAYS]}),
+    )
+    assert sources(pols, {"policies": ["frontend-hours"]}) == [
+        "ClusterReleasePolicy nightly",
+        "ReleasePolicy shop/frontend-hours",
+        "ReleasePolicy shop/teal-freeze",
+    ]
+    assert sources(pols, {"policies": []}) == ["ClusterReleasePolicy nightly", "ReleasePolicy shop/teal-freeze"]
+
+
+def test_an_invalid_override_is_a_spec_error_and_changes_nothing() -> None:
+    from teal.api import SpecError, parse_release_policy
+
+    with pytest.raises(SpecError, match="not both"):
+        parse_release_policy({"policies": ["a"], "exclude": ["b"]})
+    with pytest.raises(SpecError, match="list of policy names"):
+        parse_release_policy({"exclude": "b"})
+    pols = policies(("releasepolicies", "trading-hours", {"windows": [WEEKDAYS]}))
+    assert sources(pols, {"policies": ["x"], "exclude": ["trading-hours"]}) == ["ReleasePolicy shop/trading-hours"]

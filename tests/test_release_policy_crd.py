@@ -110,7 +110,7 @@ def doc_examples() -> list[dict]:
 
 
 def test_the_docs_show_every_kind_of_window():
-    specs = [d["spec"] for d in doc_examples()]
+    specs = [d["spec"] for d in doc_examples() if d["kind"] != "Rollout"]
     windows = [w for s in specs for w in (s.get("windows") or []) + (s.get("denyWindows") or [])]
     assert {"days", "schedule", "from"} <= {k for w in windows for k in w} and any("freeze" in s for s in specs)
 
@@ -120,8 +120,14 @@ def test_the_docs_examples_apply_and_evaluate(kubectl, ns, doc):
     doc = yaml.safe_load(yaml.safe_dump(doc))
     if doc["kind"] == "ReleasePolicy":
         doc["metadata"]["namespace"] = ns
+    if doc["kind"] == "Rollout":
+        doc["metadata"]["namespace"] = ns
     proc = run([kubectl, "apply", "--dry-run=server", "--validate=strict", "-o", "yaml", "-f", "-"],
                input=yaml.safe_dump(doc))
+    if doc["kind"] == "Rollout":
+        from teal.api import parse_spec
+        assert parse_spec(yaml.safe_load(proc.stdout)["spec"]).release_policy is not None
+        return
     P.policy_from_spec(doc["metadata"]["name"], yaml.safe_load(proc.stdout)["spec"])
 
 
@@ -144,3 +150,42 @@ def test_lint_checks_policies_offline(tmp_path):
     assert res.code == 1, res
     text = res.out + res.err
     assert "'Europe/Londn' is not a known IANA time zone" in text and "outside 0-23" in text and "Monday" in text, text
+
+
+# ---------------------------------------------------------------- a Rollout's spec.releasePolicy and allowRolloutOptOut
+
+def apply_rollout(kubectl: str, ns: str, release_policy: dict, check: bool = True):
+    doc = yaml.safe_load((ROOT / "examples" / "minimal.yaml").read_text().split("---")[1])
+    doc["metadata"]["namespace"] = ns
+    doc["spec"]["releasePolicy"] = release_policy
+    return run([kubectl, "apply", "--dry-run=server", "--validate=strict", "-o", "yaml", "-f", "-"],
+               input=yaml.safe_dump(doc), check=check)
+
+
+@pytest.mark.parametrize("override", [{"policies": ["trading-hours"]}, {"policies": []}, {"exclude": ["nightly", "x.y"]}])
+def test_a_rollout_override_is_accepted_and_parsed(kubectl, ns, override):
+    from teal.api import parse_spec
+    got = yaml.safe_load(apply_rollout(kubectl, ns, override).stdout)["spec"]
+    assert got["releasePolicy"] == override
+    ref = parse_spec(got).release_policy
+    assert ref is not None and (ref.policies, ref.exclude) == (
+        tuple(override["policies"]) if "policies" in override else None, tuple(override.get("exclude", ())))
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"policies": ["a"], "exclude": ["b"]}, "not both"),
+    ({"exclude": ["Trading_Hours"]}, "spec.releasePolicy.exclude[0]"),
+    ({"exclude": ["a", "a"]}, "Duplicate value"),
+    ({"only": ["a"]}, "unknown field \"spec.releasePolicy.only\""),
+])
+def test_a_bad_rollout_override_is_refused_at_apply_time(kubectl, ns, override, message):
+    proc = apply_rollout(kubectl, ns, override, check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+def test_a_policy_may_allow_rollouts_to_opt_out(kubectl, ns):
+    got = yaml.safe_load(apply(kubectl, ns, {"windows": [TRADING], "allowRolloutOptOut": True},
+                               kind="ClusterReleasePolicy").stdout)["spec"]
+    assert got["allowRolloutOptOut"] is True
+    plain = yaml.safe_load(apply(kubectl, ns, {"windows": [TRADING]}).stdout)["spec"]
+    assert "allowRolloutOptOut" not in plain  # optional, no default: old objects read the same

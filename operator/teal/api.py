@@ -141,10 +141,40 @@ class RolloutSpec:
     paused: bool = False
     revision_history_limit: int = 10
     analysis: Mapping[str, Any] | None = None  # parsed by teal.analysis
+    release_policy: ReleasePolicyRef | None = None
 
     @property
     def weighted(self) -> bool:
         return self.blue_green.traffic_routing is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleasePolicyRef:
+    """spec.releasePolicy: which release policies apply to this Rollout (teal.policy_kube).
+    `policies`: only these ReleasePolicies of its namespace (whatever their rolloutSelector);
+    `exclude`: not these ReleasePolicies or ClusterReleasePolicies. A freeze, and any
+    ClusterReleasePolicy, is left out only when that policy says allowRolloutOptOut."""
+
+    policies: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+
+def parse_release_policy(raw: Any) -> ReleasePolicyRef | None:
+    field = "spec.releasePolicy"
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise SpecError(field, "must be an object")
+    names = {}
+    for key in ("policies", "exclude"):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, list) or not all(isinstance(n, str) and n for n in value)):
+            raise SpecError(f"{field}.{key}", "must be a list of policy names")
+        names[key] = value
+    if names["policies"] is not None and names["exclude"]:
+        raise SpecError(field, "give policies or exclude, not both")
+    pol = tuple(names["policies"]) if names["policies"] is not None else None
+    return ReleasePolicyRef(policies=pol, exclude=tuple(names["exclude"] or ()))
 
 
 def _step(raw: Mapping[str, Any], i: int) -> Step:
@@ -222,6 +252,7 @@ def parse_spec(spec: Mapping[str, Any]) -> RolloutSpec:
         paused=bool(spec.get("paused", False)),
         revision_history_limit=int(spec.get("revisionHistoryLimit", 10)),
         analysis=spec.get("analysis"),
+        release_policy=parse_release_policy(spec.get("releasePolicy")),
     )
 
 
