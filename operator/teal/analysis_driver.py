@@ -26,6 +26,7 @@ from .status import Status
 async def run(
     api: Any,
     offload: Callable[..., Awaitable[Any]],
+    providers: analysis.ProviderCache,
     prometheus_address: str | None,
     body: Mapping[str, Any],
     spec: RolloutSpec,
@@ -61,6 +62,7 @@ async def run(
         read_secret=analysis.secret_reader(api, ns),
         now=now,
         default_address=prometheus_address,
+        providers=providers,
         offload=offload,
     )
     run_ = dataclasses.replace(ev.run, state=ev.state, history=tuple(ev.history))

@@ -27,7 +27,7 @@ from typing import Any
 
 import kopf
 
-from . import analysis_driver, core, metrics, policy_kube
+from . import analysis, analysis_driver, core, metrics, policy_kube
 from .api import (COLORS, GROUP, LABEL_ROLLOUT, PLURAL, ROUTE_OBJECT_KIND, ROUTER_KINDS, VERSION, SpecError, parse_spec,
                   steered_objects)
 from .client import ApiError, Conflict
@@ -123,6 +123,7 @@ class Controller:
         self.settings = settings or Settings()
         self.kube = kube or Kube()
         self.policies = policy_kube.Policies()
+        self.providers = analysis.ProviderCache()  # Prometheus connection pools, kept across reconciles
         self.loops: dict[tuple[str, str], Loop] = {}
         self.api_pool = concurrent.futures.ThreadPoolExecutor(self.settings.api_workers,
                                                               thread_name_prefix="teal-api")
@@ -204,6 +205,7 @@ class Controller:
                 loop.task.cancel()
         await asyncio.gather(*(lp.task for lp in self.loops.values() if lp.task), return_exceptions=True)
         self.loops.clear()
+        await self.providers.aclose()
         self.api_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- one reconcile
@@ -393,7 +395,7 @@ class Controller:
                                              router_unavailable=e.reason == "APINotFound")
 
     async def _analysis(self, body, spec, status, observed, now) -> core.Observed:
-        return await analysis_driver.run(self.kube.api_client, self.call, self.settings.prometheus_address,
+        return await analysis_driver.run(self.kube.api_client, self.call, self.providers, self.settings.prometheus_address,
                                          body, spec, status, observed, now)
 
 

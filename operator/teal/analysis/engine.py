@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ..core import AnalysisRun
+from ..status import RunKey
 from .model import AnalysisConfigError, Measurement, QueryResult, judge, parse_metrics, with_color
 from .prometheus import Provider, ProviderCache, ameasure, measure, resolve_queries
 from .run import advance, due, record
@@ -39,15 +40,12 @@ __all__ = [
     "names_for_key",
     "rollout_variables",
     "STAGES",
-    "PROVIDERS",
 ]
 
 STAGES = ("prePromotion", "steps", "postPromotion")
 # Errors that say "this Prometheus cannot answer right now": the other due metrics of the
 # same tick are not queried (each would wait for its own timeout) but recorded as errors.
 _OUTAGE = ("unavailable", "timeout", "tls", "unauthorized", "not_found")
-
-PROVIDERS = ProviderCache()  # process-wide provider cache (connection reuse)
 
 
 @dataclasses.dataclass
@@ -60,13 +58,16 @@ class Evaluation:
 
 
 def names_for_key(analysis_spec: Mapping[str, Any] | None, key: str) -> list[str]:
-    """The metric names of the run `key` ("<revision>:<stage>[:<step>]")."""
-    parts = key.split(":")
-    if len(parts) < 2 or parts[1] not in STAGES:
+    """The metric names of the run `key` (a teal.status.RunKey, spelled "<revision>:<stage>[:<step>]")."""
+    try:
+        run = RunKey.parse(key).run
+    except ValueError:
+        run = ""
+    if run not in STAGES:
         raise AnalysisConfigError(f"analysis run key {key!r} names no stage ({', '.join(STAGES)})")
-    names = (analysis_spec or {}).get(parts[1]) or []
-    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise AnalysisConfigError("must be a list of metric names", field=f"spec.analysis.{parts[1]}")
+    names = (analysis_spec or {}).get(run) or []
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        raise AnalysisConfigError("must be a list of metric names", field=f"spec.analysis.{run}")
     return list(names)
 
 
@@ -154,7 +155,7 @@ def _plan(
     tick.metrics = parse_metrics(analysis_spec, names, fetch_template)
     tick.todo = due(state, key, tick.metrics, now)
     if tick.todo:
-        tick.provider = provider or (PROVIDERS if providers is None else providers).get(
+        tick.provider = provider or (providers or ProviderCache()).get(
             (analysis_spec or {}).get("prometheus"), read_secret, default_address
         )
     return tick
@@ -194,6 +195,9 @@ def evaluate(
 ) -> Evaluation:
     """Measure what is due for run `key` and return the run's verdict and the new status.
 
+    Providers come from `providers` (the operator's cache, which keeps connection pools across
+    reconciles) or `provider`; with neither, this call makes one and closes it before returning.
+
     Never raises AnalysisConfigError: a configuration problem comes back as
     `run.error` (teal.core aborts the release with reason AnalysisError and the stable
     colour keeps its traffic) and in `config_error`. Kubernetes API errors other than
@@ -213,7 +217,14 @@ def evaluate(
             providers=providers,
             default_address=default_address,
         )
-        new = [tick.skipped(m) or tick.took(measure(tick.query_provider(), m, variables, key, tick.color, now)) for m in tick.todo]
+        try:
+            new = [
+                tick.skipped(m) or tick.took(measure(tick.query_provider(), m, variables, key, tick.color, now))
+                for m in tick.todo
+            ]
+        finally:
+            if tick.provider is not None and provider is None and providers is None:
+                tick.provider.close()
         return _finish(tick, new, state, history, history_limit)
     except AnalysisConfigError as e:
         return _failed(key, e, state, history)
@@ -236,8 +247,13 @@ async def evaluate_async(
     try:
         tick = await offload(functools.partial(_plan, analysis_spec, key, **kw))
         new: list[Measurement] = []
-        for m in tick.todo:
-            new.append(tick.skipped(m) or tick.took(await ameasure(tick.query_provider(), m, tick.variables, key, tick.color, tick.now)))
+        try:
+            for m in tick.todo:
+                meas = await ameasure(tick.query_provider(), m, tick.variables, key, tick.color, tick.now)
+                new.append(tick.skipped(m) or tick.took(meas))
+        finally:
+            if tick.provider is not None and kw.get("provider") is None and kw.get("providers") is None:
+                await tick.provider.aclose()
         return _finish(tick, new, kw.get("state"), kw.get("history"), history_limit)
     except AnalysisConfigError as e:
         return _failed(key, e, kw.get("state"), kw.get("history"))
