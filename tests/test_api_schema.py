@@ -6,19 +6,19 @@ a schema field the model ignores, a status key written by teal.core that the sch
 would prune, a default that differs between the CRD and api.py, or a copy of the CRD
 (Python package, Helm chart) that is out of date.
 """
+
 from __future__ import annotations
 
 import ast
 import dataclasses
 import inspect
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
-
-from teal import api, core
 
 from crd_helpers import (
     COPIES,
@@ -35,6 +35,7 @@ from crd_helpers import (
     version,
     walk,
 )
+from teal import api, core
 
 BG = "spec.strategy.blueGreen"
 TR = f"{BG}.trafficRouting"
@@ -152,7 +153,11 @@ def test_schema_is_structural_where_it_matters():
     s = schema()
     spec = node("spec")
     assert spec["type"] == "object" and not spec.get("x-kubernetes-preserve-unknown-fields")
-    assert node("spec.template.spec") == {**node("spec.template.spec"), "type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    assert node("spec.template.spec") == {
+        **node("spec.template.spec"),
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+    }
     for m in ("labels", "annotations"):
         assert node(f"spec.template.metadata.{m}{{}}")["type"] == "string"
     # the only opaque parts: the PodSpec, kopf's bookkeeping and teal.analysis' run state
@@ -188,8 +193,17 @@ def test_cel_rules_have_messages_and_bounded_inputs():
 
 def test_main_fields_are_described():
     """`kubectl explain rollout.spec...` should say what each main field does."""
-    parents = ["spec", BG, TR, f"{BG}.steps[]", "spec.analysis", "spec.analysis.prometheus",
-               "spec.analysis.metrics[]", "status", "status.release"]
+    parents = [
+        "spec",
+        BG,
+        TR,
+        f"{BG}.steps[]",
+        "spec.analysis",
+        "spec.analysis.prometheus",
+        "spec.analysis.metrics[]",
+        "status",
+        "status.release",
+    ]
     undocumented = []
     for parent in parents:
         for name, child in node(parent)["properties"].items():
@@ -215,8 +229,10 @@ def test_every_crd_spec_field_is_read_by_the_model():
         if path.startswith(("spec.analysis", "spec.template.")) or path == "spec":
             continue
         # a path is used when it is mapped, or lies on the way to (or inside a map of) a mapped path
-        if not any(m in (path, path.removesuffix("[]")) or m.startswith((path + ".", path + "[]"))
-                   or path.startswith(m + "{}") for m in MAPPED):
+        if not any(
+            m in (path, path.removesuffix("[]")) or m.startswith((path + ".", path + "[]")) or path.startswith(m + "{}")
+            for m in MAPPED
+        ):
             ignored.append(path)
     assert not ignored, f"in the CRD but not in teal.api's model (add to api.py and MODEL_PATHS): {ignored}"
 
@@ -238,9 +254,13 @@ def test_every_key_parse_spec_reads_is_a_crd_field():
     keys = _keys_read_by(source)
     names = {p.rsplit(".", 1)[-1].rstrip("[]{}") for p, _ in walk(node("spec"), "spec")}
     # routing kinds/names are read through a dict literal in parse_traffic_routing: check its values too
-    literal = {v.value for n in ast.walk(ast.parse(inspect.getsource(api.parse_traffic_routing)))
-               if isinstance(n, ast.Dict) for v in (*n.keys, *n.values)
-               if isinstance(v, ast.Constant) and isinstance(v.value, str)}
+    literal = {
+        v.value
+        for n in ast.walk(ast.parse(inspect.getsource(api.parse_traffic_routing)))
+        if isinstance(n, ast.Dict)
+        for v in (*n.keys, *n.values)
+        if isinstance(v, ast.Constant) and isinstance(v.value, str)
+    }
     assert {"activeServices", "setWeight", "httpRoute", "revisionHistoryLimit"} <= keys | literal  # the collector works
     unknown = sorted(k for k in keys | literal if k not in names)
     assert not unknown, f"teal.api reads keys that the CRD does not define (the apiserver prunes them): {unknown}"
@@ -286,8 +306,13 @@ class _StatusWrites(ast.NodeVisitor):
     stand for parts of it. A dict literal assigned there contributes its keys too.
     """
 
-    NAMES = {"st": "status", "release": "status.release", "pending": "status.scaleDown",
-             "stats": "status.stats", "cond": "status.conditions[]"}
+    NAMES = {
+        "st": "status",
+        "release": "status.release",
+        "pending": "status.scaleDown",
+        "stats": "status.stats",
+        "cond": "status.conditions[]",
+    }
     # functions returning a fresh status.release
     BUILDERS = {"_new_release": "status.release", "_reset_release": "status.release"}
 
@@ -380,10 +405,19 @@ def core_status_writes() -> _StatusWrites:
 def test_every_status_key_core_writes_is_in_the_schema():
     w = core_status_writes()
     # the collector still understands core.py: a sample of writes it must find
-    assert {"status.activeColor", "status.release.analysisKey", "status.release.fastRollback", "status.scaleDown.announced",
-            "status.stats.lastReleaseSeconds", "status.stats.lastAbortedAt", "status.stats.retries",
-            "status.conditions[].lastTransitionTime", "status.weights.green", "status.abort.reason",
-            "status.release.passed"} <= w.paths
+    assert {
+        "status.activeColor",
+        "status.release.analysisKey",
+        "status.release.fastRollback",
+        "status.scaleDown.announced",
+        "status.stats.lastReleaseSeconds",
+        "status.stats.lastAbortedAt",
+        "status.stats.retries",
+        "status.conditions[].lastTransitionTime",
+        "status.weights.green",
+        "status.abort.reason",
+        "status.release.passed",
+    } <= w.paths
     # computed keys it cannot read must be the known ones (covered by the t.stats(...) calls)
     assert set(w.dynamic) <= {"status.stats[key]", "status.stats[f'last{key[0].upper()}{key[1:]}At']"}, w.dynamic
     missing = sorted(p for p in w.paths if node(p) is None)
@@ -397,7 +431,11 @@ def test_status_schema_lists_nothing_that_nobody_writes():
     written_elsewhere = {"status.analysis", "status.analysisRun", "status.kopf", "status.promote"}
     stale = []
     for path, _ in walk(node("status"), "status"):
-        if path == "status" or path.endswith("[]") or path.startswith(("status.analysis", "status.kopf", "status.promote", "status.conditions[]")):
+        if (
+            path == "status"
+            or path.endswith("[]")
+            or path.startswith(("status.analysis", "status.kopf", "status.promote", "status.conditions[]"))
+        ):
             continue
         if path not in w and path not in contract and path not in written_elsewhere:
             stale.append(path)
@@ -406,9 +444,20 @@ def test_status_schema_lists_nothing_that_nobody_writes():
 
 def test_status_analysis_items_hold_every_measurement_field():
     model = pytest.importorskip("teal.analysis.model")
-    m = model.Measurement(metric="m", run="7:prePromotion", color="green", value=1.0, baseline=2.0, verdict="Successful",
-                          query="q", message="ok", at="2024-01-01T00:00:00Z", dry_run=True, baseline_query="b",
-                          error_kind="Timeout")
+    m = model.Measurement(
+        metric="m",
+        run="7:prePromotion",
+        color="green",
+        value=1.0,
+        baseline=2.0,
+        verdict="Successful",
+        query="q",
+        message="ok",
+        at="2024-01-01T00:00:00Z",
+        dry_run=True,
+        baseline_query="b",
+        error_kind="Timeout",
+    )
     missing = sorted(k for k in m.as_dict() if node(f"status.analysis[].{k}") is None)
     assert not missing, f"Measurement.as_dict() keys without a schema entry in status.analysis[]: {missing}"
 
@@ -439,9 +488,7 @@ def _paths(value: Any, prefix: str) -> Iterator[str]:
 def _doc_paths(section: str) -> list[str]:
     out = []
     for heading, block in _doc_blocks():
-        if heading == "spec":
-            out += [p for p in _paths(block, "spec") if section == "spec"]
-        elif heading == "spec.analysis":
+        if heading == "spec" or heading == "spec.analysis":
             out += [p for p in _paths(block, "spec") if section == "spec"]
         elif heading == "status":
             out += [p for p in _paths(block, "status") if section == "status"]

@@ -6,6 +6,7 @@
 * defaults, the scale subresource, printer columns, and statuses produced by teal.core
   (through the in-memory simulator) surviving the status subresource unpruned.
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,7 +45,10 @@ def crd(k8s) -> dict:
     ext = k.ApiextensionsV1Api(k8s)
     body = rollout_crd()
     ext.patch_custom_resource_definition(
-        body["metadata"]["name"], body, field_manager="teal-crd-tests", force=True,
+        body["metadata"]["name"],
+        body,
+        field_manager="teal-crd-tests",
+        force=True,
         _content_type="application/apply-patch+yaml",
     )
 
@@ -55,8 +59,9 @@ def crd(k8s) -> dict:
 
     got = wait_for(established, timeout=30, what="the Rollout CRD to be Established")
     # Established can come a moment before the endpoint serves; wait until a list works
-    wait_for(lambda: k.CustomObjectsApi(k8s).list_cluster_custom_object(G, V, P) is not None, timeout=30,
-             what="rollouts to be served")
+    wait_for(
+        lambda: k.CustomObjectsApi(k8s).list_cluster_custom_object(G, V, P) is not None, timeout=30, what="rollouts to be served"
+    )
     return k8s.sanitize_for_serialization(got)
 
 
@@ -69,7 +74,8 @@ def create(k8s, namespace: str, doc: dict) -> dict:
     """Create one manifest with strict field validation (what kubectl does by default)."""
     if doc["kind"] == "Service":
         return k8s.sanitize_for_serialization(
-            k.CoreV1Api(k8s).create_namespaced_service(namespace, doc, field_validation="Strict"))
+            k.CoreV1Api(k8s).create_namespaced_service(namespace, doc, field_validation="Strict")
+        )
     assert doc["apiVersion"] == api.API_VERSION and doc["kind"] == api.KIND, doc["kind"]
     return k.CustomObjectsApi(k8s).create_namespaced_custom_object(G, V, namespace, P, doc, field_validation="Strict")
 
@@ -98,8 +104,24 @@ def test_crd_is_established_with_its_names(crd):
 def test_kubectl_reads_the_crd_file_as_python_does(cluster):
     """The file uses YAML anchors and merge keys: Go's YAML (kubectl, Helm) must resolve them like PyYAML."""
     kubectl = find_binaries().kubectl
-    out = subprocess.run([kubectl, "--kubeconfig", cluster.kubeconfig, "create", "--dry-run=client", "--validate=false",
-                          "-o", "json", "-f", str(ROLLOUT_CRD)], capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [
+            kubectl,
+            "--kubeconfig",
+            cluster.kubeconfig,
+            "create",
+            "--dry-run=client",
+            "--validate=false",
+            "-o",
+            "json",
+            "-f",
+            str(ROLLOUT_CRD),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert json.loads(out.stdout)["spec"] == rollout_crd()["spec"]
 
 
@@ -132,25 +154,37 @@ def test_invalid_example_is_rejected(k8s, objects, namespace, path):
 
 
 def test_defaults_are_applied(k8s, objects, namespace):
-    got = create(k8s, namespace, {
-        "apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": "defaults"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "d"}},
-            "workloadRef": {"name": "d"},
-            "strategy": {"blueGreen": {"activeServices": ["d"]}},
-            "analysis": {
-                "prometheus": {"address": "http://p:9090", "bearerTokenSecretRef": {"name": "t"},
-                               "caSecretRef": {"name": "ca"}},
-                "metrics": [{"name": "m", "templateRef": {"name": "m"}}],
+    got = create(
+        k8s,
+        namespace,
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "metadata": {"name": "defaults"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "d"}},
+                "workloadRef": {"name": "d"},
+                "strategy": {"blueGreen": {"activeServices": ["d"]}},
+                "analysis": {
+                    "prometheus": {
+                        "address": "http://p:9090",
+                        "bearerTokenSecretRef": {"name": "t"},
+                        "caSecretRef": {"name": "ca"},
+                    },
+                    "metrics": [{"name": "m", "templateRef": {"name": "m"}}],
+                },
             },
         },
-    })
+    )
     spec = got["spec"]
     assert spec["replicas"] == 1 and spec["paused"] is False and spec["revisionHistoryLimit"] == 10
     assert spec["workloadRef"] == {"name": "d", "kind": "Deployment", "apiVersion": "apps/v1"}
     assert spec["strategy"]["blueGreen"] == {
-        "activeServices": ["d"], "autoPromote": True, "scaleDownDelaySeconds": 30,
-        "abortScaleDownDelaySeconds": 30, "progressDeadlineSeconds": 600,
+        "activeServices": ["d"],
+        "autoPromote": True,
+        "scaleDownDelaySeconds": 30,
+        "abortScaleDownDelaySeconds": 30,
+        "progressDeadlineSeconds": 600,
     }
     prom = spec["analysis"]["prometheus"]
     assert prom["insecureSkipVerify"] is False
@@ -170,8 +204,9 @@ def test_scale_subresource(k8s, objects, namespace):
     objects.patch_namespaced_custom_object_scale(G, V, namespace, P, name, {"spec": {"replicas": 6}})
     assert objects.get_namespaced_custom_object(G, V, namespace, P, name)["spec"]["replicas"] == 6
 
-    objects.patch_namespaced_custom_object_status(G, V, namespace, P, name,
-                                                  {"status": {"replicas": 6, "selector": "app=checkout"}})
+    objects.patch_namespaced_custom_object_status(
+        G, V, namespace, P, name, {"status": {"replicas": 6, "selector": "app=checkout"}}
+    )
     scale = objects.get_namespaced_custom_object_scale(G, V, namespace, P, name)
     assert scale["spec"]["replicas"] == 6
     assert scale["status"] == {"replicas": 6, "selector": "app=checkout"}
@@ -186,8 +221,9 @@ def test_scaling_below_preview_replicas_is_allowed_but_setting_it_is_not(k8s, ob
     got = objects.get_namespaced_custom_object(G, V, namespace, P, name)["spec"]
     assert (got["replicas"], got["strategy"]["blueGreen"]["previewReplicas"], got["revisionHistoryLimit"]) == (1, 2, 3)
     with pytest.raises(ApiException) as err:
-        objects.patch_namespaced_custom_object(G, V, namespace, P, name,
-                                               {"spec": {"strategy": {"blueGreen": {"previewReplicas": 3}}}})
+        objects.patch_namespaced_custom_object(
+            G, V, namespace, P, name, {"spec": {"strategy": {"blueGreen": {"previewReplicas": 3}}}}
+        )
     assert "previewReplicas must not be larger than spec.replicas" in error_message(err.value)
 
 
@@ -196,15 +232,37 @@ def test_scaling_below_preview_replicas_is_allowed_but_setting_it_is_not(k8s, ob
 
 def test_printer_columns(k8s, objects, namespace):
     name = make_rollout(k8s, namespace)["metadata"]["name"]
-    objects.patch_namespaced_custom_object_status(G, V, namespace, P, name, {"status": {
-        "phase": "Paused", "activeColor": "blue", "previewColor": "green", "currentRevision": "7",
-        "currentStep": 2, "message": "step 2/4: paused until promoted",
-    }})
+    objects.patch_namespaced_custom_object_status(
+        G,
+        V,
+        namespace,
+        P,
+        name,
+        {
+            "status": {
+                "phase": "Paused",
+                "activeColor": "blue",
+                "previewColor": "green",
+                "currentRevision": "7",
+                "currentStep": 2,
+                "message": "step 2/4: paused until promoted",
+            }
+        },
+    )
     table = objects.get_namespaced_custom_object(G, V, namespace, P, name, _headers={"Accept": TABLE})
     assert table["kind"] == "Table"
     columns = [(c["name"], c.get("priority", 0)) for c in table["columnDefinitions"]]
-    assert columns == [("Name", 0), ("Phase", 0), ("Active", 0), ("Preview", 0), ("Revision", 0),
-                       ("Step", 1), ("Held", 1), ("Message", 1), ("Age", 0)]
+    assert columns == [
+        ("Name", 0),
+        ("Phase", 0),
+        ("Active", 0),
+        ("Preview", 0),
+        ("Revision", 0),
+        ("Step", 1),
+        ("Held", 1),
+        ("Message", 1),
+        ("Age", 0),
+    ]
     (row,) = table["rows"]
     assert row["cells"][:8] == [name, "Paused", "blue", "green", "7", 2, None, "step 2/4: paused until promoted"]
 
@@ -261,9 +319,19 @@ def _keys(value, prefix="") -> set[str]:
 def test_statuses_from_core_are_stored_unpruned(k8s, objects, namespace):
     statuses = simulated_statuses()
     covered = set().union(*(_keys(s) for s in statuses))
-    assert {"release.analysisKey", "release.passed", "release.weight", "release.stepStartedAt", "promote.step",
-            "abort.reason", "scaleDown.announced", "stats.lastPromotedAt", "weights.green", "currentStep",
-            "release.abortedAt"} <= covered, "the simulation no longer reaches every part of the status"
+    assert {
+        "release.analysisKey",
+        "release.passed",
+        "release.weight",
+        "release.stepStartedAt",
+        "promote.step",
+        "abort.reason",
+        "scaleDown.announced",
+        "stats.lastPromotedAt",
+        "weights.green",
+        "currentStep",
+        "release.abortedAt",
+    } <= covered, "the simulation no longer reaches every part of the status"
     name = make_rollout(k8s, namespace)["metadata"]["name"]
     for status in statuses:
         obj = objects.get_namespaced_custom_object(G, V, namespace, P, name)

@@ -8,6 +8,7 @@ Parsing never raises on well-formed objects the apiserver accepted; `SpecError` 
 for what only the operator can see (for example a duration that the schema's pattern let
 through but that makes no sense), and ends up in a status condition.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -257,7 +258,7 @@ def parse_spec(spec: Mapping[str, Any]) -> RolloutSpec:
 
 
 def steered_objects(spec: Mapping[str, Any] | None) -> list[str]:
-    """"Service/<name>" and "<RouteKind>/<name>" for what a raw spec steers (read leniently:
+    """ "Service/<name>" and "<RouteKind>/<name>" for what a raw spec steers (read leniently:
     also for a spec that does not parse, so claims can be kept and released)."""
     bg = ((spec or {}).get("strategy") or {}).get("blueGreen") if isinstance(spec, Mapping) else None
     if not isinstance(bg, Mapping):
