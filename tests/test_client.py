@@ -148,8 +148,10 @@ def test_status_subresource_and_server_side_apply(api: Client, namespace: str) -
     }
     applied = api.apply(DEPLOYMENTS, namespace, "d", dep, field_manager="teal-test")
     assert any(m.get("manager") == "teal-test" for m in applied["metadata"].get("managedFields") or [])
-    api.patch_status(DEPLOYMENTS, namespace, "d", {"status": {"observedGeneration": 42}})
-    assert ((api.get(DEPLOYMENTS, namespace, "d") or {}).get("status") or {}).get("observedGeneration") == 42
+    # The status subresource takes status and ignores spec (the Deployment controller may
+    # rewrite the status right after: the answer is what the write did).
+    out = api.patch_status(DEPLOYMENTS, namespace, "d", {"status": {"observedGeneration": 42}, "spec": {"replicas": 3}})
+    assert out["status"]["observedGeneration"] == 42 and out["spec"]["replicas"] == 0
     scaled = api.merge_patch(DEPLOYMENTS, namespace, "d", {"spec": {"replicas": 0}}, sub="scale")
     assert scaled["kind"] == "Scale"
 

@@ -21,8 +21,8 @@ Rules (the same for every caller):
   one per client, e.g. kubectl's --request-timeout); a watch reads with `timeoutSeconds` plus a
   margin, so a silent stream ends too.
 - **Retries.** Only `Transient` errors, only a few times (`retries`, default 3), with a short
-  backoff or the server's Retry-After (capped): for reads (GET), and for any request that never
-  reached the server (connection refused, connect timeout). A read that timed out is not re-sent
+  backoff or the server's Retry-After (capped): for reads (GET: 429, 5xx, a connection lost), and
+  for any request that never reached the server (reason ConnectionError: refused, connect timeout). A read that timed out is not re-sent
   (a hung apiserver costs one timeout, not four), and a write that reached the server is never
   re-sent: writes are guarded by resourceVersion or preconditions, and the caller decides again.
 - **Credentials.** Read from the Configuration on every request (`auth_settings()`), which runs its
@@ -430,7 +430,7 @@ class Client:
             try:
                 return self._once(method, path, body, query, content_type)
             except ApiError as e:
-                if attempt >= self.retries or not (e.retryable and (method == "GET" or e.status == 0)):
+                if attempt >= self.retries or not (e.retryable and (method == "GET" or e.reason == "ConnectionError")):
                     raise
                 delay = e.retry_after if e.retry_after is not None else 0.1 * 2**attempt
                 log.debug("%s %s: %s; retrying in %.2fs", method, path, e, delay)
@@ -476,7 +476,8 @@ class Client:
                 0, "ConnectionError", f"cannot reach the apiserver at {self.host}: {e}", retryable=True
             ) from e  # never sent: safe to send again
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise Transient(0, "ConnectionError", f"{method} {path}: {type(e).__name__}: {e}") from e
+            # the connection broke after the request went out: only a read is safe to send again
+            raise Transient(0, "ConnectionLost", f"{method} {path}: {type(e).__name__}: {e}", retryable=True) from e
 
     def headers(self, content_type: str | None = None) -> urllib3.HTTPHeaderDict:
         """Accept, User-Agent, credentials (refreshed by the Configuration's hook) and impersonation."""
@@ -554,4 +555,4 @@ def _events(resp: urllib3.BaseHTTPResponse, res: Resource) -> Iterator[JSON]:
     except urllib3.exceptions.ReadTimeoutError as e:
         raise Transient(0, "Timeout", f"watch of {res.plural}: silent for too long ({e})") from e
     except (urllib3.exceptions.ProtocolError, urllib3.exceptions.HTTPError, OSError) as e:
-        raise Transient(0, "ConnectionError", f"watch of {res.plural} cut off: {e}") from e
+        raise Transient(0, "ConnectionLost", f"watch of {res.plural} cut off: {e}") from e
