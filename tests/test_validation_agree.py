@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 
 from teal import api, cli_lint
 from teal.analysis import AnalysisConfigError, parse_metrics
-from teal.analysis.prometheus import _settings
+from teal.analysis.prometheus import provider_settings
 
 pytestmark = pytest.mark.cluster
 
@@ -299,7 +299,7 @@ def operator_refusal(stored: Mapping[str, Any], templates: Mapping[str, Mapping[
             return str(e)
     if analysis.get("prometheus"):
         try:
-            _settings(analysis["prometheus"], lambda name, key: "-----BEGIN CERTIFICATE-----", None)
+            provider_settings(analysis["prometheus"], lambda name, key: "-----BEGIN CERTIFICATE-----", None)
         except AnalysisConfigError as e:
             return str(e)
     return ""

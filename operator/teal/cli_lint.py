@@ -667,10 +667,10 @@ def rollout_problems(obj: Mapping[str, Any], templates: Mapping[TemplateKey, Map
         except AnalysisConfigError as e:
             out.append((_metric_path(i, e), str(e)))
     if analysis.get("prometheus"):
-        from .analysis.prometheus import _settings  # what the operator reads before querying
+        from .analysis.prometheus import provider_settings  # what the operator reads before querying
 
         try:
-            _settings(analysis["prometheus"], _settings_secret, None)
+            provider_settings(analysis["prometheus"], _settings_secret, None)
         except AnalysisConfigError as e:
             out.append((e.field or "spec.analysis.prometheus", e.detail))
     return out

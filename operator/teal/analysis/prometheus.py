@@ -47,6 +47,7 @@ __all__ = [
     "Provider",
     "PrometheusProvider",
     "ProviderCache",
+    "provider_settings",
     "provider_from_spec",
     "measure",
     "ameasure",
@@ -309,11 +310,13 @@ def _secret(read_secret: Callable[[str, str], str | None], name: str, key: str, 
     return value
 
 
-def _settings(
+def provider_settings(
     prom_spec: Mapping[str, Any] | None,
     read_secret: Callable[[str, str], str | None],
     default_address: str | None,
 ) -> dict[str, Any]:
+    """The provider's settings from `spec.analysis.prometheus` (Secrets read through `read_secret`);
+    raises AnalysisConfigError naming the field. kubectl-teal lint runs it too."""
     from ..api import SpecError, parse_duration
 
     spec = prom_spec or {}
@@ -397,7 +400,7 @@ def provider_from_spec(
     `read_secret(name, key)` returns the decoded value, or None when the Secret or the key
     is missing (that becomes an AnalysisConfigError naming them).
     """
-    return PrometheusProvider(**_settings(prom_spec, read_secret, default_address))
+    return PrometheusProvider(**provider_settings(prom_spec, read_secret, default_address))
 
 
 class ProviderCache:
@@ -418,7 +421,7 @@ class ProviderCache:
         read_secret: Callable[[str, str], str | None],
         default_address: str | None = None,
     ) -> PrometheusProvider:
-        settings = _settings(prom_spec, read_secret, default_address)
+        settings = provider_settings(prom_spec, read_secret, default_address)
         key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
         with self._lock:
             p = self._items.pop(key, None)
