@@ -79,10 +79,16 @@ def test_held_outside_a_window_and_promoted_when_it_opens(new_env, clock):
     for argv in (["get", "app"], ["list", "-o", "wide"]):  # kubectl teal shows the hold
         res = teal("-n", env.ns, *argv)
         assert res.code == 0 and "held by window later (UTC): opens" in res.out, res
+    assert st["release"]["heldSince"]  # held time is recorded, and shown
+    listed = teal("-n", env.ns, "list").out.splitlines()
+    held = listed[1].split()[listed[0].split().index("HELD")]
+    assert held != "-", listed
     clock_file.write_text(str((start - dt.datetime.now(dt.timezone.utc)).total_seconds() + 5))
     env.patch_spec({"minReadySeconds": 0})  # any event wakes it; the requeue would too, at the opening
-    env.wait_phase("Healthy", activeColor="green", stableRevision="2", timeout=60)
+    done = env.wait_phase("Healthy", activeColor="green", stableRevision="2", timeout=60)
     assert env.events().count("HeldByPolicy") == 1
+    held_s = done["stats"]["heldSeconds"]  # the moved clock: about 2 h held, none of it release time
+    assert held_s > 3600 and done["stats"]["lastReleaseSeconds"] < 600, done["stats"]
     clock_file.write_text("0")
 
 
@@ -152,3 +158,25 @@ def test_abort_and_fast_rollback_act_during_a_freeze(new_env, clock):
     env.wait_phase("Aborted", activeColor="blue", timeout=60)
     assert env.selector_color("app") == "blue"
     assert teal("-n", env.ns, "unfreeze").code == 0
+
+
+def test_a_rollout_that_excludes_a_policy_is_released_and_a_freeze_still_holds_it(new_env, clock):
+    """spec.releasePolicy.exclude leaves a closed ReleasePolicy out (the release goes through),
+    but not a freeze: teal-freeze holds the same Rollout until unfrozen."""
+    env = new_env()
+    closed = {"apiVersion": f"{G}/{V}", "kind": "ReleasePolicy", "metadata": {"name": "closed"},
+              "spec": {"windows": [{"name": "never-now", "from": "2099-01-01T00:00", "until": "2099-01-02T00:00"}]}}
+    env.custom.create_namespaced_custom_object(G, V, env.ns, "releasepolicies", closed)
+    body = rollout()
+    body["spec"]["releasePolicy"] = {"exclude": ["closed", "teal-freeze"]}
+    env.create_rollout(body)
+    env.wait_phase("Healthy", stableRevision="1")
+    env.set_image("v2")
+    env.wait_phase("Healthy", stableRevision="2", activeColor="green", timeout=60)
+    res = teal("-n", env.ns, "freeze", "--reason", "incident 4711")
+    assert res.code == 0, res
+    env.set_image("v3")
+    st = env.wait(lambda s: s.get("reason") == "HeldByPolicy", what="held by the freeze it tried to exclude")
+    assert "frozen by" in st["message"] and "incident 4711" in st["message"], st["message"]
+    assert teal("-n", env.ns, "unfreeze").code == 0
+    env.wait_phase("Healthy", stableRevision="3", activeColor="blue", timeout=60)
