@@ -27,8 +27,10 @@ def main() -> int:
     for line in res.stdout.splitlines():
         if line.startswith("chaos:") and ("releases" in line or "restarted" not in line):
             print(line)
-    print(f"chaos: {releases} releases, seed {seed}: {'passed' if res.returncode == 0 else 'FAILED'} "
-          f"in {time.monotonic() - t0:.0f} s")
+    print(
+        f"chaos: {releases} releases, seed {seed}: {'passed' if res.returncode == 0 else 'FAILED'} "
+        f"in {time.monotonic() - t0:.0f} s"
+    )
     if res.returncode:
         print(res.stdout[-4000:], res.stderr[-2000:])
     return res.returncode

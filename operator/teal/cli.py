@@ -13,6 +13,7 @@ Exit codes (see docs/kubectl-teal.md):
   5  error talking to the cluster (unreachable, forbidden, conflict after retries)
   64 usage error (bad flags or arguments)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .api import (
     ANNOTATION_HASH,
@@ -87,7 +88,7 @@ def parse_timeout(text: str) -> float:
     try:
         return parse_duration(text if not text.isdigit() else int(text), "--timeout")
     except SpecError as exc:
-        raise CliError(f"--timeout: {exc.message}", EXIT_USAGE)
+        raise CliError(f"--timeout: {exc.message}", EXIT_USAGE) from None
 
 
 # ---------------------------------------------------------------- get / list
@@ -177,14 +178,15 @@ def cmd_promote(cluster: Cluster, args: argparse.Namespace) -> int:
                 EXIT_REFUSED,
             )
         if st.get("phase") == "Aborted":
-            raise CliError(
-                f"revision {rev} of {args.name} was aborted; `{PROG} retry {args.name}` starts it again", EXIT_REFUSED
-            )
+            raise CliError(f"revision {rev} of {args.name} was aborted; `{PROG} retry {args.name}` starts it again", EXIT_REFUSED)
         step = st.get("currentStep")
         promote = {"revision": str(rev), "step": int(step) if step is not None else None, "full": bool(args.full)}
         cluster.write_status(ro, {"promote": promote})
-        what = "fully (skipping the remaining steps and analysis)" if args.full else (
-            f"past step {step}" if step is not None else "")
+        what = (
+            "fully (skipping the remaining steps and analysis)"
+            if args.full
+            else (f"past step {step}" if step is not None else "")
+        )
         _out(f"rollout {args.name} revision {rev} promoted {what}".rstrip())
         return EXIT_OK
 
@@ -310,11 +312,11 @@ def deployment_template(dep: Mapping[str, Any]) -> dict[str, Any]:
     """
     full = strip_teal_labels(((dep.get("spec") or {}).get("template")) or {})
     want = ((dep.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_HASH)
-    candidates = []
+    candidates: list[dict[str, Any]] = []
     for entry in (dep.get("metadata") or {}).get("managedFields") or []:
         if entry.get("operation") != "Apply":
             continue
-        tfields = (((entry.get("fieldsV1") or {}).get("f:spec") or {}).get("f:template"))
+        tfields = ((entry.get("fieldsV1") or {}).get("f:spec") or {}).get("f:template")
         if not tfields:
             continue
         cand = strip_teal_labels(filter_managed(dep["spec"]["template"], tfields))
@@ -389,8 +391,7 @@ def cmd_undo(cluster: Cluster, args: argparse.Namespace) -> int:
         match = [r for r in revisions if r[0] == args.to_revision]
         if not match:
             known = ", ".join(str(r[0]) for r in revisions) or "none"
-            raise CliError(f"revision {args.to_revision} of {args.name} not found (known revisions: {known})",
-                           EXIT_NOT_FOUND)
+            raise CliError(f"revision {args.to_revision} of {args.name} not found (known revisions: {known})", EXIT_NOT_FOUND)
         rev, where, tmpl = match[0]
     else:
         earlier = [r for r in revisions if r[0] != current_rev and template_hash(r[2]) != current_hash]
@@ -408,7 +409,7 @@ def cmd_undo(cluster: Cluster, args: argparse.Namespace) -> int:
         cluster.patch_rollout(args.name, patch, json_patch=True)
     except ApiError as exc:
         if exc.status in (409, 422) and "test" in exc.message.lower():
-            raise CliError(f"rollout {args.name} changed while undoing; run the command again", EXIT_API)
+            raise CliError(f"rollout {args.name} changed while undoing; run the command again", EXIT_API) from exc
         raise
     _out(f"rollout {args.name} rolled back to the template of revision {rev} (from {where})")
     return EXIT_OK
@@ -425,8 +426,9 @@ def judge(ro: Mapping[str, Any]) -> tuple[str, str]:
     if not st:
         return "waiting", "waiting for Teal to report a status"
     if st.get("observedGeneration") != meta.get("generation"):
-        return "waiting", (f"waiting for Teal to see generation {meta.get('generation')} "
-                           f"(status is for {st.get('observedGeneration')})")
+        return "waiting", (
+            f"waiting for Teal to see generation {meta.get('generation')} (status is for {st.get('observedGeneration')})"
+        )
     cur, stable = st.get("currentRevision"), st.get("stableRevision")
     if phase == "Healthy" and cur is not None and str(cur) == str(stable):
         return "done", f"Healthy: revision {cur} is live on {st.get('activeColor') or st.get('stableColor') or '?'}"
@@ -483,7 +485,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
     try:
         index = CrdIndex.from_paths(dirs)
     except (OSError, yaml.YAMLError) as exc:
-        raise CliError(f"cannot read the CRDs: {exc}", EXIT_USAGE)
+        raise CliError(f"cannot read the CRDs: {exc}", EXIT_USAGE) from exc
     if not len(index):
         raise CliError(f"no CustomResourceDefinitions in {', '.join(map(str, dirs))}", EXIT_USAGE)
     result = lint_paths(args.filename, index, recursive=args.recursive)
@@ -492,8 +494,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
     for p in result.problems:
         _out(p.line())
     if not args.quiet:
-        summary = (f"{result.files} file(s), {result.checked} Teal object(s) checked, "
-                   f"{result.skipped} other object(s) skipped: ")
+        summary = f"{result.files} file(s), {result.checked} Teal object(s) checked, {result.skipped} other object(s) skipped: "
         summary += f"{len(result.problems)} error(s)" if result.problems else "valid"
         print(summary, file=sys.stderr)
     return EXIT_FAILED if result.problems else EXIT_OK
@@ -503,7 +504,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # usage errors exit 64, not argparse's 2 (= status timeout)
+    def error(self, message: str) -> NoReturn:  # usage errors exit 64, not argparse's 2 (= status timeout)
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
@@ -514,8 +515,12 @@ def _connection_flags(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--kubeconfig", default=d, help="path to the kubeconfig file (default $KUBECONFIG, ~/.kube/config)")
     p.add_argument("--context", default=d, help="the kubeconfig context to use")
     p.add_argument("-n", "--namespace", default=d, help="namespace of the Rollout (default: the context's)")
-    p.add_argument("--request-timeout", type=float, default=argparse.SUPPRESS if suppress else 30.0,
-                   help="seconds to wait for one API request (default 30)")
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=argparse.SUPPRESS if suppress else 30.0,
+        help="seconds to wait for one API request (default 30)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -523,7 +528,7 @@ def parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Inspect and steer Teal blue/green Rollouts.",
         epilog="Exit codes: 0 ok, 1 failed (status: Aborted/Degraded; lint: invalid), 2 status timed out, "
-               "3 not found, 4 refused in this state, 5 API error, 64 usage. See docs/kubectl-teal.md.",
+        "3 not found, 4 refused in this state, 5 API error, 64 usage. See docs/kubectl-teal.md.",
     )
     _connection_flags(p, suppress=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -555,8 +560,9 @@ def parser() -> argparse.ArgumentParser:
     command("resume", "let a paused Rollout go on (spec.paused=false)")
 
     un = command("undo", "go back to an earlier revision's pod template")
-    un.add_argument("--to-revision", type=int, default=None, metavar="N",
-                    help="the revision to go back to (default: the previous one)")
+    un.add_argument(
+        "--to-revision", type=int, default=None, metavar="N", help="the revision to go back to (default: the previous one)"
+    )
 
     s = command("status", "wait for the release to end; exit 0 healthy, 1 aborted/degraded, 2 timeout")
     s.add_argument("--timeout", default="10m", help="how long to wait, like 30s, 10m, 1h (default 10m)")
@@ -570,11 +576,21 @@ def parser() -> argparse.ArgumentParser:
     add_freeze(command)
 
     li = command("lint", "validate manifests offline against Teal's CRD schemas and rules", with_name=False)
-    li.add_argument("-f", "--filename", action="append", required=True, metavar="FILE",
-                    help="a manifest file, a directory of them, or - for stdin (repeatable)")
+    li.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="a manifest file, a directory of them, or - for stdin (repeatable)",
+    )
     li.add_argument("-R", "--recursive", action="store_true", help="walk directories recursively")
-    li.add_argument("--crds", action="append", metavar="PATH",
-                    help="CRD files or directories to validate against (default: the ones shipped with Teal)")
+    li.add_argument(
+        "--crds",
+        action="append",
+        metavar="PATH",
+        help="CRD files or directories to validate against (default: the ones shipped with Teal)",
+    )
     li.add_argument("-q", "--quiet", action="store_true", help="no summary line")
     return p
 

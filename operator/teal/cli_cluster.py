@@ -191,8 +191,6 @@ def _kubeconfig_paths(explicit: str | None) -> list[str]:
 def connect(args: argparse.Namespace) -> Cluster:
     """A Cluster for the kubeconfig/context/namespace flags (or the in-cluster ServiceAccount);
     --request-timeout bounds every call; `as_user`/`as_groups`, when set, impersonate (kubectl's --as)."""
-    from kubernetes import config
-
     options: dict[str, Any] = {
         "timeout": args.request_timeout,
         "user_agent": "kubectl-teal",
@@ -208,13 +206,8 @@ def connect(args: argparse.Namespace) -> Cluster:
         cfg_file = os.pathsep.join(existing) if len(existing) > 1 else existing[0]
         try:
             api = client.Client.from_kubeconfig(cfg_file, args.context, **options)
-            if not namespace:
-                contexts, active = config.list_kube_config_contexts(config_file=cfg_file)
-                chosen = active
-                if args.context:
-                    chosen = next((c for c in contexts if c.get("name") == args.context), active)
-                namespace = ((chosen or {}).get("context") or {}).get("namespace")
-        except config.ConfigException as exc:
+            namespace = namespace or client.Client.kubeconfig_namespace(cfg_file, args.context)
+        except client.ConfigError as exc:
             raise CliError(f"invalid kubeconfig: {exc}", EXIT_USAGE) from None
     elif os.environ.get("KUBERNETES_SERVICE_HOST"):
         api = client.Client.in_cluster(**options)

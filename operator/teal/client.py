@@ -182,6 +182,10 @@ class Transient(ApiError):
     """429, 5xx, a timeout or no connection: trying again later may help."""
 
 
+# A kubeconfig that can't be read or names no usable context (the kubernetes package's own error).
+ConfigError = k8s_config.ConfigException
+
+
 _BY_STATUS: dict[int, type[ApiError]] = {
     400: Invalid,
     401: Forbidden,
@@ -256,6 +260,14 @@ class Client:
             config_file=config_file, context=context, client_configuration=cfg
         )
         return cls(cfg, **kwargs)
+
+    @staticmethod
+    def kubeconfig_namespace(config_file: str, context: str | None = None) -> str | None:
+        """The namespace a kubeconfig's context (default: its current context) names, as kubectl reads it."""
+        contexts, active = k8s_config.list_kube_config_contexts(config_file=config_file)  # type: ignore[no-untyped-call]
+        chosen = next((c for c in contexts if c.get("name") == context), active) if context else active
+        namespace = ((chosen or {}).get("context") or {}).get("namespace")
+        return str(namespace) if namespace else None
 
     @classmethod
     def in_cluster(cls, **kwargs: Any) -> Client:

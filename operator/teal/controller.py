@@ -13,6 +13,7 @@ One loop per Rollout means reconciles of one Rollout never overlap, and a slow c
 rather than kopf daemons so that Rollouts get no finalizer: deleting a Rollout never waits
 for the operator, and garbage collection removes what Teal made.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,8 +29,18 @@ from typing import Any
 import kopf
 
 from . import analysis, analysis_driver, core, metrics, policy_kube
-from .api import (COLORS, GROUP, LABEL_ROLLOUT, PLURAL, ROUTE_OBJECT_KIND, ROUTER_KINDS, VERSION, SpecError, parse_spec,
-                  steered_objects)
+from .api import (
+    COLORS,
+    GROUP,
+    LABEL_ROLLOUT,
+    PLURAL,
+    ROUTE_OBJECT_KIND,
+    ROUTER_KINDS,
+    VERSION,
+    SpecError,
+    parse_spec,
+    steered_objects,
+)
 from .client import ApiError, Conflict
 from .kube import REFUSALS, Kube, api_message, merge_patch, owner_reference
 
@@ -54,7 +65,7 @@ class Settings:
 class Loop:
     """The reconcile loop of one Rollout."""
 
-    def __init__(self, controller: "Controller", namespace: str, name: str):
+    def __init__(self, controller: Controller, namespace: str, name: str):
         self.controller = controller
         self.namespace = namespace
         self.name = name
@@ -85,8 +96,15 @@ class Loop:
                 if isinstance(e, Conflict):
                     delay = 0.0  # someone wrote in between: decide again on fresh data
                 else:
-                    log.warning("%s/%s: API error %s %s: %s; retrying in %.1fs", self.namespace, self.name,
-                                e.status, e.reason, api_message(e, 300), delay)
+                    log.warning(
+                        "%s/%s: API error %s %s: %s; retrying in %.1fs",
+                        self.namespace,
+                        self.name,
+                        e.status,
+                        e.reason,
+                        api_message(e, 300),
+                        delay,
+                    )
             except Exception:
                 self.failures += 1
                 delay = min(30.0, 0.5 * 2**self.failures)
@@ -95,7 +113,7 @@ class Loop:
                 return  # the Rollout is gone
             try:
                 await asyncio.wait_for(self.poke.wait(), timeout=min(max(delay, 0.0), RESYNC_SECONDS))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 
@@ -125,8 +143,7 @@ class Controller:
         self.policies = policy_kube.Policies()
         self.providers = analysis.ProviderCache()  # Prometheus connection pools, kept across reconciles
         self.loops: dict[tuple[str, str], Loop] = {}
-        self.api_pool = concurrent.futures.ThreadPoolExecutor(self.settings.api_workers,
-                                                              thread_name_prefix="teal-api")
+        self.api_pool = concurrent.futures.ThreadPoolExecutor(self.settings.api_workers, thread_name_prefix="teal-api")
         self.leading = asyncio.Event()
         self.leading.set()
         self.gate: asyncio.Task | None = None
@@ -162,8 +179,14 @@ class Controller:
 
     def wake_by_route(self, namespace: str, kind: str, name: str) -> None:
         """`name` is the route itself, or the canary Ingress Teal made beside an Ingress."""
-        self._poke_where(namespace, lambda loop: loop.route is not None and loop.route[0] == kind and (
-            loop.route[1] == name or (kind == "nginx" and name == f"{loop.route[1]}-teal-canary")))
+        self._poke_where(
+            namespace,
+            lambda loop: (
+                loop.route is not None
+                and loop.route[0] == kind
+                and (loop.route[1] == name or (kind == "nginx" and name == f"{loop.route[1]}-teal-canary"))
+            ),
+        )
 
     def start_peering_gate(self, interval: float = 1.0) -> None:
         """With peering, reconcile only while this replica leads (see teal.peering)."""
@@ -175,9 +198,8 @@ class Controller:
             decided = False
             while True:
                 try:
-                    peers = await self.call(peering.read_peers, self.kube.client, settings.peering_name,
-                                            settings.namespaces)
-                    now = dt.datetime.now(dt.timezone.utc)
+                    peers = await self.call(peering.read_peers, self.kube.client, settings.peering_name, settings.namespaces)
+                    now = dt.datetime.now(dt.UTC)
                     lead = all(peering.leads(p, settings.identity, settings.priority, now) for p in peers)
                 except Exception as e:  # keep the last verdict; kopf's own peering goes on
                     log.warning("peering: cannot read peers: %s", e)
@@ -188,8 +210,9 @@ class Controller:
                     for loop in self.loops.values():
                         loop.poke.set()
                 elif not lead and (not decided or self.leading.is_set()):
-                    log.warning("peering: a peer with a higher or equal priority is alive; this replica (%s) "
-                                "stands by", settings.identity)
+                    log.warning(
+                        "peering: a peer with a higher or equal priority is alive; this replica (%s) stands by", settings.identity
+                    )
                     self.leading.clear()
                 decided = True
                 await asyncio.sleep(interval)
@@ -225,7 +248,8 @@ class Controller:
         routing = spec.blue_green.traffic_routing
         loop.route = (routing.kind, routing.name) if routing else None
         loop.services = frozenset(spec.blue_green.active_services) | frozenset(
-            [spec.blue_green.preview_service] if spec.blue_green.preview_service else [])
+            [spec.blue_green.preview_service] if spec.blue_green.preview_service else []
+        )
         held, refused = await self._claim(body, status)
         observed = await self.call(self.kube.observe, body, spec)
         gates = await self.call(self.policies.gates_for, body, policy_kube.namespace_labels(self.kube.client))
@@ -235,7 +259,8 @@ class Controller:
             pass  # nothing of this Rollout's traffic is touched (not even a router's prepare)
         elif spec.blue_green.traffic_routing is not None:
             router, observed = await self._observe_router(
-                body, spec.blue_green.traffic_routing, spec.blue_green.active_services, observed)
+                body, spec.blue_green.traffic_routing, spec.blue_green.active_services, observed
+            )
         else:
             observed = dataclasses.replace(observed, weights=selector_weights(spec, observed))
         try:
@@ -246,8 +271,7 @@ class Controller:
             raise
         except Exception as e:  # a bug for this one Rollout: say so in its status, still honour an abort
             log.exception("%s/%s: cannot decide", loop.namespace, loop.name)
-            return await self._cannot_decide(loop, body, status, f"cannot decide: {type(e).__name__}: {e}",
-                                             "ReconcileError", now)
+            return await self._cannot_decide(loop, body, status, f"cannot decide: {type(e).__name__}: {e}", "ReconcileError", now)
         _set_claims(plan.status, held)
         await self._write(body, status, plan.status)
         loop.rejection = None  # recorded in status (or no longer relevant)
@@ -288,22 +312,26 @@ class Controller:
         try:
             await self.call(self.kube.release_claims, body, objects)
         except Exception as e:
-            log.info("%s/%s: claims not released on deletion (taken over later): %s",
-                     body["metadata"].get("namespace"), body["metadata"].get("name"), e)
+            log.info(
+                "%s/%s: claims not released on deletion (taken over later): %s",
+                body["metadata"].get("namespace"),
+                body["metadata"].get("name"),
+                e,
+            )
 
     async def _cannot_decide(self, loop: Loop, body, status, message: str, reason: str, now) -> float | None:
         """Degraded with the error; an abort is acted on all the same (core.cannot_decide)."""
         fallback = core.Fallback.from_spec(body.get("spec"))
         loop.services = frozenset(fallback.active_services) | frozenset(
-            [fallback.preview_service] if fallback.preview_service else [])
+            [fallback.preview_service] if fallback.preview_service else []
+        )
         held, refused = await self._claim(body, status)
         observed = await self.call(self.kube.observe_traffic, body, sorted(loop.services))
         observed = dataclasses.replace(observed, claimed=refused)
         router = None
         if fallback.traffic_routing is not None and not refused:  # an abort moves the weights back too
             try:
-                router, observed = await self._observe_router(
-                    body, fallback.traffic_routing, fallback.active_services, observed)
+                router, observed = await self._observe_router(body, fallback.traffic_routing, fallback.active_services, observed)
             except Exception as e:  # the Services are moved all the same; the next reconcile tries the route again
                 log.warning("%s/%s: route not read while the spec cannot be processed: %s", loop.namespace, loop.name, e)
         plan = core.cannot_decide(status, fallback, observed, message, reason, now, body["metadata"].get("generation"))
@@ -346,8 +374,11 @@ class Controller:
                     await self.call(
                         self.kube.post_event,
                         body,
-                        core.Event("Warning", "WeightsReapplied",
-                                   f"{router.kind} {router.name}: {router.last_drift}; Teal's weights re-applied"),
+                        core.Event(
+                            "Warning",
+                            "WeightsReapplied",
+                            f"{router.kind} {router.name}: {router.last_drift}; Teal's weights re-applied",
+                        ),
                     )
 
     async def _deploy(self, loop: Loop, body, spec, action: core.DeployColor) -> None:
@@ -363,8 +394,14 @@ class Controller:
             message = api_message(e)
             loop.rejection = core.Rejection(action.color, action.hash, action.replicas, e.status, message)
             metrics.DEPLOYMENTS_REJECTED.labels(loop.namespace, loop.name, str(e.status)).inc()
-            log.warning("%s/%s: the apiserver refused Deployment %s (%s): %s", loop.namespace, loop.name,
-                        manifest["metadata"]["name"], e.status, message)
+            log.warning(
+                "%s/%s: the apiserver refused Deployment %s (%s): %s",
+                loop.namespace,
+                loop.name,
+                manifest["metadata"]["name"],
+                e.status,
+                message,
+            )
 
     async def _observe_router(self, body, routing, active_services, observed: core.Observed):
         from . import routers
@@ -373,9 +410,14 @@ class Controller:
         kind = routing.kind
         if kind not in self.settings.routers:
             enabled = ", ".join(self.settings.routers) or "none"
-            return None, dataclasses.replace(observed, router_unavailable=True, router_error=(
-                f"the {kind} traffic router is not enabled in this operator (enabled: {enabled}; "
-                f"teal run --routers, chart value rbac.trafficRouters.{kind})"))
+            return None, dataclasses.replace(
+                observed,
+                router_unavailable=True,
+                router_error=(
+                    f"the {kind} traffic router is not enabled in this operator (enabled: {enabled}; "
+                    f"teal run --routers, chart value rbac.trafficRouters.{kind})"
+                ),
+            )
         try:
             router = routers.make_router(
                 self.kube.client,
@@ -391,12 +433,14 @@ class Controller:
         except routers.RouterError as e:
             if e.transient:
                 raise  # the loop retries with backoff; nothing is wrong with the spec
-            return None, dataclasses.replace(observed, router_error=f"{e.reason}: {e}",
-                                             router_unavailable=e.reason == "APINotFound")
+            return None, dataclasses.replace(
+                observed, router_error=f"{e.reason}: {e}", router_unavailable=e.reason == "APINotFound"
+            )
 
     async def _analysis(self, body, spec, status, observed, now) -> core.Observed:
-        return await analysis_driver.run(self.kube.api_client, self.call, self.providers, self.settings.prometheus_address,
-                                         body, spec, status, observed, now)
+        return await analysis_driver.run(
+            self.kube.api_client, self.call, self.providers, self.settings.prometheus_address, body, spec, status, observed, now
+        )
 
 
 # ------------------------------------------------------------------ kopf wiring

@@ -30,7 +30,7 @@ from typing import Any
 from ..core import AnalysisRun
 from ..status import RunKey
 from .model import AnalysisConfigError, Measurement, QueryResult, judge, parse_metrics, with_color
-from .prometheus import Provider, ProviderCache, ameasure, measure, resolve_queries
+from .prometheus import PrometheusProvider, Provider, ProviderCache, ameasure, measure, resolve_queries
 from .run import advance, due, record
 
 __all__ = [
@@ -111,6 +111,7 @@ class _Tick:
     metrics: list = dataclasses.field(default_factory=list)
     todo: list = dataclasses.field(default_factory=list)
     provider: Provider | None = None
+    owned: PrometheusProvider | None = None  # made for this call only: closed when it ends
     outage: QueryResult | None = None  # the server is down: record the rest as errors unasked
 
     def skipped(self, m) -> Measurement | None:
@@ -155,9 +156,11 @@ def _plan(
     tick.metrics = parse_metrics(analysis_spec, names, fetch_template)
     tick.todo = due(state, key, tick.metrics, now)
     if tick.todo:
-        tick.provider = provider or (providers or ProviderCache()).get(
-            (analysis_spec or {}).get("prometheus"), read_secret, default_address
-        )
+        if provider is not None:
+            tick.provider = provider
+        else:
+            made = (providers or ProviderCache()).get((analysis_spec or {}).get("prometheus"), read_secret, default_address)
+            tick.provider, tick.owned = made, (made if providers is None else None)
     return tick
 
 
@@ -223,8 +226,8 @@ def evaluate(
                 for m in tick.todo
             ]
         finally:
-            if tick.provider is not None and provider is None and providers is None:
-                tick.provider.close()
+            if tick.owned is not None:
+                tick.owned.close()
         return _finish(tick, new, state, history, history_limit)
     except AnalysisConfigError as e:
         return _failed(key, e, state, history)
@@ -252,8 +255,8 @@ async def evaluate_async(
                 meas = await ameasure(tick.query_provider(), m, tick.variables, key, tick.color, tick.now)
                 new.append(tick.skipped(m) or tick.took(meas))
         finally:
-            if tick.provider is not None and kw.get("provider") is None and kw.get("providers") is None:
-                await tick.provider.aclose()
+            if tick.owned is not None:
+                await tick.owned.aclose()
         return _finish(tick, new, kw.get("state"), kw.get("history"), history_limit)
     except AnalysisConfigError as e:
         return _failed(key, e, kw.get("state"), kw.get("history"))
