@@ -1,6 +1,7 @@
 """Helpers for the analysis tests: fake colours under load, a header-recording proxy in
 front of Prometheus (optionally TLS), and a server that accepts connections but never answers.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -13,10 +14,11 @@ import subprocess
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -33,19 +35,24 @@ WINDOW = "5s"  # rate() window: short, so changes show within seconds (scrapes e
 def error_rate_query(ns: str = NS, window: str = WINDOW) -> str:
     """The error ratio of the colour's pods, selected by the labels Prometheus gives any pod."""
     sel = f'namespace="{ns}",pod=~"{{{{podRegex}}}}"'
-    return (
-        f'sum(rate(http_requests_total{{{sel},code=~"5.."}}[{window}]))'
-        f" / sum(rate(http_requests_total{{{sel}}}[{window}]))"
-    )
+    return f'sum(rate(http_requests_total{{{sel},code=~"5.."}}[{window}])) / sum(rate(http_requests_total{{{sel}}}[{window}]))'
 
 
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 ROLLOUT = "checkout"
-VARIABLES = rollout_variables(namespace=NS, name=ROLLOUT, color="green", stable_color="blue", revision=2,
-                              stable_revision=1, active_services=["checkout"], preview_service="checkout-preview")
+VARIABLES = rollout_variables(
+    namespace=NS,
+    name=ROLLOUT,
+    color="green",
+    stable_color="blue",
+    revision=2,
+    stable_revision=1,
+    active_services=["checkout"],
+    preview_service="checkout-preview",
+)
 
 
 def colour_job(app: FakeApp, replicas: int = 2) -> dict[str, Any]:
@@ -112,8 +119,14 @@ PROMETHEUS_OPERATOR_VERSION = "v0.85.0"  # the PodMonitor CRD the doc's PodMonit
 def podmonitor_crd() -> Path:
     """prometheus-operator's PodMonitor CRD, from its Go module (pinned) via the Go module proxy."""
     mod = f"github.com/prometheus-operator/prometheus-operator@{PROMETHEUS_OPERATOR_VERSION}"
-    done = subprocess.run(["go", "mod", "download", "-json", mod], cwd="/", capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "GO111MODULE": "on"})
+    done = subprocess.run(
+        ["go", "mod", "download", "-json", mod],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "GO111MODULE": "on"},
+    )
     assert done.returncode == 0, f"go mod download {mod}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
     return Path(json.loads(done.stdout)["Dir"]) / "example" / "prometheus-operator-crd" / "monitoring.coreos.com_podmonitors.yaml"
 
@@ -192,11 +205,26 @@ def self_signed(tmp: Path) -> tuple[str, str, str]:
     cert, key = tmp / "tls.crt", tmp / "tls.key"
     subprocess.run(
         [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", str(key), "-out", str(cert),
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
         ],
-        check=True, capture_output=True, timeout=60,
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     return str(cert), str(key), cert.read_text()
 
@@ -236,7 +264,7 @@ class Silent:
             c.close()
         self.sock.close()
 
-    def __enter__(self) -> "Silent":
+    def __enter__(self) -> Silent:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -3,6 +3,7 @@
 Import what a test module uses (`from cli_helpers import ...`); the fixtures build on
 the session fixtures of tests/conftest.py (`cluster`, `k8s`, `namespace`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,9 @@ import sys
 import tempfile
 import uuid
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -51,10 +53,10 @@ def kubectl(binaries) -> str:
     return binaries.kubectl
 
 
-def run(cmd: list[str], input: str | None = None, check: bool = True, timeout: float = 120,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+def run(
+    cmd: list[str], input: str | None = None, check: bool = True, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
@@ -66,16 +68,27 @@ def run(cmd: list[str], input: str | None = None, check: bool = True, timeout: f
 def apply_crds(kubectl: str, kubeconfig: str, paths: list[Path]) -> None:
     """Install or update CRDs (server-side apply, so any test may call it) and wait until Established."""
     for path in paths:
-        run([kubectl, "--kubeconfig", kubeconfig, "apply", "--server-side", "--force-conflicts",
-             "--field-manager", "teal-tests", "-f", str(path)])
+        run(
+            [
+                kubectl,
+                "--kubeconfig",
+                kubeconfig,
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager",
+                "teal-tests",
+                "-f",
+                str(path),
+            ]
+        )
     names = []
     for path in paths:
         for doc in yaml.safe_load_all(path.read_text()):
             if doc and doc.get("kind") == "CustomResourceDefinition":
                 names.append(doc["metadata"]["name"])
     for name in names:
-        run([kubectl, "--kubeconfig", kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
-             f"crd/{name}"])
+        run([kubectl, "--kubeconfig", kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}"])
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +105,7 @@ def teal_crds(cluster, kubectl) -> list[str]:
             apply_crds(kubectl, cluster.kubeconfig, [other])
             installed.append(other.name)
         except AssertionError as exc:
-            warnings.warn(f"could not install {other.name}: {str(exc)[:300]}")
+            warnings.warn(f"could not install {other.name}: {str(exc)[:300]}", stacklevel=2)
     return installed
 
 
@@ -141,8 +154,12 @@ def teal_subprocess(*argv: str, **kwargs: Any) -> subprocess.Popen:
     """`kubectl-teal ARGV...` as a child process (line-buffered text stdout)."""
     return subprocess.Popen(
         [sys.executable, "-u", "-c", "import sys; from teal.cli import main; sys.exit(main())", *argv],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        **kwargs,
     )
 
 
@@ -193,7 +210,12 @@ class Rollouts:
         patch = {k: None for k in (ro.get("status") or {}) if k not in status}
         patch.update(status)
         return self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, self.ns, PLURAL, name, {"status": patch},
+            GROUP,
+            VERSION,
+            self.ns,
+            PLURAL,
+            name,
+            {"status": patch},
             _content_type="application/merge-patch+json",
         )
 
@@ -208,21 +230,24 @@ class Rollouts:
         selector = {"app": app}
         if color:
             selector["teal.dev/color"] = color
-        self.core.create_namespaced_service(self.ns, client.V1Service(
-            metadata=client.V1ObjectMeta(name=name),
-            spec=client.V1ServiceSpec(selector=selector, ports=[client.V1ServicePort(port=80, target_port=8080)]),
-        ))
+        self.core.create_namespaced_service(
+            self.ns,
+            client.V1Service(
+                metadata=client.V1ObjectMeta(name=name),
+                spec=client.V1ServiceSpec(selector=selector, ports=[client.V1ServicePort(port=80, target_port=8080)]),
+            ),
+        )
 
-    def colour_deployment(self, rollout: dict[str, Any], color: str, template: dict[str, Any], revision: int,
-                          replicas: int = 1) -> dict[str, Any]:
+    def colour_deployment(
+        self, rollout: dict[str, Any], color: str, template: dict[str, Any], revision: int, replicas: int = 1
+    ) -> dict[str, Any]:
         """A colour Deployment made the way the operator makes it (server-side apply as `teal`)."""
         from teal.api import template_hash
         from teal.kube import owner_reference
 
         name = rollout["metadata"]["name"]
         tmpl = yaml.safe_load(yaml.safe_dump(template))
-        tmpl.setdefault("metadata", {}).setdefault("labels", {}).update(
-            {"teal.dev/rollout": name, "teal.dev/color": color})
+        tmpl.setdefault("metadata", {}).setdefault("labels", {}).update({"teal.dev/rollout": name, "teal.dev/color": color})
         match = dict(rollout["spec"]["selector"]["matchLabels"], **{"teal.dev/color": color})
         manifest = {
             "apiVersion": "apps/v1",
@@ -237,26 +262,50 @@ class Rollouts:
             "spec": {"replicas": replicas, "selector": {"matchLabels": match}, "template": tmpl},
         }
         return self.apps.patch_namespaced_deployment(
-            f"{name}-{color}", self.ns, manifest, field_manager="teal", force=True,
+            f"{name}-{color}",
+            self.ns,
+            manifest,
+            field_manager="teal",
+            force=True,
             _content_type="application/apply-patch+yaml",
         )
 
 
 def healthy_status(color: str = "blue", revision: str = "1", hash_: str = "h1") -> dict[str, Any]:
     return {
-        "phase": "Healthy", "reason": "Healthy", "message": f"revision {revision} is live on {color}",
-        "activeColor": color, "stableColor": color, "stableRevision": revision, "stableHash": hash_,
-        "currentRevision": revision, "currentHash": hash_, "revision": int(revision),
+        "phase": "Healthy",
+        "reason": "Healthy",
+        "message": f"revision {revision} is live on {color}",
+        "activeColor": color,
+        "stableColor": color,
+        "stableRevision": revision,
+        "stableHash": hash_,
+        "currentRevision": revision,
+        "currentHash": hash_,
+        "revision": int(revision),
     }
 
 
-def progressing_status(stable: str = "blue", new: str = "green", stable_rev: str = "1", rev: str = "2",
-                       step: int | None = None, phase: str = "Progressing", **extra: Any) -> dict[str, Any]:
+def progressing_status(
+    stable: str = "blue",
+    new: str = "green",
+    stable_rev: str = "1",
+    rev: str = "2",
+    step: int | None = None,
+    phase: str = "Progressing",
+    **extra: Any,
+) -> dict[str, Any]:
     st = {
-        "phase": phase, "reason": extra.pop("reason", "Deploying"),
+        "phase": phase,
+        "reason": extra.pop("reason", "Deploying"),
         "message": extra.pop("message", f"revision {rev}: waiting for {new}"),
-        "activeColor": stable, "stableColor": stable, "previewColor": new,
-        "stableRevision": stable_rev, "stableHash": "h1", "currentRevision": rev, "currentHash": "h2",
+        "activeColor": stable,
+        "stableColor": stable,
+        "previewColor": new,
+        "stableRevision": stable_rev,
+        "stableHash": "h1",
+        "currentRevision": rev,
+        "currentHash": "h2",
         "revision": int(rev),
         "release": {"revision": rev, "hash": "h2", "color": new, "stage": "Deploying"},
     }
@@ -276,8 +325,9 @@ def wait_line(proc: subprocess.Popen, predicate, timeout: float = 20.0) -> str:
     import queue
     import threading
 
-    q: "queue.Queue[str | None]" = getattr(proc, "_lines", None) or queue.Queue()
+    q: queue.Queue[str | None] = getattr(proc, "_lines", None) or queue.Queue()
     if not hasattr(proc, "_lines"):
+
         def pump() -> None:
             for line in proc.stdout:  # type: ignore[union-attr]
                 q.put(line.rstrip("\n"))
@@ -335,8 +385,9 @@ class InstalledChart:
 
 
 @contextlib.contextmanager
-def installed_chart(helm: str, chart: Path, cluster: Any, k8s: Any, namespace: str, *sets: str,
-                    release: str | None = None, timeout: float = 180) -> Iterator[InstalledChart]:
+def installed_chart(
+    helm: str, chart: Path, cluster: Any, k8s: Any, namespace: str, *sets: str, release: str | None = None, timeout: float = 180
+) -> Iterator[InstalledChart]:
     """Install the chart into `namespace` with `--set` values, yield its ServiceAccount's credentials,
     uninstall afterwards. The operator can run outside the cluster with `.kubeconfig`."""
     from kubernetes import client
@@ -350,12 +401,10 @@ def installed_chart(helm: str, chart: Path, cluster: Any, k8s: Any, namespace: s
     try:
         sa = release if "teal" in release else f"{release}-teal"
         answer = client.CoreV1Api(k8s).create_namespaced_service_account_token(
-            sa, namespace, {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                            "spec": {"expirationSeconds": 3600}})
+            sa, namespace, {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}}
+        )
         token = answer.status.token
-        kubeconfig = cluster.write_kubeconfig(Path(tempfile.mkdtemp(prefix="teal-sa-")) / "kubeconfig",
-                                              token=token, user=sa)
+        kubeconfig = cluster.write_kubeconfig(Path(tempfile.mkdtemp(prefix="teal-sa-")) / "kubeconfig", token=token, user=sa)
         yield InstalledChart(release, namespace, sa, token, kubeconfig)
     finally:
-        run([helm, "uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s"],
-            env=env, check=False)
+        run([helm, "uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s"], env=env, check=False)

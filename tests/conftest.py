@@ -19,7 +19,7 @@ import re
 import signal
 import sys
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -35,7 +35,7 @@ pytest_plugins: list[str] = ["operator_helpers", "routing_helpers", "cli_helpers
 # The suite shares 2 cores with a control plane and Prometheus: property tests judge
 # behaviour, never speed (speed belongs in bench/).
 from hypothesis import HealthCheck  # noqa: E402
-from hypothesis import settings as _hypothesis_settings
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
 
 _hypothesis_settings.register_profile("teal", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 _hypothesis_settings.load_profile("teal")
@@ -71,6 +71,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # SIGTERM (e.g. from a CI timeout) -> KeyboardInterrupt, so fixtures and
     # atexit handlers still stop the child processes and remove temp dirs.
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+
         def _term(signum, frame):  # pragma: no cover - only on SIGTERM
             raise KeyboardInterrupt("SIGTERM")
 

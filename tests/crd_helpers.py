@@ -1,10 +1,12 @@
 """Reading crds/rollouts.yaml and examples/ for the CRD tests (no cluster needed here)."""
+
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import yaml
 

@@ -35,6 +35,7 @@ TokenRequest token of its ServiceAccount, so it has exactly the chart's RBAC; a 
 generation of the Deployment (``helm upgrade``) restarts it, its deletion stops it. A
 document fails when such an operator exits or logs an RBAC denial.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,9 +48,9 @@ import subprocess
 import textwrap
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from teal_devenv.operator import OperatorProcess
 
@@ -59,8 +60,18 @@ FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)")
 MARK = re.compile(r"^\s*<!--\s*not-runnable:\s*(.+?)\s*-->\s*$")
 NOTES_MARK = re.compile(r"\{\{-?\s*/\*\s*not-runnable:\s*(.+?)\s*\*/\s*-?\}\}")
 NOTES_COMMAND = re.compile(r"^ {5,}\S")
-COPY_IGNORE = shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis",
-                                     ".venv", "dist", "build", ".teal", ".teal-quickstart-venv")
+COPY_IGNORE = shutil.ignore_patterns(
+    ".git",
+    "__pycache__",
+    "*.egg-info",
+    ".pytest_cache",
+    ".hypothesis",
+    ".venv",
+    "dist",
+    "build",
+    ".teal",
+    ".teal-quickstart-venv",
+)
 
 
 class DocFailure(AssertionError):
@@ -69,8 +80,8 @@ class DocFailure(AssertionError):
 
 @dataclass
 class Block:
-    doc: str                   # path relative to the repository
-    line: int                  # line of the opening fence (or of the NOTES line)
+    doc: str  # path relative to the repository
+    line: int  # line of the opening fence (or of the NOTES line)
     script: str
     reason: str | None = None  # why it is not runnable here
     output: str = ""
@@ -95,9 +106,11 @@ class Outcome:
         return sum(b.commands for b in self.ran)
 
     def summary(self) -> str:
-        return (f"{self.doc}: {len(self.ran)} block(s) run ({self.commands} command(s), "
-                f"{sum(b.seconds for b in self.ran):.0f} s), "
-                f"{len(self.marked)} marked not runnable ({sum(b.commands for b in self.marked)} command(s))")
+        return (
+            f"{self.doc}: {len(self.ran)} block(s) run ({self.commands} command(s), "
+            f"{sum(b.seconds for b in self.ran):.0f} s), "
+            f"{len(self.marked)} marked not runnable ({sum(b.commands for b in self.marked)} command(s))"
+        )
 
 
 # ---------------------------------------------------------------- finding the commands
@@ -139,8 +152,9 @@ def markdown_blocks(path: Path, root: Path = ROOT) -> list[Block]:
             continue
         indent, fence, lang = m.group(1), m.group(2), m.group(3).lower()
         end = next((j for j in range(i + 1, len(lines)) if lines[j].strip().startswith(fence)), len(lines))
-        body = textwrap.dedent("\n".join(line[len(indent):] if line.startswith(indent) else line
-                                         for line in lines[i + 1:end])).splitlines()
+        body = textwrap.dedent(
+            "\n".join(line[len(indent) :] if line.startswith(indent) else line for line in lines[i + 1 : end])
+        ).splitlines()
         script = _script(lang, body)
         if script is not None:
             mark = MARK.match(lines[i - 1]) if i else None
@@ -195,12 +209,21 @@ class Shell:
     def run(self, script: str, timeout: float, trouble: Callable[[], str | None] = lambda: None) -> tuple[int, str]:
         """Run a block; stop it early when `trouble()` names a problem (an operator that died)."""
         state = shlex.quote(str(self.state))
-        prologue = (f"source {state}\n"
-                    f"__save() {{ {{ export -p; printf 'cd %q\\n' \"$PWD\"; }} > {state}.new; }}\n"
-                    "trap __save EXIT\nset -euo pipefail\n")
-        proc = subprocess.Popen(["bash", "-c", prologue + script], cwd=self.cwd, env=self.env, text=True,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        prologue = (
+            f"source {state}\n"
+            f"__save() {{ {{ export -p; printf 'cd %q\\n' \"$PWD\"; }} > {state}.new; }}\n"
+            "trap __save EXIT\nset -euo pipefail\n"
+        )
+        proc = subprocess.Popen(
+            ["bash", "-c", prologue + script],
+            cwd=self.cwd,
+            env=self.env,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -243,7 +266,7 @@ class ChartOperators:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="chart-operators", daemon=True)
 
-    def __enter__(self) -> "ChartOperators":
+    def __enter__(self) -> ChartOperators:
         self._thread.start()
         return self
 
@@ -266,8 +289,7 @@ class ChartOperators:
         items = self.cluster.api("GET", f"/apis/apps/v1/deployments?labelSelector={self.SELECTOR}")["items"]
         found = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in items}
         with self._lock:
-            for key in [k for k, (gen, _) in self.running.items()
-                        if k not in found or found[k]["metadata"]["generation"] != gen]:
+            for key in [k for k, (gen, _) in self.running.items() if k not in found or found[k]["metadata"]["generation"] != gen]:
                 self.running.pop(key)[1].stop()
             for key, dep in found.items():
                 if key not in self.running:
@@ -280,11 +302,15 @@ class ChartOperators:
         args = [a for a in container.get("args", []) if not a.startswith(("--liveness-port", "--metrics-port"))]
         if args[:1] != ["run"]:
             raise DocFailure(f"deployment {ns}/{name}: the operator's args do not start with `run`: {args}")
-        env = {e["name"]: e["value"] for e in container.get("env", [])
-               if "value" in e and e["name"] not in ("KUBECONFIG", "PYTHONUNBUFFERED", "PYTHONPATH")}
+        env = {
+            e["name"]: e["value"]
+            for e in container.get("env", [])
+            if "value" in e and e["name"] not in ("KUBECONFIG", "PYTHONUNBUFFERED", "PYTHONPATH")
+        }
         sa = pod["serviceAccountName"]
-        kubeconfig = self.cluster.write_kubeconfig(self.dir / f"{ns}-{name}.kubeconfig",
-                                                   token=self.cluster.create_token(ns, sa), user=sa)
+        kubeconfig = self.cluster.write_kubeconfig(
+            self.dir / f"{ns}-{name}.kubeconfig", token=self.cluster.create_token(ns, sa), user=sa
+        )
         return OperatorProcess(kubeconfig, self.dir / f"{ns}-{name}.log", extra_args=args[1:], env=env).start()
 
     def trouble(self) -> str | None:
@@ -295,16 +321,21 @@ class ChartOperators:
             for (ns, name), (_, op) in self.running.items():
                 if op.proc is not None and op.proc.poll() is not None:
                     return f"the operator of {ns}/{name} exited ({op.proc.returncode}):\n" + op.log_tail(40)
-                denied = [line for line in op.log_tail(2000).splitlines()
-                          if "system:serviceaccount:" in line or "forbidden" in line.lower()]
+                denied = [
+                    line
+                    for line in op.log_tail(2000).splitlines()
+                    if "system:serviceaccount:" in line or "forbidden" in line.lower()
+                ]
                 if denied:
                     return f"the operator of {ns}/{name} was refused by RBAC:\n" + "\n".join(denied[:10])
         return None
 
     def logs(self) -> str:
         with self._lock:
-            return "\n".join(f"--- operator of {ns}/{name}\n{op.log_tail(30)}"
-                             for (ns, name), (_, op) in self.running.items()) or "--- no operator was running"
+            return (
+                "\n".join(f"--- operator of {ns}/{name}\n{op.log_tail(30)}" for (ns, name), (_, op) in self.running.items())
+                or "--- no operator was running"
+            )
 
 
 OFFLINE = re.compile(r"kubectl[- ]teal\s+(lint|--help)\b")
@@ -324,8 +355,13 @@ def terminal(tmp: Path, tools: list[str], with_cluster: bool) -> Iterator[tuple[
 
     home = tmp / "home"
     home.mkdir()
-    env = {"PATH": os.pathsep.join([*dict.fromkeys(str(Path(t).parent) for t in tools), os.environ["PATH"]]),
-           "HOME": str(home), "LANG": "C.UTF-8", "TERM": "dumb", "KUBECONFIG": str(tmp / "no-cluster")}
+    env = {
+        "PATH": os.pathsep.join([*dict.fromkeys(str(Path(t).parent) for t in tools), os.environ["PATH"]]),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "KUBECONFIG": str(tmp / "no-cluster"),
+    }
     shell = Shell(copy_repository(tmp / "teal"), env, tmp)
     if not with_cluster:
         yield shell, None
@@ -343,8 +379,9 @@ def terminal(tmp: Path, tools: list[str], with_cluster: bool) -> Iterator[tuple[
             raise DocFailure(f"the docs' cluster left processes running: {left}")
 
 
-def run_blocks(outcome: Outcome, blocks: list[Block], shell: Shell, operators: ChartOperators | None,
-               timeout: float = 180) -> None:
+def run_blocks(
+    outcome: Outcome, blocks: list[Block], shell: Shell, operators: ChartOperators | None, timeout: float = 180
+) -> None:
     """Run the runnable blocks in order into `outcome`; raise DocFailure at the first that fails."""
     for block in blocks:
         if block.reason:
@@ -356,6 +393,7 @@ def run_blocks(outcome: Outcome, blocks: list[Block], shell: Shell, operators: C
         problem = operators.trouble() if operators else None
         if code != 0 or problem:
             context = f"\n{operators.logs()}\n{problem or ''}" if operators else ""
-            raise DocFailure(f"{block.where()}: exit {code}\n--- block\n{block.script}\n--- output\n"
-                             f"{block.output[-4000:]}{context}")
+            raise DocFailure(
+                f"{block.where()}: exit {code}\n--- block\n{block.script}\n--- output\n{block.output[-4000:]}{context}"
+            )
         outcome.ran.append(block)

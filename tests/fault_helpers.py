@@ -24,6 +24,7 @@ test), `drop()` cuts a watch stream off after some events. kmock itself does no 
 selection and runs no controllers: the world a test seeds (Deployments with ready pods)
 stays as it is unless the operator changes it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,7 +35,8 @@ import itertools
 import threading
 import time
 import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp.web
 import kmock
@@ -61,8 +63,15 @@ Hook = Callable[[Request], Awaitable[None] | None]
 
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
-            "code": code, "reason": reason, "message": message}
+    return {
+        "apiVersion": "v1",
+        "kind": "Status",
+        "metadata": {},
+        "status": "Failure",
+        "code": code,
+        "reason": reason,
+        "message": message,
+    }
 
 
 class FakeApi(kmock.KubernetesEmulator):
@@ -78,21 +87,27 @@ class FakeApi(kmock.KubernetesEmulator):
         self._released = asyncio.Event()
         self.conflicts: list[Request] = []  # writes refused with 409 for a stale resourceVersion
         self.held = 0  # requests being held by hang() right now
-        for res, kind in ((ROLLOUTS, "Rollout"), (DEPLOYMENTS, "Deployment"), (SERVICES, "Service"),
-                          (EVENTS, "Event"), (REVISIONS, "ControllerRevision")):
+        for res, kind in (
+            (ROLLOUTS, "Rollout"),
+            (DEPLOYMENTS, "Deployment"),
+            (SERVICES, "Service"),
+            (EVENTS, "Event"),
+            (REVISIONS, "ControllerRevision"),
+        ):
             self.resources[res] = kmock.ResourceInfo(
-                kind=kind, namespaced=True,
+                kind=kind,
+                namespaced=True,
                 verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
                 subresources={"status", "scale"} if res in (ROLLOUTS, DEPLOYMENTS) else set(),
             )
         # kopf waits for the namespaces resource to exist before it watches anything.
-        self.resources[NAMESPACES] = kmock.ResourceInfo(kind="Namespace", namespaced=False,
-                                                        verbs={"get", "list", "watch"})
+        self.resources[NAMESPACES] = kmock.ResourceInfo(kind="Namespace", namespaced=False, verbs={"get", "list", "watch"})
 
     # ------------------------------------------------------------ faults
 
-    def fail(self, view: kmock.View, code: int, times: int, reason: str = "InternalError",
-             retry_after: int | None = None) -> kmock.View:
+    def fail(
+        self, view: kmock.View, code: int, times: int, reason: str = "InternalError", retry_after: int | None = None
+    ) -> kmock.View:
         """Answer the first `times` requests seen through `view` with a Status `code`."""
         reaction = view[:times] << code
         if retry_after is not None:
@@ -149,8 +164,11 @@ class FakeApi(kmock.KubernetesEmulator):
         """Keep an object as if it had been created through the API (no watch event)."""
         body = copy.deepcopy(body)
         meta = body.setdefault("metadata", {})
-        meta.update(resourceVersion=self.next_rv(), uid=meta.get("uid") or str(uuid.uuid4()),
-                    creationTimestamp=meta.get("creationTimestamp") or _now())
+        meta.update(
+            resourceVersion=self.next_rv(),
+            uid=meta.get("uid") or str(uuid.uuid4()),
+            creationTimestamp=meta.get("creationTimestamp") or _now(),
+        )
         if "spec" in body:
             meta.setdefault("generation", 1)
         self.objects[resource, meta.get("namespace"), meta["name"]] = body
@@ -236,9 +254,10 @@ class FakeApi(kmock.KubernetesEmulator):
         if wanted is not None and str(wanted) != str(current["metadata"].get("resourceVersion")):
             self.conflicts.append(request)
             raise kmock.KubernetesError(
-                status=409, reason="Conflict",
+                status=409,
+                reason="Conflict",
                 message=f'Operation cannot be fulfilled on {request.resource.plural} "{request.name}": the object '
-                        "has been modified; please apply your changes to the latest version and try again",
+                "has been modified; please apply your changes to the latest version and try again",
             )
         if dicts.patch_dict(current, data) == current:
             return current
@@ -260,7 +279,9 @@ class FakeApi(kmock.KubernetesEmulator):
             changed = [
                 {"type": "ADDED" if self._born.get(key, 0) > int(since) else "MODIFIED", "object": obj.raw}
                 for key, obj in self.objects.items()
-                if key[0] == request.resource and not obj.deleted and request.namespace in (None, key[1])
+                if key[0] == request.resource
+                and not obj.deleted
+                and request.namespace in (None, key[1])
                 and int(obj.raw["metadata"].get("resourceVersion", 0)) > int(since)
             ]
         for event in changed:
@@ -294,7 +315,7 @@ def _selects(selector: str, obj: dict[str, Any]) -> bool:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @contextlib.asynccontextmanager
@@ -363,8 +384,7 @@ async def running_controller(api: FakeApi) -> AsyncIterator[TracedController]:
         ctl.kube.close()
 
 
-def kopf_registry(api: FakeApi, ctl: Controller, error_backoffs: tuple[float, ...] | None = None
-                  ) -> kopf.OperatorRegistry:
+def kopf_registry(api: FakeApi, ctl: Controller, error_backoffs: tuple[float, ...] | None = None) -> kopf.OperatorRegistry:
     """Teal's registry for `ctl` (teal.controller.registry, as `teal run` builds it) with a
     login to the fake API instead of kopf's fallback login, which would load a kubeconfig into
     the kubernetes client's process-wide default configuration."""
@@ -376,6 +396,7 @@ def kopf_registry(api: FakeApi, ctl: Controller, error_backoffs: tuple[float, ..
         return kopf.ConnectionInfo(server=server)
 
     if error_backoffs is not None:  # after Teal's startup handler: kopf's own API retries, shortened
+
         @kopf.on.startup(registry=registry)
         def _backoffs(settings: kopf.OperatorSettings, **_: Any) -> None:
             settings.networking.error_backoffs = error_backoffs
@@ -384,8 +405,7 @@ def kopf_registry(api: FakeApi, ctl: Controller, error_backoffs: tuple[float, ..
 
 
 @contextlib.asynccontextmanager
-async def running_operator(api: FakeApi, error_backoffs: tuple[float, ...] | None = None
-                           ) -> AsyncIterator[TracedController]:
+async def running_operator(api: FakeApi, error_backoffs: tuple[float, ...] | None = None) -> AsyncIterator[TracedController]:
     """The real kopf operator with Teal's handlers (and its startup settings) on the fake
     API, cluster-wide; stopped, with Teal's loops, afterwards.
 
@@ -401,8 +421,7 @@ async def running_operator(api: FakeApi, error_backoffs: tuple[float, ...] | Non
 
     def run() -> None:
         try:
-            asyncio.run(kopf.operator(registry=registry, clusterwide=True, standalone=True,
-                                      stop_flag=stop, ready_flag=ready))
+            asyncio.run(kopf.operator(registry=registry, clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready))
         except BaseException as e:  # reported by the test
             crashed.append(e)
 
@@ -424,46 +443,72 @@ async def running_operator(api: FakeApi, error_backoffs: tuple[float, ...] | Non
 
 
 def template(image: str) -> dict[str, Any]:
-    return {"metadata": {"labels": {"app": "demo"}},
-            "spec": {"containers": [{"name": "app", "image": image}]}}
+    return {"metadata": {"labels": {"app": "demo"}}, "spec": {"containers": [{"name": "app", "image": image}]}}
 
 
 def deployment(ns: str, rollout: str, color: str, image: str, replicas: int) -> dict[str, Any]:
     """A colour's Deployment with every pod ready (nothing in kmock would make them ready)."""
     tpl = template(image)
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": f"{rollout}-{color}", "namespace": ns,
-                     "labels": {LABEL_ROLLOUT: rollout, LABEL_COLOR: color},
-                     "annotations": {ANNOTATION_HASH: template_hash(tpl), ANNOTATION_REVISION: "1"}},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "demo", LABEL_COLOR: color}},
-                 "template": tpl},
-        "status": {"replicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas,
-                   "updatedReplicas": replicas, "observedGeneration": 1},
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": f"{rollout}-{color}",
+            "namespace": ns,
+            "labels": {LABEL_ROLLOUT: rollout, LABEL_COLOR: color},
+            "annotations": {ANNOTATION_HASH: template_hash(tpl), ANNOTATION_REVISION: "1"},
+        },
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "demo", LABEL_COLOR: color}}, "template": tpl},
+        "status": {
+            "replicas": replicas,
+            "readyReplicas": replicas,
+            "availableReplicas": replicas,
+            "updatedReplicas": replicas,
+            "observedGeneration": 1,
+        },
     }
 
 
 def service(ns: str, name: str, color: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
-            "spec": {"selector": {"app": "demo", LABEL_COLOR: color}, "ports": [{"port": 80}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"selector": {"app": "demo", LABEL_COLOR: color}, "ports": [{"port": 80}]},
+    }
 
 
 def rollout(ns: str, name: str, image: str, replicas: int = 2) -> dict[str, Any]:
     """A Rollout whose revision 1 (image v1) is stable and live on blue, asking for `image`."""
     stable = template_hash(template("v1"))
     return {
-        "apiVersion": "teal.dev/v1alpha1", "kind": "Rollout",
+        "apiVersion": "teal.dev/v1alpha1",
+        "kind": "Rollout",
         "metadata": {"name": name, "namespace": ns},
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {"app": "demo"}},
             "template": template(image),
-            "strategy": {"blueGreen": {"activeServices": [name], "previewService": f"{name}-preview",
-                                       "scaleDownDelaySeconds": 600, "abortScaleDownDelaySeconds": 600}},
+            "strategy": {
+                "blueGreen": {
+                    "activeServices": [name],
+                    "previewService": f"{name}-preview",
+                    "scaleDownDelaySeconds": 600,
+                    "abortScaleDownDelaySeconds": 600,
+                }
+            },
         },
-        "status": {"phase": "Healthy", "reason": "Healthy", "activeColor": "blue", "stableColor": "blue",
-                   "stableHash": stable, "stableRevision": "1", "currentRevision": "1",
-                   "currentHash": stable, "revision": 1},
+        "status": {
+            "phase": "Healthy",
+            "reason": "Healthy",
+            "activeColor": "blue",
+            "stableColor": "blue",
+            "stableHash": stable,
+            "stableRevision": "1",
+            "currentRevision": "1",
+            "currentHash": stable,
+            "revision": 1,
+        },
     }
 
 
@@ -505,8 +550,12 @@ def switched(api: FakeApi, ns: str, name: str) -> bool:
     if (ROLLOUTS, ns, name) not in api.objects:
         return False
     st = rollout_status(api, ns, name)
-    return (selector_color(api, ns, name) == "green" and selector_color(api, ns, f"{name}-preview") == "green"
-            and st.get("phase") == "Healthy" and st.get("stableColor") == "green")
+    return (
+        selector_color(api, ns, name) == "green"
+        and selector_color(api, ns, f"{name}-preview") == "green"
+        and st.get("phase") == "Healthy"
+        and st.get("stableColor") == "green"
+    )
 
 
 async def until(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:

@@ -15,6 +15,7 @@
 Both Go programs are built by hack/build-binaries.sh into a cache folder named after a
 hash of their sources.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -97,8 +98,9 @@ def _gopher_lua(script: str, obj: dict[str, Any]) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:
         f.write(script)
         f.flush()
-        proc = subprocess.run([str(tool("argocd-lua")), f.name], input=json.dumps(obj), capture_output=True,
-                              text=True, timeout=30)
+        proc = subprocess.run(
+            [str(tool("argocd-lua")), f.name], input=json.dumps(obj), capture_output=True, text=True, timeout=30
+        )
     if proc.returncode != 0:
         raise AssertionError(f"the health script failed in gopher-lua: {proc.stderr.strip()}")
     return json.loads(proc.stdout)
@@ -117,6 +119,7 @@ def tool(name: str) -> Path:
 
 def kstatus(obj: dict[str, Any]) -> dict[str, str]:
     """{"status": Current | InProgress | Failed | ..., "message"} for one object."""
-    out = subprocess.run([str(tool("kstatus"))], input=json.dumps(obj), capture_output=True, text=True,
-                         timeout=30, check=True).stdout
+    out = subprocess.run(
+        [str(tool("kstatus"))], input=json.dumps(obj), capture_output=True, text=True, timeout=30, check=True
+    ).stdout
     return json.loads(out)

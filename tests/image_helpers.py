@@ -1,5 +1,6 @@
 """Build the operator image (hack/build-image.sh), unpack it, and run it the way a kubelet would:
 as its own user, on a read-only root, with a tmpfs on /tmp and a ServiceAccount volume."""
+
 from __future__ import annotations
 
 import json
@@ -19,11 +20,15 @@ import oci  # noqa: E402  (the archive reader the build itself uses)
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
-def build_image(output: Path, env: dict[str, str] | None = None, timeout: float = 1200,
-                repo: Path = ROOT) -> dict[str, Any]:
+def build_image(output: Path, env: dict[str, str] | None = None, timeout: float = 1200, repo: Path = ROOT) -> dict[str, Any]:
     """Run `REPO/hack/build-image.sh --output OUTPUT`; the summary it writes beside the archive, plus its log."""
-    proc = subprocess.run(["bash", str(repo / "hack" / "build-image.sh"), "--output", str(output)],
-                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        ["bash", str(repo / "hack" / "build-image.sh"), "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     if proc.returncode != 0:
         raise AssertionError(f"hack/build-image.sh exited {proc.returncode}:\n{proc.stderr[-4000:]}")
     info = json.loads(output.with_name(output.name.split(".")[0] + ".json").read_text())
@@ -49,10 +54,13 @@ def crane_binary() -> str:
     version = re.search(r"^CRANE_VERSION=(\S+)", (ROOT / "hack/versions.env").read_text(), re.M).group(1)
     folder = Path(os.environ.get("TEAL_CACHE") or Path.home() / ".cache/teal") / "bin" / f"crane-{version}"
     if not (folder / "crane").exists():
-        proc = subprocess.run(["go", "install", "-trimpath", "-ldflags", "-s -w",
-                               f"github.com/google/go-containerregistry/cmd/crane@{version}"],
-                              capture_output=True, text=True, timeout=900,
-                              env={**os.environ, "GOBIN": str(folder), "CGO_ENABLED": "0"})
+        proc = subprocess.run(
+            ["go", "install", "-trimpath", "-ldflags", "-s -w", f"github.com/google/go-containerregistry/cmd/crane@{version}"],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env={**os.environ, "GOBIN": str(folder), "CGO_ENABLED": "0"},
+        )
         if proc.returncode != 0:
             raise AssertionError(f"go install crane@{version} failed:\n{proc.stderr[-3000:]}")
     return str(folder / "crane")
@@ -64,8 +72,11 @@ def unpack(archive: Path, rootfs: Path) -> None:
     rootfs.mkdir(parents=True, exist_ok=True)
     for name in oci.read_archive(archive)["layer_blobs"]:
         blob = subprocess.Popen(["tar", "-xOf", str(archive), name], stdout=subprocess.PIPE)
-        subprocess.run(["tar", "-xz", "-C", str(rootfs), "--numeric-owner", "--same-owner", "--same-permissions"],
-                       stdin=blob.stdout, check=True)
+        subprocess.run(
+            ["tar", "-xz", "-C", str(rootfs), "--numeric-owner", "--same-owner", "--same-permissions"],
+            stdin=blob.stdout,
+            check=True,
+        )
         blob.stdout.close()  # type: ignore[union-attr]
         assert blob.wait() == 0, f"could not read {name} from {archive}"
 
@@ -98,7 +109,7 @@ class ImageProcess:
         self.env.update(env)
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "ImageProcess":
+    def start(self) -> ImageProcess:
         r = self.rootfs
         for d in ("proc", "dev", "tmp"):  # mount points, made before the root turns read-only (as runc does)
             inside(r, d).mkdir(exist_ok=True)
@@ -107,28 +118,46 @@ class ImageProcess:
         argv = self.config.get("Entrypoint", []) + self.config.get("Cmd", [])
         uid, gid = self.config["User"].split(":")
         workdir = shlex.quote(self.config.get("WorkingDir") or "/")
-        script = "\n".join([
-            "set -e",
-            f"mount --bind '{r}' '{r}'",
-            f"mount -o remount,bind,ro '{r}'",
-            f"mount -t tmpfs -o mode=1777,size=64m,nosuid,nodev tmpfs '{r}/tmp'",
-            f"mount -t proc -o nosuid,nodev,noexec proc '{r}/proc'",
-            f"mount --rbind /dev '{r}/dev'",
-            f"mount --bind '{self.secrets}' '{sa}'",
-            f"mount -o remount,bind,ro '{sa}'",
-            # chroot to the rootfs, cd to WorkingDir, drop to the image's user (no supplementary
-            # groups), then exec Entrypoint + Cmd found on the image's PATH
-            f'exec env -u IMAGE_PATH PATH="$IMAGE_PATH" unshare --root={shlex.quote(str(r))} --wd={workdir}'
-            f" --setgid {gid} --setuid {uid} -- {shlex.join(argv)}",
-        ])
+        script = "\n".join(
+            [
+                "set -e",
+                f"mount --bind '{r}' '{r}'",
+                f"mount -o remount,bind,ro '{r}'",
+                f"mount -t tmpfs -o mode=1777,size=64m,nosuid,nodev tmpfs '{r}/tmp'",
+                f"mount -t proc -o nosuid,nodev,noexec proc '{r}/proc'",
+                f"mount --rbind /dev '{r}/dev'",
+                f"mount --bind '{self.secrets}' '{sa}'",
+                f"mount -o remount,bind,ro '{sa}'",
+                # chroot to the rootfs, cd to WorkingDir, drop to the image's user (no supplementary
+                # groups), then exec Entrypoint + Cmd found on the image's PATH
+                f'exec env -u IMAGE_PATH PATH="$IMAGE_PATH" unshare --root={shlex.quote(str(r))} --wd={workdir}'
+                f" --setgid {gid} --setuid {uid} -- {shlex.join(argv)}",
+            ]
+        )
         host_path = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
         with open(self.log_path, "ab") as log:
             # only the image's Env and what the "kubelet" adds (and PATH for mount): nothing of the host's
             self.proc = subprocess.Popen(
                 # a killed test run takes the image's process with it (pdeathsig, then --kill-child)
-                ["setpriv", "--pdeathsig", "KILL", "--", "unshare", "--mount", "--propagation", "private",
-                 "--fork", "--kill-child", "--", "sh", "-c", script],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    "setpriv",
+                    "--pdeathsig",
+                    "KILL",
+                    "--",
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--fork",
+                    "--kill-child",
+                    "--",
+                    "sh",
+                    "-c",
+                    script,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 env={**self.env, **host_path, "IMAGE_PATH": self.env["PATH"]},
                 start_new_session=True,
             )

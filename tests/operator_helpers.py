@@ -1,4 +1,5 @@
 """Fixtures and helpers to run the real operator against the local control plane."""
+
 from __future__ import annotations
 
 import copy
@@ -7,8 +8,9 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import kubernetes
 import pytest
@@ -21,8 +23,6 @@ __all__ = ["OperatorProcess", "Env", "EndpointRecorder", "rollout", "pod_templat
 
 REPO = Path(__file__).resolve().parent.parent
 CRDS = sorted((REPO / "crds").glob("*.yaml"))
-
-
 
 
 _SESSION_OPERATORS: list[OperatorProcess] = []
@@ -79,8 +79,12 @@ def service(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 def rollout(name: str = "app", image: str = "v1", replicas: int = 2, **blue_green: Any) -> dict[str, Any]:
-    bg = {"activeServices": [name], "previewService": f"{name}-preview", "scaleDownDelaySeconds": 5,
-          "abortScaleDownDelaySeconds": 2}
+    bg = {
+        "activeServices": [name],
+        "previewService": f"{name}-preview",
+        "scaleDownDelaySeconds": 5,
+        "abortScaleDownDelaySeconds": 2,
+    }
     bg.update(blue_green)
     return {
         "apiVersion": "teal.dev/v1alpha1",
@@ -136,9 +140,7 @@ class Env:
         self.patch_spec({"template": template}, name)
 
     def patch_status(self, patch: dict[str, Any], name: str = "app") -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            "teal.dev", "v1alpha1", self.ns, "rollouts", name, {"status": patch}
-        )
+        self.custom.patch_namespaced_custom_object_status("teal.dev", "v1alpha1", self.ns, "rollouts", name, {"status": patch})
 
     def promote(self, name: str = "app", full: bool = False) -> None:
         st = self.status(name)
@@ -146,8 +148,9 @@ class Env:
 
     def abort(self, name: str = "app") -> None:
         st = self.status(name)
-        self.patch_status({"abort": {"revision": st["currentRevision"], "reason": "AbortedByUser",
-                                     "message": "aborted by the test"}}, name)
+        self.patch_status(
+            {"abort": {"revision": st["currentRevision"], "reason": "AbortedByUser", "message": "aborted by the test"}}, name
+        )
 
     def retry(self, name: str = "app") -> None:
         self.patch_status({"abort": None}, name)
@@ -164,8 +167,9 @@ class Env:
                 return None
             raise
 
-    def wait(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 60, name: str = "app",
-             what: str = "rollout condition") -> dict[str, Any]:
+    def wait(
+        self, pred: Callable[[dict[str, Any]], bool], timeout: float = 60, name: str = "app", what: str = "rollout condition"
+    ) -> dict[str, Any]:
         last: dict[str, Any] = {}
 
         def check() -> bool:
@@ -182,7 +186,9 @@ class Env:
     def wait_phase(self, phase: str, timeout: float = 60, name: str = "app", **fields: Any) -> dict[str, Any]:
         return self.wait(
             lambda s: s.get("phase") == phase and all(str(s.get(k)) == str(v) for k, v in fields.items()),
-            timeout, name, what=f"phase {phase} {fields}",
+            timeout,
+            name,
+            what=f"phase {phase} {fields}",
         )
 
     def two_releases(self, timeout: float = 90) -> dict[str, Any]:
@@ -238,7 +244,7 @@ class EndpointRecorder:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._lock = threading.Lock()
 
-    def __enter__(self) -> "EndpointRecorder":
+    def __enter__(self) -> EndpointRecorder:
         self._thread.start()
         return self
 
@@ -251,8 +257,7 @@ class EndpointRecorder:
         while not self._stop.is_set():
             w = kubernetes.watch.Watch()
             try:
-                for ev in w.stream(self.api.list_namespaced_endpoint_slice, self.ns, label_selector=sel,
-                                   timeout_seconds=2):
+                for ev in w.stream(self.api.list_namespaced_endpoint_slice, self.ns, label_selector=sel, timeout_seconds=2):
                     obj = ev["object"]
                     with self._lock:
                         if ev["type"] == "DELETED":

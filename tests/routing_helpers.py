@@ -10,12 +10,14 @@
 
 Use in a test module: ``from routing_helpers import owner, router_crds, routing  # noqa: F401``.
 """
+
 from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import pytest
 import yaml
@@ -68,9 +70,9 @@ def crd_documents(folders: Iterable[Path], names: Iterable[str] | None = TEST_CR
             if wanted is not None and not any(n.split(".", 1)[0] in f.name for n in wanted):
                 continue
             for doc in yaml.load_all(f.read_text(), Loader=loader):
-                if doc and doc.get("kind") == "CustomResourceDefinition":
-                    if wanted is None or doc["metadata"]["name"] in wanted:
-                        docs.append(doc)
+                is_crd = doc and doc.get("kind") == "CustomResourceDefinition"
+                if is_crd and (wanted is None or doc["metadata"]["name"] in wanted):
+                    docs.append(doc)
     if wanted is not None and len(docs) != len(wanted):
         found = {d["metadata"]["name"] for d in docs}
         raise RuntimeError(f"CRDs missing from {[str(f) for f in folders]}: {sorted(wanted - found)}")
@@ -176,9 +178,7 @@ class RoutingEnv:
         return self.custom.get_namespaced_custom_object(*GATEWAY[:2], self.ns, GATEWAY[2], name)
 
     def replace_httproute(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        return self.custom.replace_namespaced_custom_object(
-            *GATEWAY[:2], self.ns, GATEWAY[2], obj["metadata"]["name"], obj
-        )
+        return self.custom.replace_namespaced_custom_object(*GATEWAY[:2], self.ns, GATEWAY[2], obj["metadata"]["name"], obj)
 
     def patch_httproute(self, ops: list[dict[str, Any]], name: str = "checkout") -> dict[str, Any]:
         return self.custom.patch_namespaced_custom_object(
@@ -192,8 +192,12 @@ class RoutingEnv:
                 {
                     "name": "primary",
                     "match": [{"uri": {"prefix": "/"}}],
-                    "route": [{"destination": {"host": f"{ROLLOUT}-blue.{self.ns}.svc.cluster.local",
-                                               "port": {"number": 80}}, "weight": 100}],
+                    "route": [
+                        {
+                            "destination": {"host": f"{ROLLOUT}-blue.{self.ns}.svc.cluster.local", "port": {"number": 80}},
+                            "weight": 100,
+                        }
+                    ],
                 }
             ]
         body = {
@@ -208,17 +212,20 @@ class RoutingEnv:
         return self.custom.get_namespaced_custom_object(*ISTIO[:2], self.ns, ISTIO[2], name)
 
     def replace_virtualservice(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        return self.custom.replace_namespaced_custom_object(
-            *ISTIO[:2], self.ns, ISTIO[2], obj["metadata"]["name"], obj
-        )
+        return self.custom.replace_namespaced_custom_object(*ISTIO[:2], self.ns, ISTIO[2], obj["metadata"]["name"], obj)
 
     # -- Ingress
-    def ingress(self, name: str = "checkout", backend: str = ACTIVE, hosts: Iterable[str] = ("shop.example",),
-                extra_paths: list[dict[str, Any]] | None = None, annotations: Mapping[str, str] | None = None):
+    def ingress(
+        self,
+        name: str = "checkout",
+        backend: str = ACTIVE,
+        hosts: Iterable[str] = ("shop.example",),
+        extra_paths: list[dict[str, Any]] | None = None,
+        annotations: Mapping[str, str] | None = None,
+    ):
         rules = []
         for host in hosts:
-            paths = [{"path": "/", "pathType": "Prefix",
-                      "backend": {"service": {"name": backend, "port": {"number": 80}}}}]
+            paths = [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": backend, "port": {"number": 80}}}}]
             paths += list(extra_paths or [])
             rules.append({"host": host, "http": {"paths": paths}})
         body = {
@@ -240,11 +247,17 @@ class RoutingEnv:
         self.net.replace_namespaced_ingress(obj["metadata"]["name"], self.ns, obj)
 
     # -- routers
-    def router(self, kind: str, name: str = "checkout", routes: tuple[str, ...] = (), port: int | None = None,
-               rollout: str = ROLLOUT, active: tuple[str, ...] = (ACTIVE,)):
+    def router(
+        self,
+        kind: str,
+        name: str = "checkout",
+        routes: tuple[str, ...] = (),
+        port: int | None = None,
+        rollout: str = ROLLOUT,
+        active: tuple[str, ...] = (ACTIVE,),
+    ):
         routing = TrafficRouting(kind=kind, name=name, routes=tuple(routes), port=port)
-        return make_router(self.api, self.ns, rollout, self.owner_ref, routing,
-                           ColorServices.for_rollout(rollout, active))
+        return make_router(self.api, self.ns, rollout, self.owner_ref, routing, ColorServices.for_rollout(rollout, active))
 
 
 @pytest.fixture
@@ -272,9 +285,4 @@ def canary_state(ingress: Mapping[str, Any] | None) -> tuple[str | None, int | N
 
 
 def primary_backends(ingress: Mapping[str, Any]) -> list[str]:
-    return [
-        p["backend"]["service"]["name"]
-        for r in ingress["spec"]["rules"]
-        for p in r["http"]["paths"]
-    ]
-
+    return [p["backend"]["service"]["name"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]

@@ -1,6 +1,7 @@
 """The AnalysisTemplate / ClusterAnalysisTemplate CRDs: consistent with the Rollout CRD and
 teal.analysis, installed into a real kube-apiserver, rejecting bad objects with clear messages,
 and read back by teal.analysis.kube for parse_metrics / provider_from_spec."""
+
 from __future__ import annotations
 
 import base64
@@ -83,7 +84,10 @@ def installed(k8s):
     ext = k.ApiextensionsV1Api(k8s)
     for body in crds().values():
         ext.patch_custom_resource_definition(
-            body["metadata"]["name"], body, field_manager="teal-analysis-tests", force=True,
+            body["metadata"]["name"],
+            body,
+            field_manager="teal-analysis-tests",
+            force=True,
             _content_type="application/apply-patch+yaml",
         )
     for body in crds().values():
@@ -96,10 +100,16 @@ def installed(k8s):
 
         wait_for(established, timeout=30, what=f"{name} to be Established")
     co = k.CustomObjectsApi(k8s)
-    wait_for(lambda: co.list_cluster_custom_object(G, V, "analysistemplates") is not None, timeout=30,
-             what="analysistemplates to be served")
-    wait_for(lambda: co.list_cluster_custom_object(G, V, "clusteranalysistemplates") is not None, timeout=30,
-             what="clusteranalysistemplates to be served")
+    wait_for(
+        lambda: co.list_cluster_custom_object(G, V, "analysistemplates") is not None,
+        timeout=30,
+        what="analysistemplates to be served",
+    )
+    wait_for(
+        lambda: co.list_cluster_custom_object(G, V, "clusteranalysistemplates") is not None,
+        timeout=30,
+        what="clusteranalysistemplates to be served",
+    )
     return co
 
 
@@ -164,7 +174,10 @@ BAD = [
     ({"thresholdRange": None, "baseline": "x", "maxRatio": 0}, "baseline needs maxRatio greater than 0"),
     ({"maxRatio": 1.5}, "maxRatio and floor only apply to a baseline"),
     ({"failureLimit": 3, "count": 3}, "failureLimit must be less than count"),
-    ({"thresholdRange": None, "successCondition": "result < baseline"}, "successCondition uses baseline, but the template has no baseline query"),
+    (
+        {"thresholdRange": None, "successCondition": "result < baseline"},
+        "successCondition uses baseline, but the template has no baseline query",
+    ),
     ({"query": 'x{c="{{colour}}"}'}, "unknown {{variable}}"),
     ({"query": "   "}, "must not be blank"),
     ({"query": None}, "spec.query: Required value"),
@@ -215,7 +228,7 @@ def test_printer_columns(installed, k8s, namespace):
     assert data["kind"] == "Table"
     names = [c["name"] for c in data["columnDefinitions"]]
     assert names[:1] == ["Name"] and {"Min", "Max", "Max-Ratio", "No-Data", "Dry-Run", "Query", "Age"} <= set(names)
-    row = dict(zip(names, data["rows"][0]["cells"]))
+    row = dict(zip(names, data["rows"][0]["cells"], strict=False))
     assert row["Max-Ratio"] == 1.2 and row["No-Data"] == "fail" and "{{args.quantile}}" in row["Query"]
 
 
@@ -223,11 +236,12 @@ def test_printer_columns(installed, k8s, namespace):
 def test_templates_and_secrets_are_read_for_parse_metrics(installed, k8s, namespace):
     create(installed, namespace, template(name="latency"))
     cname = f"up-{uuid.uuid4().hex[:6]}"
-    cdoc = template(name=cname, query="sum(up{namespace=\"{{namespace}}\"})", thresholdRange={"min": 1}, args=None)
+    cdoc = template(name=cname, query='sum(up{namespace="{{namespace}}"})', thresholdRange={"min": 1}, args=None)
     cdoc["kind"] = "ClusterAnalysisTemplate"
     installed.create_cluster_custom_object(G, V, "clusteranalysistemplates", cdoc)
-    k.CoreV1Api(k8s).create_namespaced_secret(namespace, k.V1Secret(
-        metadata=k.V1ObjectMeta(name="prom-token"), data={"token": base64.b64encode(b"s3cret").decode()}))
+    k.CoreV1Api(k8s).create_namespaced_secret(
+        namespace, k.V1Secret(metadata=k.V1ObjectMeta(name="prom-token"), data={"token": base64.b64encode(b"s3cret").decode()})
+    )
     try:
         spec = {
             "metrics": [

@@ -1,6 +1,7 @@
 """{{podRegex}}: the regex of a colour's pod names matches every name Kubernetes can give
 that Deployment's pods and no pod of another Deployment (pure; the e2e analysis tests check
 it against the pods of a real control plane)."""
+
 from __future__ import annotations
 
 import re

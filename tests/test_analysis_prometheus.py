@@ -1,4 +1,5 @@
 """The analysis engine against a real Prometheus scraping fake blue/green apps (issue 4)."""
+
 from __future__ import annotations
 
 import base64
@@ -181,14 +182,33 @@ def test_bad_data_kind_from_provider(prom):
 
 def test_wrong_port_is_an_error_and_the_run_never_passes():
     metric = err_metric(consecutive_error_limit=2, no_data="pass", interval_s=1.0)
-    spec = {"prePromotion": ["error-rate"], "metrics": [{"name": "error-rate", "query": metric.query,
-            "thresholdRange": {"max": 0.01}, "noData": "pass", "consecutiveErrorLimit": 2, "interval": "1s"}],
-            "prometheus": {"address": f"http://127.0.0.1:{free_port()}", "timeout": "2s"}}
+    spec = {
+        "prePromotion": ["error-rate"],
+        "metrics": [
+            {
+                "name": "error-rate",
+                "query": metric.query,
+                "thresholdRange": {"max": 0.01},
+                "noData": "pass",
+                "consecutiveErrorLimit": 2,
+                "interval": "1s",
+            }
+        ],
+        "prometheus": {"address": f"http://127.0.0.1:{free_port()}", "timeout": "2s"},
+    }
     state, history, t = None, None, now()
     verdicts = []
     for _ in range(5):
-        ev = evaluate(spec, KEY, variables=VARIABLES, state=state, history=history,
-                      fetch_template=lambda k, n: None, read_secret=lambda n, k: None, now=t)
+        ev = evaluate(
+            spec,
+            KEY,
+            variables=VARIABLES,
+            state=state,
+            history=history,
+            fetch_template=lambda k, n: None,
+            read_secret=lambda n, k: None,
+            now=t,
+        )
         state, history = ev.state, ev.history
         verdicts.append(ev.run.verdict)
         assert all(m.verdict == ERROR and m.error_kind == "unavailable" for m in ev.measurements)
@@ -289,8 +309,16 @@ def test_evaluate_runs_to_success_while_a_failing_dry_run_metric_is_only_reporte
 
     def tick():
         nonlocal state, history
-        ev = evaluate(spec, KEY, variables=VARIABLES, state=state, history=history,
-                      fetch_template=lambda k, n: None, read_secret=lambda n, k: None, now=now())
+        ev = evaluate(
+            spec,
+            KEY,
+            variables=VARIABLES,
+            state=state,
+            history=history,
+            fetch_template=lambda k, n: None,
+            read_secret=lambda n, k: None,
+            now=now(),
+        )
         state, history = ev.state, ev.history
         return ev if ev.run.verdict != "Running" else None
 

@@ -1,5 +1,6 @@
 """The provider and engine without a Prometheus: configuration, timeouts, dead ports,
 result parsing, and `evaluate` with a scripted provider."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -29,7 +30,7 @@ from teal.analysis.prometheus import (
 )
 from teal_devenv.procs import free_port
 
-T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
 VARS = rollout_variables(
     namespace="shop",
     name="checkout",
@@ -86,7 +87,10 @@ def test_conflicting_auth_rejected():
     with pytest.raises(AnalysisConfigError, match="not both"):
         provider_from_spec({"address": "http://p", "bearerTokenSecretRef": {"name": "t"}, "basicAuthSecretRef": {"name": "b"}}, s)
     with pytest.raises(AnalysisConfigError, match="Authorization header conflicts"):
-        provider_from_spec({"address": "http://p", "bearerTokenSecretRef": {"name": "t"}, "headers": [{"name": "Authorization", "value": "x"}]}, s)
+        provider_from_spec(
+            {"address": "http://p", "bearerTokenSecretRef": {"name": "t"}, "headers": [{"name": "Authorization", "value": "x"}]},
+            s,
+        )
     with pytest.raises(AnalysisConfigError, match="not a valid HTTP header name"):
         provider_from_spec({"address": "http://p", "headers": [{"name": "X Bad", "value": "x"}]}, s)
 
@@ -197,8 +201,17 @@ def run_ticks(provider, spec=SPEC, key="7:prePromotion", ticks=10):
     state, history, now = None, None, T0
     evs = []
     for _ in range(ticks):
-        ev = evaluate(spec, key, variables=VARS, state=state, history=history, fetch_template=no_templates,
-                      read_secret=secrets({}), now=now, provider=provider)
+        ev = evaluate(
+            spec,
+            key,
+            variables=VARS,
+            state=state,
+            history=history,
+            fetch_template=no_templates,
+            read_secret=secrets({}),
+            now=now,
+            provider=provider,
+        )
         evs.append(ev)
         state, history = ev.state, ev.history
         if ev.run.next_at is None:

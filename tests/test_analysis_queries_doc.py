@@ -7,6 +7,7 @@ Debian's Prometheus 2.42 (promtool too) is built without kubernetes_sd, so the j
 `kubernetes_sd_configs` is swapped for the file_sd that teal_devenv.podsd fills with the
 same targets and meta labels kubernetes_sd gives the pods; the relabel_configs run as
 written."""
+
 from __future__ import annotations
 
 import re
@@ -28,8 +29,16 @@ from teal_devenv.podsd import PodDiscovery
 from teal_devenv.prometheus import pod_sd_job
 from teal_devenv.wait import wait_for
 
-VARS = rollout_variables(namespace="shop", name="checkout", color="green", stable_color="blue", revision=3,
-                         stable_revision=2, active_services=["checkout"], preview_service="checkout-preview")
+VARS = rollout_variables(
+    namespace="shop",
+    name="checkout",
+    color="green",
+    stable_color="blue",
+    revision=3,
+    stable_revision=2,
+    active_services=["checkout"],
+    preview_service="checkout-preview",
+)
 
 
 def test_every_yaml_block_parses():
@@ -48,9 +57,11 @@ def test_the_variable_table_shows_what_teal_renders():
 
 def test_the_templates_query_selects_the_new_colours_pods_only():
     tmpl = doc_template()
-    [metric] = parse_metrics({"metrics": [{"name": "error-rate", "templateRef": {"name": "error-rate"}}],
-                              "prePromotion": ["error-rate"]}, ["error-rate"],
-                             lambda kind, name: tmpl if name == "error-rate" else None)
+    [metric] = parse_metrics(
+        {"metrics": [{"name": "error-rate", "templateRef": {"name": "error-rate"}}], "prePromotion": ["error-rate"]},
+        ["error-rate"],
+        lambda kind, name: tmpl if name == "error-rate" else None,
+    )
     query, _ = resolve_queries(metric, VARS)
     check_promql(query)
     selectors = re.findall(r'pod=~"([^"]+)"', query)
@@ -68,7 +79,7 @@ def test_inline_metrics_render_with_the_baseline_on_the_live_colour():
     by_name = {m.name: resolve_queries(m, VARS) for m in metrics}
     query, baseline = by_name["errors-vs-live"]
     assert pod_regex("checkout-green") in query and pod_regex("checkout-blue") in baseline
-    for q, b in by_name.values():
+    for q, _b in by_name.values():
         check_promql(q)
 
 
@@ -94,17 +105,18 @@ def test_the_documented_podmonitor_fits_prometheus_operators_schema(k8s, namespa
     monitor = doc_podmonitor()
     assert monitor["metadata"].pop("namespace") == "shop"  # the test's namespace instead
     co = kubernetes.client.CustomObjectsApi(k8s)
-    co.create_namespaced_custom_object("monitoring.coreos.com", "v1", namespace, "podmonitors", monitor,
-                                       field_validation="Strict")
-    back = co.get_namespaced_custom_object("monitoring.coreos.com", "v1", namespace, "podmonitors",
-                                           monitor["metadata"]["name"])
+    co.create_namespaced_custom_object(
+        "monitoring.coreos.com", "v1", namespace, "podmonitors", monitor, field_validation="Strict"
+    )
+    back = co.get_namespaced_custom_object("monitoring.coreos.com", "v1", namespace, "podmonitors", monitor["metadata"]["name"])
     assert back["spec"]["podTargetLabels"] == ["teal.dev/color", "teal.dev/rollout"]
     assert back["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["targetLabel"] == "teal_color"
     # the schema is really enforced: a misspelt field is refused
     typo = {**monitor, "metadata": {"name": "typo"}, "spec": {**monitor["spec"], "podTargetLabel": ["x"]}}
     with pytest.raises(kubernetes.client.ApiException, match="podTargetLabel"):
-        co.create_namespaced_custom_object("monitoring.coreos.com", "v1", namespace, "podmonitors", typo,
-                                           field_validation="Strict")
+        co.create_namespaced_custom_object(
+            "monitoring.coreos.com", "v1", namespace, "podmonitors", typo, field_validation="Strict"
+        )
 
 
 def test_kubernetes_sd_job_relabelling_passes_promtool(tmp_path):
@@ -122,12 +134,28 @@ def test_the_documented_relabelling_gives_real_pods_teal_color(k8s, namespace, p
     """The doc's kubernetes_sd job, run by Prometheus on the pods of a Deployment like one
     Teal makes; only the address is the local process (kwok pods run nothing)."""
     labels = {"app": "demo", "teal.dev/rollout": "demo", "teal.dev/color": "blue"}
-    kubernetes.client.AppsV1Api(k8s).create_namespaced_deployment(namespace, {
-        "metadata": {"name": "demo-blue", "labels": labels},
-        "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": {
-            "metadata": {"labels": labels, "annotations": {"prometheus.io/scrape": "true"}},
-            "spec": {"containers": [{"name": "app", "image": "registry.example.com/demo:1",
-                                     "ports": [{"name": "http", "containerPort": 8080}]}]}}}})
+    kubernetes.client.AppsV1Api(k8s).create_namespaced_deployment(
+        namespace,
+        {
+            "metadata": {"name": "demo-blue", "labels": labels},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels, "annotations": {"prometheus.io/scrape": "true"}},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "app",
+                                "image": "registry.example.com/demo:1",
+                                "ports": [{"name": "http", "containerPort": 8080}],
+                            }
+                        ]
+                    },
+                },
+            },
+        },
+    )
     with FakeApp("blue", namespace) as app, PodDiscovery(k8s, namespace, tmp_path / "pods.json") as sd:
         job = with_file_sd(doc_sd_job(), sd.path)
         local = pod_sd_job("x", sd.path, {"blue": app.target})["relabel_configs"]

@@ -1,4 +1,5 @@
 """Pure tests of teal.analysis.run: scheduling (due), folding (advance), history (record)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -22,7 +23,7 @@ from teal.analysis import (
 )
 from teal.core import AnalysisRun, iso
 
-T0 = dt.datetime(2030, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2030, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
 KEY = "7:prePromotion"
 
 
@@ -295,7 +296,7 @@ def test_final_verdicts_are_sticky(sc, late):
         return
     now = history[-1][0] + dt.timedelta(hours=1)
     assert due(state, KEY, metrics, now) == []
-    extra = [meas(m, v, now) for m, v in zip(metrics * 10, late)]
+    extra = [meas(m, v, now) for m, v in zip(metrics * 10, late, strict=False)]
     state2, run2 = advance(state, KEY, metrics, extra, now)
     assert run2.verdict == final and state2 == state
 

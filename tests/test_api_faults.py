@@ -11,6 +11,7 @@ whose spec now asks for image v2, while green already runs v2 with every pod rea
 reconcile finishes that release: it writes the status (which records the switch), then
 points both Services at green. A fault in the middle of that shows what Teal does.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,12 +27,12 @@ from fault_helpers import (
     fake_api,
     rollout,
     rollout_status,
-    status_body,
     running_controller,
     running_operator,
     seed_release,
     seed_world,
     selector_color,
+    status_body,
     switched,
     template,
     until,
@@ -68,8 +69,11 @@ async def test_conflict_on_status_write_decides_again_on_fresh_data() -> None:
         api.before(status_writes[:1], lambda _: api.edit(ROLLOUTS, NS, "app", revert))
         async with running_controller(api) as ctl:
             ctl.wake(NS, "app")
-            await until(lambda: rollout_status(api, NS, "app").get("observedGeneration") == 2
-                        and ctl.settled(NS, "app"), 10, "generation 2 decided, with nothing left to do")
+            await until(
+                lambda: rollout_status(api, NS, "app").get("observedGeneration") == 2 and ctl.settled(NS, "app"),
+                10,
+                "generation 2 decided, with nothing left to do",
+            )
 
             assert [r.id for r in api.conflicts] == [status_writes[0].id]
             (failure,) = ctl.failures(NS, "app")
@@ -78,8 +82,7 @@ async def test_conflict_on_status_write_decides_again_on_fresh_data() -> None:
             assert api.arrived(rereads[0]) - api.arrived(status_writes[0]) < 0.3, "a 409 is retried at once"
             assert api.requests(PATCH, SERVICES) == [], "no Service may move on a decision that was not recorded"
             st = rollout_status(api, NS, "app")
-            assert (st["phase"], st["stableColor"], st["activeColor"], st["currentRevision"]) == (
-                "Healthy", "blue", "blue", "1")
+            assert (st["phase"], st["stableColor"], st["activeColor"], st["currentRevision"]) == ("Healthy", "blue", "blue", "1")
             assert "release" not in st
             assert selector_color(api, NS, "app") == selector_color(api, NS, "app-preview") == "blue"
 
@@ -100,8 +103,9 @@ async def test_conflict_with_an_unrelated_write_switches_once_after_the_status_w
             assert sorted(r.name for r in svc_patches) == ["app", "app-preview"], "each Service patched once"
             assert all(r.data["spec"]["selector"] == {"teal.dev/color": "green"} for r in svc_patches)
             recorded = [r for r in status_writes if r.id < svc_patches[0].id and r not in api.conflicts]
-            assert recorded and recorded[-1].data["status"]["activeColor"] == "green", \
+            assert recorded and recorded[-1].data["status"]["activeColor"] == "green", (
                 "the switch is in a successful status write before any Service moves"
+            )
             assert api.stored(ROLLOUTS, NS, "app")["metadata"]["labels"] == {"team": "x"}
 
 
@@ -119,8 +123,8 @@ async def test_service_patch_500_retries_with_growing_backoff_until_the_switch(c
             attempts = api.requests(PATCH, SERVICES, kmock.name("app"))
             assert len(attempts) == 4, "three refused, the fourth applied"
             assert retry_delays(caplog, "app", 500) == [0.4, 0.8, 1.6]
-            gaps = [api.arrived(b) - api.arrived(a) for a, b in zip(attempts, attempts[1:])]
-            assert all(gap >= delay - 0.05 for gap, delay in zip(gaps, [0.4, 0.8, 1.6])), gaps
+            gaps = [api.arrived(b) - api.arrived(a) for a, b in zip(attempts, attempts[1:], strict=False)]
+            assert all(gap >= delay - 0.05 for gap, delay in zip(gaps, [0.4, 0.8, 1.6], strict=False)), gaps
             # Until the Service really moved, no status write claimed the release was done.
             before_switch = [r for r in api.requests(PATCH, ROLLOUTS, STATUS) if r.id < attempts[-1].id]
             assert before_switch
@@ -157,8 +161,9 @@ async def test_throttled_read_is_retried_after_retry_after(caplog) -> None:
             await until(lambda: switched(api, NS, "app") and ctl.settled(NS, "app"), 15, "the switch to green")
 
             reads = api.requests(GET, ROLLOUTS)
-            assert all(api.arrived(b) - api.arrived(a) >= 0.95 for a, b in zip(reads[:2], reads[1:3])), \
+            assert all(api.arrived(b) - api.arrived(a) >= 0.95 for a, b in zip(reads[:2], reads[1:3], strict=False)), (
                 "Retry-After is honoured"
+            )
             assert ctl.failures(NS, "app") == [] and retry_delays(caplog, "app", 429) == []
 
 
@@ -199,8 +204,9 @@ async def test_hung_read_times_out_while_other_rollouts_keep_working(monkeypatch
             await until(lambda: api.held, 5, "slow's first Deployment read is held")
             ctl.wake(NS, "fast")
             await until(lambda: switched(api, NS, "fast"), 5, "fast switched to green")
-            assert (NS, "slow") in ctl.running and not ctl.failures(NS, "slow"), \
+            assert (NS, "slow") in ctl.running and not ctl.failures(NS, "slow"), (
                 "fast was reconciled while slow's reconcile waited for its read"
+            )
 
             failure = await until(lambda: ctl.failures(NS, "slow"), 4 * read_timeout + 5, "slow's read timed out")
             waited = time.monotonic() - api.arrived(list(hung)[0])
@@ -261,8 +267,9 @@ async def test_kopf_resumes_a_cut_watch_and_teal_reacts_to_what_came_meanwhile()
 
             watches = list(rollout_watches(api))
             assert len(watches) >= 2
-            assert watches[1].params.get("resourceVersion") == app["metadata"]["resourceVersion"], \
+            assert watches[1].params.get("resourceVersion") == app["metadata"]["resourceVersion"], (
                 "kopf resumed from the last event of the cut stream"
+            )
             assert api.requests(GET, ROLLOUTS, kmock.name("late")), "the late Rollout's loop read it"
             await until(lambda: switched(api, NS, "app"), 10, "the listed Rollout switched too")
 
@@ -324,6 +331,7 @@ async def test_a_watch_request_forbidden_past_kopfs_retries_is_watched_again_not
         async with running_operator(api, error_backoffs=(0.05, 0.05)):
             await until(lambda: switched(api, NS, "late"), 20, "Teal switched the Rollout created during the 403s")
             assert len(list(rollout_lists(api))) >= 2 and len(list(rollout_watches(api))) >= 4
-        delays = [float(m.group(1)) for w in watch_warnings(caplog)
-                  if (m := re.search(r"again in ([0-9.]+)s$", w)) and "403" in w]
+        delays = [
+            float(m.group(1)) for w in watch_warnings(caplog) if (m := re.search(r"again in ([0-9.]+)s$", w)) and "403" in w
+        ]
         assert delays[:1] == [0.5], watch_warnings(caplog)

@@ -10,6 +10,7 @@ Before the bulkheads, every query took a thread of one shared pool of 32: the hu
 held all of them and the healthy run waited out their timeouts. How long the healthy run
 takes, alone and beside the hung ones, is measured by bench/bench_bulkhead.py.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,7 +32,7 @@ pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(120)]
 
 HUNG_ROLLOUTS = 100
 HUNG_TIMEOUT = "60s"  # far longer than the healthy run may take even on a loaded machine
-T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
 
 
 def spec(address: str, timeout: str, count: int = 3) -> dict:
@@ -45,21 +46,39 @@ def spec(address: str, timeout: str, count: int = 3) -> dict:
 
 
 def variables(name: str) -> dict:
-    return rollout_variables(namespace="shop", name=name, color="green", stable_color="blue", revision=2,
-                             stable_revision=1, active_services=[name], preview_service=None)
+    return rollout_variables(
+        namespace="shop",
+        name=name,
+        color="green",
+        stable_color="blue",
+        revision=2,
+        stable_revision=1,
+        active_services=[name],
+        preview_service=None,
+    )
 
 
 async def run_analysis(analysis: dict, name: str, pool, providers: ProviderCache):
     """The ticks of one run, as its reconcile loop drives them (the clock jumps to each next_at)."""
+
     def offload(fn):
         return asyncio.get_running_loop().run_in_executor(pool, fn)
 
     state = history = None
     now = T0
     while True:
-        ev = await evaluate_async(analysis, "2:prePromotion", variables=variables(name), state=state, history=history,
-                                  fetch_template=lambda k, n: None, read_secret=lambda n, k: None, now=now,
-                                  providers=providers, offload=offload)
+        ev = await evaluate_async(
+            analysis,
+            "2:prePromotion",
+            variables=variables(name),
+            state=state,
+            history=history,
+            fetch_template=lambda k, n: None,
+            read_secret=lambda n, k: None,
+            now=now,
+            providers=providers,
+            offload=offload,
+        )
         state, history = ev.state, ev.history
         if ev.run.next_at is None:
             return ev
@@ -70,12 +89,18 @@ async def test_a_hung_prometheus_delays_only_the_rollouts_that_query_it(promethe
     pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="test-api")
     providers = ProviderCache()
     with Silent() as hung:
-        hung_runs = [asyncio.create_task(run_analysis(spec(hung.url, HUNG_TIMEOUT), f"hung-{i}", pool, providers))
-                     for i in range(HUNG_ROLLOUTS)]
+        hung_runs = [
+            asyncio.create_task(run_analysis(spec(hung.url, HUNG_TIMEOUT), f"hung-{i}", pool, providers))
+            for i in range(HUNG_ROLLOUTS)
+        ]
         try:
             # the hung server holds as many queries as its bulkhead lets through, no more
-            await asyncio.to_thread(wait_for, lambda: len(hung.conns) >= PER_SERVER_LIMIT, timeout=30,
-                                    what=f"{PER_SERVER_LIMIT} queries hanging on the silent server")
+            await asyncio.to_thread(
+                wait_for,
+                lambda: len(hung.conns) >= PER_SERVER_LIMIT,
+                timeout=30,
+                what=f"{PER_SERVER_LIMIT} queries hanging on the silent server",
+            )
             threads = threading.active_count()
             healthy = await run_analysis(spec(prometheus.url, "10s"), "healthy", pool, providers)
             assert healthy.run.verdict == SUCCESSFUL, healthy.run.message
@@ -96,14 +121,27 @@ async def test_a_query_waiting_for_a_slot_times_out_with_its_own_deadline_and_sa
     providers = ProviderCache()
     pool = concurrent.futures.ThreadPoolExecutor(2)
     with Silent() as hung:
-        holders = [asyncio.create_task(run_analysis(spec(hung.url, "60s"), f"h-{i}", pool, providers))
-                   for i in range(PER_SERVER_LIMIT)]
+        holders = [
+            asyncio.create_task(run_analysis(spec(hung.url, "60s"), f"h-{i}", pool, providers)) for i in range(PER_SERVER_LIMIT)
+        ]
         try:
-            await asyncio.to_thread(wait_for, lambda: len(hung.conns) >= PER_SERVER_LIMIT, timeout=30,
-                                    what="every query slot of the silent server taken")
-            late = await evaluate_async(spec(hung.url, "300ms", count=1), "2:prePromotion", variables=variables("late"),
-                                        state=None, history=None, fetch_template=lambda k, n: None,
-                                        read_secret=lambda n, k: None, now=T0, providers=providers)
+            await asyncio.to_thread(
+                wait_for,
+                lambda: len(hung.conns) >= PER_SERVER_LIMIT,
+                timeout=30,
+                what="every query slot of the silent server taken",
+            )
+            late = await evaluate_async(
+                spec(hung.url, "300ms", count=1),
+                "2:prePromotion",
+                variables=variables("late"),
+                state=None,
+                history=None,
+                fetch_template=lambda k, n: None,
+                read_secret=lambda n, k: None,
+                now=T0,
+                providers=providers,
+            )
             (m,) = late.measurements
             assert m.error_kind == "timeout" and f"all {PER_SERVER_LIMIT} query slots" in m.message, m.message
         finally:
@@ -131,17 +169,23 @@ def labelled_rollout(name: str, analysis: dict | None) -> dict:
 
 @pytest.mark.cluster
 @pytest.mark.timeout(240)
-def test_rollouts_on_a_hung_prometheus_do_not_delay_a_healthy_one_in_the_operator(k8s, namespace, prometheus,
-                                                                                   teal_operator) -> None:
+def test_rollouts_on_a_hung_prometheus_do_not_delay_a_healthy_one_in_the_operator(
+    k8s, namespace, prometheus, teal_operator
+) -> None:
     """40 Rollouts start a release whose analysis queries a server that never answers (60 s
     timeout); then a Rollout whose analysis queries the real Prometheus releases, analysed,
     before any hung query has timed out (no hung Rollout has a measurement yet)."""
     env = Env(k8s, namespace)
     with Silent() as hung:
+
         def gate(address: str, timeout: str) -> dict:
-            return {"prometheus": {"address": address, "timeout": timeout}, "interval": "1s", "count": 2,
-                    "prePromotion": ["gate"],
-                    "metrics": [{"name": "gate", "query": "vector(0)", "thresholdRange": {"max": 0.01}}]}
+            return {
+                "prometheus": {"address": address, "timeout": timeout},
+                "interval": "1s",
+                "count": 2,
+                "prePromotion": ["gate"],
+                "metrics": [{"name": "gate", "query": "vector(0)", "thresholdRange": {"max": 0.01}}],
+            }
 
         names = [f"h{i}" for i in range(OPERATOR_HUNG)]
         for name in names + ["ok"]:

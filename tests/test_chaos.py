@@ -8,6 +8,7 @@ prePromotion analysis and must end Aborted with the stable colour still serving;
 must end Healthy on the new colour. The kill moments come from a seeded random generator
 (TEAL_CHAOS_SEED, default 12) and are printed, so a failing run can be replayed.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,7 +48,7 @@ class Chaos:
             self.kills.append(time.monotonic())
             print(f"chaos: operator SIGKILLed and restarted (kill {len(self.kills)} at {time.monotonic():.1f})")
 
-    def __enter__(self) -> "Chaos":
+    def __enter__(self) -> Chaos:
         self._thread.start()
         return self
 
@@ -61,17 +62,21 @@ def ended(previous_revision: int):
         rev = int(st.get("currentRevision") or 0)
         healthy = st.get("phase") == "Healthy" and st.get("stableRevision") == str(rev)
         return rev > previous_revision and (healthy or st.get("phase") == "Aborted")
+
     return check
 
 
 def test_releases_end_as_undisturbed_ones_would_through_kills_and_an_apiserver_restart(
-        cluster, k8s, teal_crds, namespace, prometheus, no_operator, tmp_path):
+    cluster, k8s, teal_crds, namespace, prometheus, no_operator, tmp_path
+):
     env = Env(k8s, namespace)
     env.create_service("app")
     env.create_service("app-preview")
     body = rollout(scaleDownDelaySeconds=1, abortScaleDownDelaySeconds=1)
     body["spec"]["analysis"] = {
-        "prometheus": {"address": prometheus.url, "timeout": "3s"}, "interval": "500ms", "count": 2,
+        "prometheus": {"address": prometheus.url, "timeout": "3s"},
+        "interval": "500ms",
+        "count": 2,
         "prePromotion": ["gate"],
         "metrics": [{"name": "gate", "query": "vector({{revision}} % 3)", "thresholdRange": {"min": 1}}],
     }
@@ -104,8 +109,10 @@ def test_releases_end_as_undisturbed_ones_would_through_kills_and_an_apiserver_r
                     wait_for(lambda: env.selector_color("app") == new, timeout=30, what=f"app on {new}")
             wait_for(lambda: rec.ready_colors().get(st["stableColor"]) == 2, timeout=30, what="stable colour ready")
         rec.assert_safe()
-        print(f"chaos: {len(outcomes)} releases {outcomes}, {len(chaos.kills)} operator kills, "
-              "1 apiserver restart, 0 endpoint-invariant violations")
+        print(
+            f"chaos: {len(outcomes)} releases {outcomes}, {len(chaos.kills)} operator kills, "
+            "1 apiserver restart, 0 endpoint-invariant violations"
+        )
         assert len(outcomes) == RELEASES and chaos.kills
         assert [p for _, p, _ in outcomes].count("Aborted") == sum(bad(r) for r, _, _ in outcomes) >= 2
     finally:

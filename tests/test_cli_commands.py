@@ -4,6 +4,7 @@ No operator runs here: each test writes status through the status subresource to
 Rollout in the state it needs (the way Teal would), runs a command, and checks exit
 codes, output and what the command wrote.
 """
+
 from __future__ import annotations
 
 import re
@@ -61,8 +62,9 @@ def test_list_empty_namespace(rollouts, namespace):
 
 
 def test_get_shows_the_tree(rollouts, namespace, k8s):
-    ro = rollouts.create(rollout_manifest("shop", previewService="shop-preview",
-                                          steps=[{"setWeight": 0}, {"pause": {}}, {"setWeight": 100}]))
+    ro = rollouts.create(
+        rollout_manifest("shop", previewService="shop-preview", steps=[{"setWeight": 0}, {"pause": {}}, {"setWeight": 100}])
+    )
     rollouts.service("shop-active", "shop", "blue")
     rollouts.service("shop-preview", "shop", "green")
     tmpl = ro["spec"]["template"]
@@ -70,26 +72,58 @@ def test_get_shows_the_tree(rollouts, namespace, k8s):
     green_tmpl = yaml.safe_load(yaml.safe_dump(tmpl))
     green_tmpl["spec"]["containers"][0]["image"] = "registry.example.com/demo:2"
     rollouts.colour_deployment(ro, "green", green_tmpl, 2, replicas=1)
-    rollouts.set_status("shop", progressing_status(
-        step=2, phase="Paused", reason="AwaitingPromotion", message="revision 2 ready on green; waiting for promote",
-        weights={"blue": 100, "green": 0},
-        analysis=[
-            {"metric": "error-rate", "phase": "prePromotion", "color": "green", "value": 0.002,
-             "verdict": "Successful", "at": "2025-01-01T12:00:05Z"},
-            {"metric": "latency-p99", "phase": "prePromotion", "color": "green", "value": 0.31,
-             "baseline": 0.3, "verdict": "Successful", "at": "2025-01-01T12:00:06Z"},
-        ],
-        conditions=[{"type": "Ready", "status": "False", "reason": "AwaitingPromotion",
-                     "message": "waiting for promote", "lastTransitionTime": "2025-01-01T12:00:00Z"}],
-    ))
+    rollouts.set_status(
+        "shop",
+        progressing_status(
+            step=2,
+            phase="Paused",
+            reason="AwaitingPromotion",
+            message="revision 2 ready on green; waiting for promote",
+            weights={"blue": 100, "green": 0},
+            analysis=[
+                {
+                    "metric": "error-rate",
+                    "phase": "prePromotion",
+                    "color": "green",
+                    "value": 0.002,
+                    "verdict": "Successful",
+                    "at": "2025-01-01T12:00:05Z",
+                },
+                {
+                    "metric": "latency-p99",
+                    "phase": "prePromotion",
+                    "color": "green",
+                    "value": 0.31,
+                    "baseline": 0.3,
+                    "verdict": "Successful",
+                    "at": "2025-01-01T12:00:06Z",
+                },
+            ],
+            conditions=[
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "AwaitingPromotion",
+                    "message": "waiting for promote",
+                    "lastTransitionTime": "2025-01-01T12:00:00Z",
+                }
+            ],
+        ),
+    )
     # kwok makes the pods Ready: wait until the Deployments say so
     from kubernetes import client
 
     apps = client.AppsV1Api(k8s)
-    wait_for(lambda: (apps.read_namespaced_deployment("shop-blue", namespace).status.ready_replicas or 0) == 2,
-             timeout=60, what="shop-blue ready")
-    wait_for(lambda: (apps.read_namespaced_deployment("shop-green", namespace).status.ready_replicas or 0) == 1,
-             timeout=60, what="shop-green ready")
+    wait_for(
+        lambda: (apps.read_namespaced_deployment("shop-blue", namespace).status.ready_replicas or 0) == 2,
+        timeout=60,
+        what="shop-blue ready",
+    )
+    wait_for(
+        lambda: (apps.read_namespaced_deployment("shop-green", namespace).status.ready_replicas or 0) == 1,
+        timeout=60,
+        what="shop-green ready",
+    )
 
     r = teal("get", "shop", "-n", namespace)
     assert r.code == 0, r
@@ -126,13 +160,11 @@ def test_get_without_status_says_so_and_missing_is_exit_3(rollouts, namespace):
 def test_get_watch_prints_updates(rollouts, namespace, cluster):
     rollouts.create(rollout_manifest("watched"))
     rollouts.set_status("watched", progressing_status(message="revision 2: waiting for green"))
-    proc = teal_subprocess("--kubeconfig", cluster.kubeconfig, "get", "watched", "-n", namespace,
-                           "--watch", "--interval", "0.2")
+    proc = teal_subprocess("--kubeconfig", cluster.kubeconfig, "get", "watched", "-n", namespace, "--watch", "--interval", "0.2")
     try:
         wait_line(proc, lambda line: "revision 2: waiting for green" in line, timeout=30)
         rollouts.set_status("watched", healthy_status("green", "2"))
-        wait_line(proc, lambda line: line.startswith("├─ Phase      Healthy") or "Phase      Healthy" in line,
-                  timeout=30)
+        wait_line(proc, lambda line: line.startswith("├─ Phase      Healthy") or "Phase      Healthy" in line, timeout=30)
         wait_line(proc, lambda line: "revision 2 is live on green" in line, timeout=10)
     finally:
         proc.terminate()
@@ -270,12 +302,16 @@ def test_undo_from_a_controller_revision(rollouts, namespace, k8s):
 
     v3 = _with_image(rollout_manifest("cr")["spec"]["template"], "registry.example.com/demo:3")
     ro = rollouts.create(rollout_manifest("cr"))
-    client.AppsV1Api(k8s).create_namespaced_controller_revision(namespace, {
-        "apiVersion": "apps/v1", "kind": "ControllerRevision",
-        "metadata": {"name": "cr-3", "labels": {"teal.dev/rollout": "cr"}},
-        "revision": 3,
-        "data": {"template": {**v3, "metadata": {"labels": {**v3["metadata"]["labels"], "teal.dev/color": "blue"}}}},
-    })
+    client.AppsV1Api(k8s).create_namespaced_controller_revision(
+        namespace,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "ControllerRevision",
+            "metadata": {"name": "cr-3", "labels": {"teal.dev/rollout": "cr"}},
+            "revision": 3,
+            "data": {"template": {**v3, "metadata": {"labels": {**v3["metadata"]["labels"], "teal.dev/color": "blue"}}}},
+        },
+    )
     rollouts.set_status("cr", healthy_status("blue", "4"))
     r = teal("undo", "cr", "--to-revision", "3", "-n", namespace)
     assert r.code == 0, r
@@ -306,14 +342,16 @@ def test_status_exit_codes(rollouts, namespace):
     assert ok.code == 0, ok
     assert "Healthy: revision 1 is live on blue" in ok.out
 
-    rollouts.set_status("st", progressing_status(phase="Aborted", reason="AnalysisFailed",
-                                                 message="revision 2 aborted: error-rate 0.2 > 0.01"))
+    rollouts.set_status(
+        "st", progressing_status(phase="Aborted", reason="AnalysisFailed", message="revision 2 aborted: error-rate 0.2 > 0.01")
+    )
     failed = teal("status", "st", "-n", namespace, "--timeout", "5s")
     assert failed.code == 1, failed
     assert "Aborted (AnalysisFailed): revision 2 aborted: error-rate 0.2 > 0.01" in failed.out
 
-    rollouts.set_status("st", progressing_status(phase="Degraded", reason="ServiceNotFound",
-                                                 message="Service st-active not found"))
+    rollouts.set_status(
+        "st", progressing_status(phase="Degraded", reason="ServiceNotFound", message="Service st-active not found")
+    )
     assert teal("status", "st", "-n", namespace, "--timeout", "5s").code == 1
 
     rollouts.set_status("st", progressing_status(step=1))
@@ -336,8 +374,9 @@ def test_status_exit_codes(rollouts, namespace):
 def test_status_follows_a_release_to_the_end(rollouts, namespace, cluster):
     rollouts.create(rollout_manifest("follow"))
     rollouts.set_status("follow", progressing_status(message="revision 2: waiting for green"))
-    proc = teal_subprocess("--kubeconfig", cluster.kubeconfig, "status", "follow", "-n", namespace,
-                           "--timeout", "60s", "--interval", "0.1")
+    proc = teal_subprocess(
+        "--kubeconfig", cluster.kubeconfig, "status", "follow", "-n", namespace, "--timeout", "60s", "--interval", "0.1"
+    )
     try:
         first = wait_line(proc, lambda line: "waiting for green" in line, timeout=30)
         rollouts.set_status("follow", progressing_status(step=1, message="revision 2: step 1/1 setWeight 100"))

@@ -7,6 +7,7 @@ README both `helm install teal` into teal-system). The chart's NOTES are followe
 `helm install` prints them after the chart README's install. The summary (commands run,
 blocks marked and why) goes to stderr at the end of the module.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -15,8 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from docs_runner import (ROOT, Block, DocFailure, Outcome, count_commands, markdown_blocks, notes_blocks,
-                         run_blocks, talks_to_cluster, terminal)
+from docs_runner import (
+    ROOT,
+    Block,
+    DocFailure,
+    Outcome,
+    count_commands,
+    markdown_blocks,
+    notes_blocks,
+    run_blocks,
+    talks_to_cluster,
+    terminal,
+)
 
 CHART_README = "charts/teal/README.md"
 NOTES = ROOT / "charts/teal/templates/NOTES.txt"
@@ -25,11 +36,14 @@ _OUTCOMES: list[Outcome] = []
 # What the prose around the commands promises, as the commands print it (a command that
 # exits 0 but does not do what the page says fails too).
 CLAIMS = {
-    "README.md": ["Healthy: revision 1 is live on blue", "Healthy: revision 2 is live on green",
-                  '"teal.dev/color":"green"'],
-    "docs/kind-quickstart.md": ['"teal.dev/color":"blue"', "Paused (AwaitingPromotion)",
-                                "hello-preview   preview   → green", '"teal.dev/color":"green"',
-                                "Healthy: revision 3 is live on blue"],
+    "README.md": ["Healthy: revision 1 is live on blue", "Healthy: revision 2 is live on green", '"teal.dev/color":"green"'],
+    "docs/kind-quickstart.md": [
+        '"teal.dev/color":"blue"',
+        "Paused (AwaitingPromotion)",
+        "hello-preview   preview   → green",
+        '"teal.dev/color":"green"',
+        "Healthy: revision 3 is live on blue",
+    ],
     "charts/teal/templates/NOTES.txt": ["Healthy: revision 1 is live on blue", "Healthy: revision 2 is live on green"],
 }
 
@@ -43,9 +57,11 @@ def report(request):
     lines += [f"  {o.summary()}" for o in _OUTCOMES]
     ran = sum(o.commands for o in _OUTCOMES)
     marked = [b for o in _OUTCOMES for b in o.marked]
-    lines.append(f"  total: {ran} command(s) run in {sum(len(o.ran) for o in _OUTCOMES)} block(s) of "
-                 f"{len(_OUTCOMES)} document(s); {len(marked)} block(s) ({sum(b.commands for b in marked)} "
-                 f"command(s)) not runnable here:")
+    lines.append(
+        f"  total: {ran} command(s) run in {sum(len(o.ran) for o in _OUTCOMES)} block(s) of "
+        f"{len(_OUTCOMES)} document(s); {len(marked)} block(s) ({sum(b.commands for b in marked)} "
+        f"command(s)) not runnable here:"
+    )
     lines += [f"    {b.where()}: {b.reason}" for b in marked]
     slowest = sorted((b for o in _OUTCOMES for b in o.ran), key=lambda b: -b.seconds)[:5]
     lines.append("  slowest blocks: " + ", ".join(f"{b.where()} {b.seconds:.1f} s" for b in slowest))
@@ -103,16 +119,35 @@ def test_every_document_parses_and_names_only_real_markers():
 
 def test_rules_find_commands_transcripts_and_markers(tmp_path):
     md = tmp_path / "doc.md"
-    md.write_text("\n".join([
-        "```sh", "echo one \\", "  two", "cat <<'EOF'", "not a command", "EOF", "```",
-        "```yaml", "kind: Service", "```",
-        "```", "$ kubectl get pods", "NAME READY", "```",
-        "<!-- not-runnable: needs a Docker daemon -->", "```bash", "docker build .", "```",
-        "```", "a tree, no prompt", "```",
-    ]))
+    md.write_text(
+        "\n".join(
+            [
+                "```sh",
+                "echo one \\",
+                "  two",
+                "cat <<'EOF'",
+                "not a command",
+                "EOF",
+                "```",
+                "```yaml",
+                "kind: Service",
+                "```",
+                "```",
+                "$ kubectl get pods",
+                "NAME READY",
+                "```",
+                "<!-- not-runnable: needs a Docker daemon -->",
+                "```bash",
+                "docker build .",
+                "```",
+                "```",
+                "a tree, no prompt",
+                "```",
+            ]
+        )
+    )
     blocks = markdown_blocks(md, root=tmp_path)
-    assert [(b.line, b.commands, b.reason) for b in blocks] == [
-        (1, 2, None), (11, 1, None), (16, 1, "needs a Docker daemon")]
+    assert [(b.line, b.commands, b.reason) for b in blocks] == [(1, 2, None), (11, 1, None), (16, 1, "needs a Docker daemon")]
     assert blocks[1].script == "kubectl get pods"
     md.write_text("<!-- not-runnable: stale -->\n\nprose\n")
     with pytest.raises(DocFailure, match="annotate no command block"):
@@ -121,16 +156,23 @@ def test_rules_find_commands_transcripts_and_markers(tmp_path):
 
 def test_notes_markers_match_the_printed_line(tmp_path):
     template = tmp_path / "NOTES.txt"
-    template.write_text("1. Up:\n\n     kubectl -n {{ .Release.Namespace }} logs deploy/x"
-                        "{{/* not-runnable: no container runs here */}}\n     kubectl teal list\n")
+    template.write_text(
+        "1. Up:\n\n     kubectl -n {{ .Release.Namespace }} logs deploy/x"
+        "{{/* not-runnable: no container runs here */}}\n     kubectl teal list\n"
+    )
     printed = "NAME: t\nNOTES:\n1. Up:\n\n     kubectl -n teal-system logs deploy/x\n     kubectl teal list\n"
     assert [(b.script, b.reason) for b in notes_blocks(printed, template, root=tmp_path)] == [
-        ("kubectl -n teal-system logs deploy/x", "no container runs here"), ("kubectl teal list", None)]
+        ("kubectl -n teal-system logs deploy/x", "no container runs here"),
+        ("kubectl teal list", None),
+    ]
 
 
 def test_a_failing_command_fails_its_document(tmp_path):
-    blocks = [Block("doc.md", 1, "cd /\nexport GREETING=hi"), Block("doc.md", 5, 'test "$PWD$GREETING" = /hi'),
-              Block("doc.md", 9, "true\nfalse\necho never")]
+    blocks = [
+        Block("doc.md", 1, "cd /\nexport GREETING=hi"),
+        Block("doc.md", 5, 'test "$PWD$GREETING" = /hi'),
+        Block("doc.md", 9, "true\nfalse\necho never"),
+    ]
     outcome = Outcome("doc.md")
     with terminal(tmp_path, [shutil.which("bash")], with_cluster=False) as (shell, _):
         with pytest.raises(DocFailure, match=r"doc.md:9: exit 1"):

@@ -7,10 +7,11 @@ process (here: the CRD as it was before the bound, as in a cluster whose CRD is 
 its operator) the Rollout is Degraded naming the error and an abort still moves every
 Service back to the stable colour.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Iterator
+from collections.abc import Iterator
 
 import kubernetes.client as k
 import pytest
@@ -28,9 +29,14 @@ CRD = "rollouts.teal.dev"
 def _without_bounds(node):
     """The schema minus the 720h rules (what the CRD was before issue 12)."""
     if isinstance(node, dict):
-        return {key: (
-            [r for r in value if "720h" not in r.get("rule", "")] if key == "x-kubernetes-validations"
-            else _without_bounds(value)) for key, value in node.items()}
+        return {
+            key: (
+                [r for r in value if "720h" not in r.get("rule", "")]
+                if key == "x-kubernetes-validations"
+                else _without_bounds(value)
+            )
+            for key, value in node.items()
+        }
     if isinstance(node, list):
         return [_without_bounds(v) for v in node]
     return node
@@ -69,8 +75,10 @@ def test_the_apiserver_refuses_a_pause_past_30_days(env, duration):
 
 def test_the_apiserver_refuses_an_initial_delay_past_30_days(env):
     body = rollout()
-    body["spec"]["analysis"] = {"prePromotion": ["m"], "metrics": [
-        {"name": "m", "query": "up", "thresholdRange": {"max": 1}, "initialDelay": "9999999999h"}]}
+    body["spec"]["analysis"] = {
+        "prePromotion": ["m"],
+        "metrics": [{"name": "m", "query": "up", "thresholdRange": {"max": 1}, "initialDelay": "9999999999h"}],
+    }
     assert "initialDelay" in create_error(env, body)
 
 
@@ -86,8 +94,11 @@ def test_an_abort_is_acted_on_when_the_spec_cannot_be_processed(env, k8s, unboun
         st = env.wait_phase("Degraded", reason="InvalidSpec", timeout=30)
         assert "longer than the limit of 720h" in st["message"], st["message"]
         env.abort()
-        st = env.wait(lambda s: (s.get("release") or {}).get("abortedAt") and s.get("previewColor") is None,
-                      timeout=30, what="the abort acted on")
+        st = env.wait(
+            lambda s: (s.get("release") or {}).get("abortedAt") and s.get("previewColor") is None,
+            timeout=30,
+            what="the abort acted on",
+        )
         assert st["phase"] == "Degraded" and st["reason"] == "InvalidSpec", st
         assert "revision 2 aborted, revision 1 on blue" in st["message"], st["message"]
         wait_for(lambda: env.selector_color("app-preview") == "blue", timeout=15, what="preview back on blue")

@@ -4,6 +4,7 @@ play the blue and green versions (served traffic split as the cluster's Services
 Prometheus discovers the Rollout's pods from the apiserver (teal_devenv.podsd, kubernetes_sd's
 meta labels) and labels them as a PodMonitor does (`namespace`, `pod`, `container`), so the queries select a colour by
 its real pod names ({{podRegex}}), exactly as in a user's cluster."""
+
 from __future__ import annotations
 
 import contextlib
@@ -46,8 +47,13 @@ class World:
         self.env, self.prometheus, self.apps, self.traffic = env, prometheus, apps, traffic
 
     def create(self, analysis: dict, address: str | None = None, **bg) -> None:
-        analysis = {"prometheus": {"address": address or self.prometheus.url, "timeout": "3s"},
-                    "interval": "1s", "count": 3, "initialDelay": NEW_PODS_SCRAPED, **analysis}
+        analysis = {
+            "prometheus": {"address": address or self.prometheus.url, "timeout": "3s"},
+            "interval": "1s",
+            "count": 3,
+            "initialDelay": NEW_PODS_SCRAPED,
+            **analysis,
+        }
         body = rollout(**bg)
         body["spec"]["analysis"] = analysis
         self.env.create_rollout(body)
@@ -61,10 +67,12 @@ def world(k8s, namespace, prometheus, teal_operator):
     env.create_service("app-preview")
     with contextlib.ExitStack() as stack:
         apps = {c: stack.enter_context(run_fakeapp(c, namespace)) for c in ("blue", "green")}
-        stack.enter_context(prometheus.scrape_pods(namespace, k8s, namespace, {c: a.target for c, a in apps.items()},
-                                                   rollout="app"))
-        traffic = stack.enter_context(ClusterTraffic(k8s, namespace, apps, "app", "app-preview", rps=50,
-                                                     duration=600, preview_share=0.3))
+        stack.enter_context(
+            prometheus.scrape_pods(namespace, k8s, namespace, {c: a.target for c, a in apps.items()}, rollout="app")
+        )
+        traffic = stack.enter_context(
+            ClusterTraffic(k8s, namespace, apps, "app", "app-preview", rps=50, duration=600, preview_share=0.3)
+        )
         yield World(env, prometheus, apps, traffic)
 
 
@@ -118,9 +126,11 @@ def test_the_documented_template_analyses_a_real_release(world, k8s):
     """The error-rate AnalysisTemplate of docs/analysis-queries.md, as written, catches a bad green."""
     tmpl = doc_template()
     kubernetes.client.CustomObjectsApi(k8s).create_namespaced_custom_object(
-        "teal.dev", "v1alpha1", world.env.ns, "analysistemplates", tmpl)
-    world.create({"prePromotion": ["error-rate"],
-                  "metrics": [{"name": "error-rate", "templateRef": {"name": tmpl["metadata"]["name"]}}]})
+        "teal.dev", "v1alpha1", world.env.ns, "analysistemplates", tmpl
+    )
+    world.create(
+        {"prePromotion": ["error-rate"], "metrics": [{"name": "error-rate", "templateRef": {"name": tmpl["metadata"]["name"]}}]}
+    )
     world.apps["green"].set(error_rate=0.2)
     world.env.set_image("v2")
     st = world.env.wait_phase("Aborted", reason="AnalysisFailed", timeout=90)
@@ -149,8 +159,10 @@ def _closed_port() -> int:
 
 
 def test_prometheus_down_pauses_and_never_promotes(world):
-    world.create({"prePromotion": ["error-rate"], "metrics": [error_rate(consecutiveErrorLimit=1)]},
-                 address=f"http://127.0.0.1:{_closed_port()}")
+    world.create(
+        {"prePromotion": ["error-rate"], "metrics": [error_rate(consecutiveErrorLimit=1)]},
+        address=f"http://127.0.0.1:{_closed_port()}",
+    )
     world.env.set_image("v2")
     st = world.env.wait_phase("Paused", reason="AnalysisInconclusive", timeout=60)
     assert world.env.selector_color("app") == "blue"
@@ -163,8 +175,12 @@ def test_prometheus_down_pauses_and_never_promotes(world):
 
 @pytest.mark.parametrize("policy,phase", [("inconclusive", "Paused"), ("pass", "Healthy"), ("fail", "Aborted")])
 def test_empty_result_follows_no_data_policy(world, policy, phase):
-    empty = {"name": "empty", "query": 'sum(rate(no_such_metric_total{namespace="{{namespace}}"}[5s]))',
-             "thresholdRange": {"max": 1}, "noData": policy}
+    empty = {
+        "name": "empty",
+        "query": 'sum(rate(no_such_metric_total{namespace="{{namespace}}"}[5s]))',
+        "thresholdRange": {"max": 1},
+        "noData": policy,
+    }
     world.create({"prePromotion": ["empty"], "metrics": [empty]})
     world.env.set_image("v2")
     st = world.env.wait_phase(phase, timeout=60, currentRevision="2")
@@ -209,11 +225,15 @@ def test_baseline_fails_when_only_green_is_bad(world):
 @pytest.mark.parametrize(
     "analysis,expect",
     [
-        ({"metrics": [{"name": "m", "query": "sum(rate(http_requests_total[5s])", "thresholdRange": {"max": 1}}]},
-         "m"),
+        ({"metrics": [{"name": "m", "query": "sum(rate(http_requests_total[5s])", "thresholdRange": {"max": 1}}]}, "m"),
         ({"metrics": [{"name": "m", "templateRef": {"name": "no-such-template"}}]}, "no-such-template"),
-        ({"prometheus": {"bearerTokenSecretRef": {"name": "no-such-secret", "key": "token"}},
-          "metrics": [error_rate(name="m")]}, "no-such-secret"),
+        (
+            {
+                "prometheus": {"bearerTokenSecretRef": {"name": "no-such-secret", "key": "token"}},
+                "metrics": [error_rate(name="m")],
+            },
+            "no-such-secret",
+        ),
     ],
     ids=["invalid-promql", "unknown-template", "missing-secret"],
 )
@@ -237,8 +257,10 @@ def test_a_dead_prometheus_delays_only_its_own_rollouts(world, k8s):
         black_hole.bind(("127.0.0.1", 0))
         black_hole.listen(64)  # accepts connections, never answers
         port = black_hole.getsockname()[1]
-        world.create({"prePromotion": ["error-rate"], "metrics": [error_rate(consecutiveErrorLimit=100)]},
-                     address=f"http://127.0.0.1:{port}")
+        world.create(
+            {"prePromotion": ["error-rate"], "metrics": [error_rate(consecutiveErrorLimit=100)]},
+            address=f"http://127.0.0.1:{port}",
+        )
         world.env.set_image("v2")
         world.env.wait(lambda s: (s.get("release") or {}).get("analysisKey"), what="analysis running")
         other = rollout(name="other")

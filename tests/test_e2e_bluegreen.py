@@ -3,6 +3,7 @@
 Every test records the active Service's ready endpoints (from its EndpointSlices) and
 checks that once the first release is ready they never drop to zero and never mix colours.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -99,8 +100,9 @@ def test_progress_deadline_aborts(env, k8s):
         rec.assert_safe()
     # a new template after an abort starts a new release (no deadlock)
     # (a merge patch: nodeSelector null removes the unschedulable constraint)
-    env.patch_spec({"template": pod_template("v3", nodeSelector=None),
-                    "strategy": {"blueGreen": {"progressDeadlineSeconds": 120}}})
+    env.patch_spec(
+        {"template": pod_template("v3", nodeSelector=None), "strategy": {"blueGreen": {"progressDeadlineSeconds": 120}}}
+    )
     env.wait_phase("Healthy", activeColor="green", currentRevision="3", timeout=90)
 
 
@@ -164,8 +166,7 @@ def test_missing_service_is_reported_and_nothing_touched(k8s, namespace, teal_op
 def test_deleting_rollout_keeps_user_services(env, k8s):
     first_release(env)
     env.custom.delete_namespaced_custom_object("teal.dev", "v1alpha1", env.ns, "rollouts", "app")
-    wait_for(lambda: not env.apps.list_namespaced_deployment(env.ns).items, timeout=60,
-             what="Deployments garbage-collected")
+    wait_for(lambda: not env.apps.list_namespaced_deployment(env.ns).items, timeout=60, what="Deployments garbage-collected")
     assert env.selector_color("app") == "blue"  # the user's Service stays, pointing at the last active colour
 
 
@@ -180,10 +181,13 @@ def test_workload_ref_releases_the_deployments_template(k8s, namespace, teal_ope
     st = env.wait_phase("Degraded", reason="TemplateNotFound")
     assert "Deployment web not found" in st["message"]
     # the Deployment GitOps owns; scaled to zero so its pods don't run twice
-    env.apps.create_namespaced_deployment(namespace, {
-        "metadata": {"name": "web"},
-        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "demo"}}, "template": pod_template("v1")},
-    })
+    env.apps.create_namespaced_deployment(
+        namespace,
+        {
+            "metadata": {"name": "web"},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "demo"}}, "template": pod_template("v1")},
+        },
+    )
     env.wait_phase("Healthy", activeColor="blue", stableRevision="1")
     before = env.apps.read_namespaced_deployment("web", namespace).metadata.resource_version
     env.apps.patch_namespaced_deployment("web", namespace, {"spec": {"template": pod_template("v2")}})
@@ -201,5 +205,9 @@ def test_selector_edited_by_hand_is_repaired_at_once(env, k8s):
     svc = env.core.read_namespaced_service("app", env.ns)
     svc.spec.selector = {"app": "demo"}
     env.core.replace_namespaced_service("app", env.ns, svc)
-    wait_for(lambda: env.selector_color("app") == "blue", timeout=5, interval=0.05,
-             what="selector repaired (well before the 30 s resync)")
+    wait_for(
+        lambda: env.selector_color("app") == "blue",
+        timeout=5,
+        interval=0.05,
+        what="selector repaired (well before the 30 s resync)",
+    )

@@ -1,5 +1,6 @@
 """The real operator, run with nothing but the Helm chart's ServiceAccount credentials
 (a TokenRequest token) in namespaced mode, completes a release: the chart's RBAC is enough."""
+
 from __future__ import annotations
 
 import signal
@@ -7,15 +8,17 @@ import uuid
 
 import kubernetes
 import pytest
+
 from cli_helpers import installed_chart
-from operator_helpers import Env, OperatorProcess, rollout
+from operator_helpers import Env, OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 
 @pytest.mark.parametrize("scope", ["namespaced", "cluster"])
-def test_operator_with_chart_credentials_completes_a_release(cluster, k8s, helm, chart_dir, teal_crds,
-                                                             teal_operator, tmp_path, scope):
+def test_operator_with_chart_credentials_completes_a_release(
+    cluster, k8s, helm, chart_dir, teal_crds, teal_operator, tmp_path, scope
+):
     core = kubernetes.client.CoreV1Api(k8s)
     tag = uuid.uuid4().hex[:6]
     op_ns, app_ns = f"teal-system-{tag}", f"shop-{tag}"
@@ -34,8 +37,11 @@ def test_operator_with_chart_credentials_completes_a_release(cluster, k8s, helm,
                 assert "Switched" in env.events()  # Events are allowed too
                 # (a cluster-wide operator also meets other tests' namespaces being deleted:
                 # "unable to create new content ... being terminated" is a 403 too, not RBAC)
-                denied = [line for line in op.log_tail(2000).splitlines() if "system:serviceaccount:" in line
-                          or ("forbidden" in line.lower() and "being terminated" not in line)]
+                denied = [
+                    line
+                    for line in op.log_tail(2000).splitlines()
+                    if "system:serviceaccount:" in line or ("forbidden" in line.lower() and "being terminated" not in line)
+                ]
                 assert not denied, "\n".join(denied[:10])
             finally:
                 op.kill(signal.SIGTERM)

@@ -9,6 +9,7 @@ Service; the claim moves on when the owner stops naming it, is deleted, or never
 The module runs its own operator with a metrics endpoint (test_e2e_rejected's `metered`):
 `teal_reconciles_total` shows the refused Rollout's loop stays quiet.
 """
+
 from __future__ import annotations
 
 import threading
@@ -36,7 +37,7 @@ class SelectorWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "SelectorWatch":
+    def __enter__(self) -> SelectorWatch:
         svc = self.core.read_namespaced_service(self.name, self.ns)
         self.colors.append((svc.spec.selector or {}).get("teal.dev/color"))
         self._rv = svc.metadata.resource_version
@@ -51,8 +52,13 @@ class SelectorWatch:
         while not self._stop.is_set():
             w = kubernetes.watch.Watch()
             try:
-                for ev in w.stream(self.core.list_namespaced_service, self.ns, field_selector=f"metadata.name={self.name}",
-                                   resource_version=self._rv, timeout_seconds=2):
+                for ev in w.stream(
+                    self.core.list_namespaced_service,
+                    self.ns,
+                    field_selector=f"metadata.name={self.name}",
+                    resource_version=self._rv,
+                    timeout_seconds=2,
+                ):
                     obj = ev["object"]
                     self._rv = obj.metadata.resource_version
                     color = (obj.spec.selector or {}).get("teal.dev/color")
@@ -93,10 +99,14 @@ def two(active_b: list[str] | None = None, preview_b: str = "b-preview", **kw: A
 def refused_by(env: Env, name: str, owner: str, service: str = "shared") -> dict:
     st = env.wait_phase("Degraded", reason="ServiceClaimed", name=name, timeout=30)
     assert f"Service {service} is claimed by Rollout {owner}" in st["message"], st["message"]
-    wait_for(lambda: any(e.type == "Warning" and e.reason == "ServiceClaimed" and owner in e.message
-                         for e in env.core.list_namespaced_event(
-                             env.ns, field_selector=f"involvedObject.name={name}").items),
-             timeout=15, what=f"a ServiceClaimed Warning Event on {name}")
+    wait_for(
+        lambda: any(
+            e.type == "Warning" and e.reason == "ServiceClaimed" and owner in e.message
+            for e in env.core.list_namespaced_event(env.ns, field_selector=f"involvedObject.name={name}").items
+        ),
+        timeout=15,
+        what=f"a ServiceClaimed Warning Event on {name}",
+    )
     return st
 
 
@@ -129,8 +139,10 @@ def test_the_second_rollout_is_refused_and_the_selector_changes_once_per_release
     assert env.get("b")["metadata"]["resourceVersion"] == rv_b, "the refused Rollout's status was written again"
     assert after[0] - before[0] <= 3 + 1 and after[1] - before[1] <= 2, (before, after)
     assert claim_of(env, "shared") == f"a/{uid(env, 'a')}"
-    print(f"selector changes of the contested Service: {watch.changes}; reconciles b/a in the window: "
-          f"{after[0] - before[0]:.0f}/{after[1] - before[1]:.0f}")
+    print(
+        f"selector changes of the contested Service: {watch.changes}; reconciles b/a in the window: "
+        f"{after[0] - before[0]:.0f}/{after[1] - before[1]:.0f}"
+    )
 
 
 def test_active_of_one_and_preview_of_the_other(env, k8s):

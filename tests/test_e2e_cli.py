@@ -1,8 +1,10 @@
 """kubectl teal driving the real operator: promote, abort/retry, undo (a fast rollback),
 and `status` as a CI gate that exits 0 on a healthy release and 1 on an aborted one."""
+
 from __future__ import annotations
 
 import pytest
+
 from cli_helpers import teal
 from operator_helpers import Env, app_env, live_rollout
 

@@ -1,6 +1,7 @@
 """The operator's own endpoints, as the Helm chart's probes and ServiceMonitor use them:
 liveness on /healthz, and Prometheus metrics that answer "how often do we ship, and how
 often does it hurt?"."""
+
 from __future__ import annotations
 
 import socket
@@ -29,8 +30,9 @@ def get(url: str) -> str:
 def test_probes_and_release_metrics(cluster, k8s, namespace, teal_crds, teal_operator, tmp_path):
     live, metrics = free_port(), free_port()
     teal_operator.kill()  # one operator at a time: this one counts the releases
-    op = OperatorProcess(cluster.kubeconfig, tmp_path / "op.log",
-                         ["-A", "--liveness-port", str(live), "--metrics-port", str(metrics)]).start()
+    op = OperatorProcess(
+        cluster.kubeconfig, tmp_path / "op.log", ["-A", "--liveness-port", str(live), "--metrics-port", str(metrics)]
+    ).start()
     try:
         wait_for(lambda: get(f"http://127.0.0.1:{live}/healthz"), timeout=30, what="liveness endpoint")
         env = Env(k8s, namespace)
@@ -46,6 +48,7 @@ def test_probes_and_release_metrics(cluster, k8s, namespace, teal_crds, teal_ope
         env.wait_phase("Paused", currentRevision="3")
         env.promote()
         env.wait_phase("Healthy", stableRevision="3")
+
         def samples() -> dict[tuple, float]:
             out = {}
             for family in text_string_to_metric_families(get(f"http://127.0.0.1:{metrics}/metrics")):
@@ -54,8 +57,11 @@ def test_probes_and_release_metrics(cluster, k8s, namespace, teal_crds, teal_ope
                         out[(smp.name, smp.labels.get("outcome") or smp.labels.get("phase"))] = smp.value
             return out
 
-        want = {("teal_releases_total", "started"): 3, ("teal_releases_total", "promoted"): 2,
-                ("teal_releases_total", "aborted"): 1}
+        want = {
+            ("teal_releases_total", "started"): 3,
+            ("teal_releases_total", "promoted"): 2,
+            ("teal_releases_total", "aborted"): 1,
+        }
         wait_for(lambda: all(samples().get(k) == v for k, v in want.items()), timeout=10, what="release counters")
         got = samples()
         assert got[("teal_rollout_phase", "Healthy")] == 1 and got[("teal_rollout_phase", "Aborted")] == 0

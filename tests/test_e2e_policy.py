@@ -1,6 +1,7 @@
 """Release windows and freezes with the real operator on the local control plane. The module runs
 its own operator with a test clock (TEAL_DEV_CLOCK_FILE: seconds added to the real time), so a
 window opens when the test moves the clock, not hours later."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -58,22 +59,45 @@ def test_held_outside_a_window_and_promoted_when_it_opens(new_env, clock):
     env = new_env()
     env.create_rollout(rollout())
     env.wait_phase("Healthy", activeColor="blue", stableRevision="1")
-    start = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
     end = start + dt.timedelta(hours=1)
-    policy = {"apiVersion": f"{G}/{V}", "kind": "ReleasePolicy", "metadata": {"name": "later"},
-              "spec": {"timeZone": "UTC", "windows": [{"name": "later", "days": ["Mon", "Tue", "Wed", "Thu", "Fri",
-                                                                               "Sat", "Sun"],
-                                                       "start": f"{start:%H:%M}", "end": f"{end:%H:%M}"}]}}
+    policy = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "ReleasePolicy",
+        "metadata": {"name": "later"},
+        "spec": {
+            "timeZone": "UTC",
+            "windows": [
+                {
+                    "name": "later",
+                    "days": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"],
+                    "start": f"{start:%H:%M}",
+                    "end": f"{end:%H:%M}",
+                }
+            ],
+        },
+    }
     env.custom.create_namespaced_custom_object(G, V, env.ns, "releasepolicies", policy)
-    wait_for(lambda: (env.custom.get_namespaced_custom_object(G, V, env.ns, "releasepolicies", "later").get("status")
-                      or {}).get("conditions", [{}])[0].get("status") == "True", timeout=30, what="policy Ready")
+    wait_for(
+        lambda: (
+            (env.custom.get_namespaced_custom_object(G, V, env.ns, "releasepolicies", "later").get("status") or {})
+            .get("conditions", [{}])[0]
+            .get("status")
+            == "True"
+        ),
+        timeout=30,
+        what="policy Ready",
+    )
     env.set_image("v2")
-    st = env.wait(lambda s: s.get("reason") == "HeldByPolicy" and "v2" not in str(s.get("activeColor"))
-                  and env.replicas("green") == 2, what="held before promotion")
-    assert f"waits before promotion: held by window later (UTC): opens {start:%a %H:%M}, in 1h5" in st["message"] \
-        or f"opens {start:%a %H:%M}, in 2h" in st["message"], st["message"]
-    assert {c["type"]: c["status"] for c in st["conditions"]} == {"Ready": "False", "Reconciling": "True",
-                                                                   "Stalled": "False"}
+    st = env.wait(
+        lambda s: s.get("reason") == "HeldByPolicy" and "v2" not in str(s.get("activeColor")) and env.replicas("green") == 2,
+        what="held before promotion",
+    )
+    assert (
+        f"waits before promotion: held by window later (UTC): opens {start:%a %H:%M}, in 1h5" in st["message"]
+        or f"opens {start:%a %H:%M}, in 2h" in st["message"]
+    ), st["message"]
+    assert {c["type"]: c["status"] for c in st["conditions"]} == {"Ready": "False", "Reconciling": "True", "Stalled": "False"}
     assert env.selector_color("app") == "blue"
     wait_for(lambda: "HeldByPolicy" in env.events(), timeout=30, what="the HeldByPolicy Event")
     for argv in (["get", "app"], ["list", "-o", "wide"]):  # kubectl teal shows the hold
@@ -83,7 +107,7 @@ def test_held_outside_a_window_and_promoted_when_it_opens(new_env, clock):
     listed = teal("-n", env.ns, "list").out.splitlines()
     held = listed[1].split()[listed[0].split().index("HELD")]
     assert held != "-", listed
-    clock_file.write_text(str((start - dt.datetime.now(dt.timezone.utc)).total_seconds() + 5))
+    clock_file.write_text(str((start - dt.datetime.now(dt.UTC)).total_seconds() + 5))
     env.patch_spec({"minReadySeconds": 0})  # any event wakes it; the requeue would too, at the opening
     done = env.wait_phase("Healthy", activeColor="green", stableRevision="2", timeout=60)
     assert env.events().count("HeldByPolicy") == 1
@@ -94,13 +118,21 @@ def test_held_outside_a_window_and_promoted_when_it_opens(new_env, clock):
 
 def test_an_invalid_policy_is_reported_on_its_status_and_holds_nothing(new_env, clock):
     env = new_env()
-    policy = {"apiVersion": f"{G}/{V}", "kind": "ReleasePolicy", "metadata": {"name": "typo"},
-              "spec": {"timeZone": "Europe/Londn", "freeze": {"reason": "never applies"},
-                       "windows": [{"name": "w", "days": ["Mon"], "start": "09:00", "end": "10:00"}]}}
+    policy = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "ReleasePolicy",
+        "metadata": {"name": "typo"},
+        "spec": {
+            "timeZone": "Europe/Londn",
+            "freeze": {"reason": "never applies"},
+            "windows": [{"name": "w", "days": ["Mon"], "start": "09:00", "end": "10:00"}],
+        },
+    }
     env.custom.create_namespaced_custom_object(G, V, env.ns, "releasepolicies", policy)
 
     def status() -> dict:
         return env.custom.get_namespaced_custom_object(G, V, env.ns, "releasepolicies", "typo").get("status") or {}
+
     wait_for(lambda: status().get("conditions"), timeout=30, what="the policy's status")
     (ready,) = status()["conditions"]
     assert (ready["status"], ready["reason"]) == ("False", "InvalidPolicy")
@@ -164,8 +196,12 @@ def test_a_rollout_that_excludes_a_policy_is_released_and_a_freeze_still_holds_i
     """spec.releasePolicy.exclude leaves a closed ReleasePolicy out (the release goes through),
     but not a freeze: teal-freeze holds the same Rollout until unfrozen."""
     env = new_env()
-    closed = {"apiVersion": f"{G}/{V}", "kind": "ReleasePolicy", "metadata": {"name": "closed"},
-              "spec": {"windows": [{"name": "never-now", "from": "2099-01-01T00:00", "until": "2099-01-02T00:00"}]}}
+    closed = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "ReleasePolicy",
+        "metadata": {"name": "closed"},
+        "spec": {"windows": [{"name": "never-now", "from": "2099-01-01T00:00", "until": "2099-01-02T00:00"}]},
+    }
     env.custom.create_namespaced_custom_object(G, V, env.ns, "releasepolicies", closed)
     body = rollout()
     body["spec"]["releasePolicy"] = {"exclude": ["closed", "teal-freeze"]}

@@ -10,11 +10,12 @@ The module runs its own operator with a metrics endpoint (the session operator s
 fixture `no_operator`): `teal_reconciles_total` shows that the Rollout's loop woke up, and
 `teal_deployments_rejected_total` how often a Deployment was sent and refused.
 """
+
 from __future__ import annotations
 
 import signal
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -39,8 +40,12 @@ class MeteredOperator:
         """The sum of the samples of `name` whose labels include `labels` (0 if none)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
             text = r.read().decode()
-        return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+        return sum(
+            s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +54,9 @@ def metered(cluster, teal_crds, no_operator, tmp_path_factory) -> Iterator[Meter
     op.proc.start()
     _SESSION_OPERATORS.append(op.proc)  # a failing test shows its log
     try:
-        wait_for(lambda: op.value("teal_reconcile_duration_seconds_count") >= 0, timeout=30,
-                 what="the operator's metrics endpoint")
+        wait_for(
+            lambda: op.value("teal_reconcile_duration_seconds_count") >= 0, timeout=30, what="the operator's metrics endpoint"
+        )
         yield op
     finally:
         _SESSION_OPERATORS.remove(op.proc)
@@ -82,8 +88,11 @@ def assert_quiet(env: Env, metered: MeteredOperator, wakeups: int = 5) -> None:
     for i in range(wakeups):
         seen = metered.value("teal_reconciles_total", namespace=env.ns, rollout="app")
         env.core.patch_namespaced_service("app", env.ns, {"metadata": {"annotations": {"test/poke": str(i)}}})
-        wait_for(lambda: metered.value("teal_reconciles_total", namespace=env.ns, rollout="app") > seen,
-                 timeout=15, what=f"reconcile after poke {i}")
+        wait_for(
+            lambda: metered.value("teal_reconciles_total", namespace=env.ns, rollout="app") > seen,
+            timeout=15,
+            what=f"reconcile after poke {i}",
+        )
     assert env.get()["metadata"]["resourceVersion"] == rv, "the status was written again"
     assert rejections(metered, env) == refused, "the refused Deployment was sent again"
 
@@ -120,8 +129,7 @@ def test_an_invalid_release_aborts_and_traffic_stays_on_stable(env, metered, k8s
         assert "revision 1 serves all traffic on blue" in st["message"]
         assert st["activeColor"] == "blue" and env.selector_color("app") == "blue"
         assert env.replicas("green") is None
-        wait_for(lambda: warnings(env, "DeploymentRejected") and warnings(env, "Aborted"), timeout=10,
-                 what="Warning Events")
+        wait_for(lambda: warnings(env, "DeploymentRejected") and warnings(env, "Aborted"), timeout=10, what="Warning Events")
         env.wait(lambda s: "scaleDown" not in s, timeout=30, what="the abort's scale-down settled")
         assert_quiet(env, metered)
         assert rejections(metered, env) == 1
@@ -134,8 +142,11 @@ def test_an_invalid_release_aborts_and_traffic_stays_on_stable(env, metered, k8s
 def test_a_quota_that_refuses_the_deployment_is_retried_once_lifted(env, metered):
     quota = {"metadata": {"name": "no-deployments"}, "spec": {"hard": {"count/deployments.apps": "0"}}}
     env.core.create_namespaced_resource_quota(env.ns, quota)
-    wait_for(lambda: (env.core.read_namespaced_resource_quota("no-deployments", env.ns).status.hard or {}),
-             timeout=15, what="the quota's status")
+    wait_for(
+        lambda: env.core.read_namespaced_resource_quota("no-deployments", env.ns).status.hard or {},
+        timeout=15,
+        what="the quota's status",
+    )
     env.create_rollout(rollout())
     st = env.wait_phase("Degraded", reason="DeploymentRejected", timeout=30)
     assert 'deployments.apps "app-blue" is forbidden: exceeded quota: no-deployments' in st["message"], st["message"]
@@ -150,8 +161,9 @@ def test_a_quota_that_refuses_the_deployment_is_retried_once_lifted(env, metered
 def test_a_quota_that_lets_no_pod_start_is_named(env, metered):
     quota = {"metadata": {"name": "pods"}, "spec": {"hard": {"pods": "2"}}}
     env.core.create_namespaced_resource_quota(env.ns, quota)
-    wait_for(lambda: (env.core.read_namespaced_resource_quota("pods", env.ns).status.hard or {}),
-             timeout=15, what="the quota's status")
+    wait_for(
+        lambda: env.core.read_namespaced_resource_quota("pods", env.ns).status.hard or {}, timeout=15, what="the quota's status"
+    )
     body = rollout(replicas=3)
     env.create_rollout(body)
     # first release: 2 of 3 pods start, the third is refused by the quota

@@ -8,6 +8,7 @@ Event says so, the phase is Degraded/StableUnavailable while it has no ready pod
 paused release goes on afterwards. A stable colour scaled to zero is scaled back and
 reported the same way for as long as it has no ready pod.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -62,8 +63,9 @@ def test_a_stable_colour_without_ready_pods_is_reported_while_it_lasts(env):
     (not Paused) for as long as it has no ready pod; the paused release shows again after."""
     paused_release(env)
     env.core.create_namespaced_resource_quota(env.ns, {"metadata": {"name": "pods"}, "spec": {"hard": {"pods": "2"}}})
-    wait_for(lambda: (env.core.read_namespaced_resource_quota("pods", env.ns).status.hard or {}),
-             timeout=15, what="the quota's status")
+    wait_for(
+        lambda: env.core.read_namespaced_resource_quota("pods", env.ns).status.hard or {}, timeout=15, what="the quota's status"
+    )
     env.apps.patch_namespaced_deployment_scale("app-blue", env.ns, {"spec": {"replicas": 0}})
     st = env.wait_phase("Degraded", reason="StableUnavailable", timeout=30)
     assert "the stable colour blue (revision 1) has no ready pods: 0/2 pods ready" in st["message"], st["message"]

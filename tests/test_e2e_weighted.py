@@ -4,6 +4,7 @@ Each release walks its steps while a sampler reads the weights back from the clu
 (through the same router code, never from Teal's memory) together with each colour's
 ready pods, and asserts weight > 0 only ever goes to a colour with ready pods.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,9 +31,16 @@ def weighted_rollout(kind: str, routing: dict, steps=STEPS, **bg) -> dict:
             "replicas": 2,
             "selector": {"matchLabels": {"app": "checkout"}},
             "template": pod_template("v1") | {"metadata": {"labels": {"app": "checkout"}}},
-            "strategy": {"blueGreen": {"activeServices": [ACTIVE], "scaleDownDelaySeconds": 5,
-                                       "abortScaleDownDelaySeconds": 2,
-                                       "trafficRouting": {kind: routing}, "steps": steps, **bg}},
+            "strategy": {
+                "blueGreen": {
+                    "activeServices": [ACTIVE],
+                    "scaleDownDelaySeconds": 5,
+                    "abortScaleDownDelaySeconds": 2,
+                    "trafficRouting": {kind: routing},
+                    "steps": steps,
+                    **bg,
+                }
+            },
         },
     }
     return body
@@ -93,9 +101,17 @@ def make_route(routing: RoutingEnv, kind: str) -> dict:
         return {"httpRoute": "checkout", "port": 80}
     if kind == "istio":
         host = f"{ROLLOUT}-{{}}.{routing.ns}.svc.cluster.local"
-        routing.virtualservice(http=[{"name": "primary", "route": [
-            {"destination": {"host": host.format("blue"), "port": {"number": 80}}, "weight": 100},
-            {"destination": {"host": host.format("green"), "port": {"number": 80}}, "weight": 0}]}])
+        routing.virtualservice(
+            http=[
+                {
+                    "name": "primary",
+                    "route": [
+                        {"destination": {"host": host.format("blue"), "port": {"number": 80}}, "weight": 100},
+                        {"destination": {"host": host.format("green"), "port": {"number": 80}}, "weight": 0},
+                    ],
+                }
+            ]
+        )
         return {"virtualService": "checkout", "routes": ["primary"], "port": 80}
     routing.ingress(backend=ACTIVE)
     return {"ingress": "checkout", "port": 80}
@@ -192,9 +208,7 @@ def test_httproute_without_colour_backends_is_a_clear_error(k8s, namespace, owne
 
 
 @pytest.mark.prometheus
-def test_traffic_follows_the_route_and_analysis_runs_at_each_step(
-    k8s, namespace, owner, router_crds, teal_operator, prometheus
-):
+def test_traffic_follows_the_route_and_analysis_runs_at_each_step(k8s, namespace, owner, router_crds, teal_operator, prometheus):
     """A load generator splits its requests by the weights it reads from the HTTPRoute;
     the real Prometheus sees the traffic move, and the steps' analysis runs on it."""
     from teal_devenv.fakeapp import run_fakeapp
@@ -204,32 +218,42 @@ def test_traffic_follows_the_route_and_analysis_runs_at_each_step(
     routing.active_service(color=None)
     spec = make_route(routing, "gatewayAPI")
     env = Env(k8s, namespace)
-    rate = ('sum(rate(http_requests_total{namespace="{{namespace}}",pod=~"{{podRegex}}",code=~"5.."}[4s]))'
-            ' / sum(rate(http_requests_total{namespace="{{namespace}}",pod=~"{{podRegex}}"}[4s]))')
-    body = weighted_rollout("gatewayAPI", spec, steps=[{"setWeight": 25}, {"pause": {}}, {"setWeight": 75},
-                                                        {"setWeight": 100}])
+    rate = (
+        'sum(rate(http_requests_total{namespace="{{namespace}}",pod=~"{{podRegex}}",code=~"5.."}[4s]))'
+        ' / sum(rate(http_requests_total{namespace="{{namespace}}",pod=~"{{podRegex}}"}[4s]))'
+    )
+    body = weighted_rollout("gatewayAPI", spec, steps=[{"setWeight": 25}, {"pause": {}}, {"setWeight": 75}, {"setWeight": 100}])
     body["spec"]["analysis"] = {
-        "prometheus": {"address": prometheus.url, "timeout": "3s"}, "interval": "1s", "count": 3,
-        "initialDelay": "8s", "steps": ["error-rate"],  # new pods are scraped after 4-6 s
+        "prometheus": {"address": prometheus.url, "timeout": "3s"},
+        "interval": "1s",
+        "count": 3,
+        "initialDelay": "8s",
+        "steps": ["error-rate"],  # new pods are scraped after 4-6 s
         "metrics": [{"name": "error-rate", "query": rate, "thresholdRange": {"max": 0.05}}],
     }
     with contextlib.ExitStack() as stack:
         apps = {c: stack.enter_context(run_fakeapp(c, namespace)) for c in ("blue", "green")}
-        stack.enter_context(prometheus.scrape_pods(namespace, k8s, namespace, {c: a.target for c, a in apps.items()},
-                                                   rollout=ROLLOUT))
+        stack.enter_context(
+            prometheus.scrape_pods(namespace, k8s, namespace, {c: a.target for c, a in apps.items()}, rollout=ROLLOUT)
+        )
         env.create_rollout(body)
         env.wait_phase("Healthy", name=ROLLOUT, stableRevision="1", timeout=60)
         router = routing.router("gatewayAPI")
-        stack.enter_context(ClusterTraffic(k8s, namespace, apps, ACTIVE, router=router, rps=80, duration=300,
-                                           preview_share=0))
-        share = (f'sum(rate(http_requests_total{{namespace="{namespace}",pod=~"{ROLLOUT}-green-.+"}}[3s]))'
-                 f' / sum(rate(http_requests_total{{namespace="{namespace}"}}[3s]))')
+        stack.enter_context(ClusterTraffic(k8s, namespace, apps, ACTIVE, router=router, rps=80, duration=300, preview_share=0))
+        share = (
+            f'sum(rate(http_requests_total{{namespace="{namespace}",pod=~"{ROLLOUT}-green-.+"}}[3s]))'
+            f' / sum(rate(http_requests_total{{namespace="{namespace}"}}[3s]))'
+        )
         env.set_image("v2", name=ROLLOUT, labels={"app": "checkout"})
         env.wait_phase("Paused", name=ROLLOUT, currentStep="2", timeout=90)
         prometheus.wait_for(share, lambda v: 0.15 <= v <= 0.35, timeout=30)  # Prometheus sees 25% on green
         env.promote(name=ROLLOUT)
-        env.wait(lambda s: s.get("currentStep") == 3 and (s.get("release") or {}).get("analysisKey"),
-                 name=ROLLOUT, timeout=60, what="analysis at 75%")
+        env.wait(
+            lambda s: s.get("currentStep") == 3 and (s.get("release") or {}).get("analysisKey"),
+            name=ROLLOUT,
+            timeout=60,
+            what="analysis at 75%",
+        )
         prometheus.wait_for(share, lambda v: 0.6 <= v <= 0.9, timeout=30)  # ... then 75%
         st = env.wait_phase("Healthy", name=ROLLOUT, activeColor="green", stableRevision="2", timeout=90)
         prometheus.wait_for(share, lambda v: v >= 0.95, timeout=30)  # ... then all of it

@@ -10,20 +10,22 @@ Paused, Degraded, Aborted). For each, the live object (``kubectl get -o json``) 
 The last test stops the operator, changes every spec (the status is then stale, as right
 after a GitOps sync) and creates a Rollout the operator has never seen.
 """
+
 from __future__ import annotations
 
 import json
 import re
 import signal
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import kubernetes
 import pytest
-from gitops_helpers import GITOPS_DOC, LUA_RUNTIMES, argocd_health, doc_health_script, kstatus
-from operator_helpers import Env, rollout
 
 from cli_helpers import run
+from gitops_helpers import GITOPS_DOC, LUA_RUNTIMES, argocd_health, doc_health_script, kstatus
+from operator_helpers import Env, rollout
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -119,8 +121,10 @@ def test_the_lua_state_is_as_bare_as_argocds(runtime):
     with pytest.raises(AssertionError, match="not a table"):
         argocd_health('return "Healthy"', obj, runtime)
     assert argocd_health('return {status = "Fine"}', obj, runtime)["status"] == "Unknown"
-    assert argocd_health('return {status = "Healthy", message = "g" .. obj.metadata.generation}', obj,
-                         runtime) == {"status": "Healthy", "message": "g3"}  # as gopher-lua prints a whole number
+    assert argocd_health('return {status = "Healthy", message = "g" .. obj.metadata.generation}', obj, runtime) == {
+        "status": "Healthy",
+        "message": "g3",
+    }  # as gopher-lua prints a whole number
 
 
 @pytest.mark.cluster
@@ -178,8 +182,12 @@ def test_stale_or_missing_status_is_never_ready(releases, env, kubectl, teal_ope
     finally:
         teal_operator.start()
     # once the operator has caught up, the same checks say Ready again
-    env.wait(lambda s: s.get("phase") == "Healthy" and s.get("observedGeneration") == 2,
-                  name="healthy", what="healthy at generation 2", timeout=90)
+    env.wait(
+        lambda s: s.get("phase") == "Healthy" and s.get("observedGeneration") == 2,
+        name="healthy",
+        what="healthy at generation 2",
+        timeout=90,
+    )
     kubectl_wait_ready(kubectl, env, "healthy", ready=True)
     assert kstatus(live(kubectl, env, "healthy"))["status"] == "Current"
     assert argocd_health(doc_health_script(), live(kubectl, env, "healthy"))["status"] == "Healthy"

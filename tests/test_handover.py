@@ -1,13 +1,14 @@
 """Leaving Teal (issue 12, failure 5): deleting a Rollout takes both colours with it, and
 `kubectl teal handover` keeps the stable colour as a Deployment the user owns, with the
 real operator running and the active Service's endpoints watched throughout."""
+
 from __future__ import annotations
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
 from cli_helpers import teal
-from operator_helpers import EndpointRecorder, Env, app_env, live_rollout, rollout
+from operator_helpers import EndpointRecorder, Env, app_env, live_rollout
 from teal_devenv.wait import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
@@ -32,8 +33,9 @@ def test_deleting_a_rollout_deletes_both_colours_and_the_service_loses_its_endpo
     with EndpointRecorder(env.api, env.ns, "app") as rec:
         wait_for(lambda: rec.ready_colors() == {"blue": 2}, timeout=30, what="blue serving")
         env.custom.delete_namespaced_custom_object("teal.dev", "v1alpha1", env.ns, "rollouts", "app")
-        wait_for(lambda: gone(env.apps.read_namespaced_deployment, "app-blue", env.ns), timeout=60,
-                 what="app-blue garbage-collected")
+        wait_for(
+            lambda: gone(env.apps.read_namespaced_deployment, "app-blue", env.ns), timeout=60, what="app-blue garbage-collected"
+        )
         wait_for(lambda: not rec.ready_colors(), timeout=60, what="the Service without endpoints")
     assert env.selector_color("app") == "blue"  # the Service stays, selecting pods that are gone
 
@@ -52,8 +54,9 @@ def test_handover_keeps_the_stable_colour_and_its_endpoints(env):
         assert done.code == 0, done
         assert "Deployment app-green is yours" in done.out, done.out
         assert gone(env.get, "app")
-        wait_for(lambda: gone(env.apps.read_namespaced_deployment, "app-blue", env.ns), timeout=60,
-                 what="the other colour deleted")
+        wait_for(
+            lambda: gone(env.apps.read_namespaced_deployment, "app-blue", env.ns), timeout=60, what="the other colour deleted"
+        )
         assert not env.apps.list_namespaced_controller_revision(env.ns, label_selector="teal.dev/rollout=app").items
         kept = env.apps.read_namespaced_deployment("app-green", env.ns)
         assert not kept.metadata.owner_references

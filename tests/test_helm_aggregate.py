@@ -8,10 +8,12 @@ to a built-in ClusterRole: `jane` to edit, `joe` to view. With their kubeconfig,
 * joe reads (`kubectl teal get`) and is refused `promote`.
 The clusterrole-aggregation controller of the local kube-controller-manager does the copying.
 """
+
 from __future__ import annotations
 
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -53,17 +55,32 @@ def test_aggregated_roles_rendered(helm, chart_dir):
         assert role["metadata"]["labels"][f"rbac.authorization.k8s.io/aggregate-to-{kind}"] == "true"
     status = {"get", "update", "patch"}
     assert _rules(roles["t-teal-aggregate-to-view"]) == {
-        "rollouts": READ, "rollouts/status": READ, "rollouts/scale": READ,
-        "analysistemplates": READ, "clusteranalysistemplates": READ,
-        "releasepolicies": READ, "clusterreleasepolicies": READ}
+        "rollouts": READ,
+        "rollouts/status": READ,
+        "rollouts/scale": READ,
+        "analysistemplates": READ,
+        "clusteranalysistemplates": READ,
+        "releasepolicies": READ,
+        "clusterreleasepolicies": READ,
+    }
     assert _rules(roles["t-teal-aggregate-to-edit"]) == {
-        "rollouts": WRITE, "rollouts/status": status, "rollouts/scale": status,
-        "analysistemplates": WRITE, "clusteranalysistemplates": READ,
-        "releasepolicies": WRITE, "clusterreleasepolicies": READ}
+        "rollouts": WRITE,
+        "rollouts/status": status,
+        "rollouts/scale": status,
+        "analysistemplates": WRITE,
+        "clusteranalysistemplates": READ,
+        "releasepolicies": WRITE,
+        "clusterreleasepolicies": READ,
+    }
     assert _rules(roles["t-teal-aggregate-to-admin"]) == {
-        "rollouts": WRITE, "rollouts/status": status, "rollouts/scale": status,
-        "analysistemplates": WRITE, "clusteranalysistemplates": WRITE,
-        "releasepolicies": WRITE, "clusterreleasepolicies": WRITE}
+        "rollouts": WRITE,
+        "rollouts/status": status,
+        "rollouts/scale": status,
+        "analysistemplates": WRITE,
+        "clusteranalysistemplates": WRITE,
+        "releasepolicies": WRITE,
+        "clusterreleasepolicies": WRITE,
+    }
 
     out = run([helm, "template", "t", str(chart_dir), "--set", "rbac.aggregateToDefaultRoles=false"]).stdout
     assert "aggregate-to-" not in out
@@ -83,11 +100,14 @@ def _user(cluster: Any, k8s: Any, namespace: str, name: str, role: str) -> User:
     from kubernetes import client
 
     client.CoreV1Api(k8s).create_namespaced_service_account(namespace, {"metadata": {"name": name}})
-    client.RbacAuthorizationV1Api(k8s).create_namespaced_role_binding(namespace, {
-        "metadata": {"name": f"{name}-{role}"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
-    })
+    client.RbacAuthorizationV1Api(k8s).create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": f"{name}-{role}"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+    )
     token = cluster.create_token(namespace, name)  # the TokenRequest API
     return User(name, temp_kubeconfig(cluster, token, name))
 
@@ -117,16 +137,26 @@ def team(helm, chart_dir, cluster, k8s, teal_crds) -> Iterator[dict[str, Any]]:
             from teal_devenv.wait import wait_for
 
             # the clusterrole-aggregation controller copies the rules into the built-in roles
-            wait_for(lambda: "patch" in _rules_of_builtin(k8s, "edit").get("rollouts/status", set()),
-                     timeout=60, what="rollouts/status in the edit ClusterRole")
-            wait_for(lambda: "get" in _rules_of_builtin(k8s, "view").get("rollouts", set()),
-                     timeout=60, what="rollouts in the view ClusterRole")
+            wait_for(
+                lambda: "patch" in _rules_of_builtin(k8s, "edit").get("rollouts/status", set()),
+                timeout=60,
+                what="rollouts/status in the edit ClusterRole",
+            )
+            wait_for(
+                lambda: "get" in _rules_of_builtin(k8s, "view").get("rollouts", set()),
+                timeout=60,
+                what="rollouts in the view ClusterRole",
+            )
             for ns, name in ((mine, "checkout"), (mine, "cart"), (other, "checkout")):
                 ros = Rollouts(k8s, ns)
                 ros.create(rollout_manifest(name))
                 ros.set_status(name, progressing_status())
-            yield {"mine": mine, "other": other, "jane": _user(cluster, k8s, mine, "jane", "edit"),
-                   "joe": _user(cluster, k8s, mine, "joe", "view")}
+            yield {
+                "mine": mine,
+                "other": other,
+                "jane": _user(cluster, k8s, mine, "jane", "edit"),
+                "joe": _user(cluster, k8s, mine, "joe", "view"),
+            }
     finally:
         for ns in (op, mine, other):
             core.delete_namespace(ns)

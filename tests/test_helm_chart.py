@@ -6,6 +6,7 @@ Cluster: `helm template | kubectl apply --dry-run=server` in both RBAC modes and
 `helm install` into the local control plane.
 The RBAC itself (enough, and not too much) is tested in test_helm_rbac.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,9 @@ CLUSTER_MODE_ONLY: dict[tuple[str, str], set[str]] = {
 PEERING_VERBS = {"get", "list", "watch", "patch"}
 
 
-def template(helm: str, chart: Path, *sets: str, namespace: str = "teal-system", name: str = "teal",
-             extra: list[str] | None = None) -> list[dict[str, Any]]:
+def template(
+    helm: str, chart: Path, *sets: str, namespace: str = "teal-system", name: str = "teal", extra: list[str] | None = None
+) -> list[dict[str, Any]]:
     args = [helm, "template", name, str(chart), "--namespace", namespace]
     for s in sets:
         args += ["--set", s]
@@ -85,11 +87,15 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- offline
 
 
-@pytest.mark.parametrize("sets", [
-    [],
-    ["rbac.scope=namespaced", "watchNamespaces={shop,payments}"],
-    ["replicas=3", "peering.enabled=true", "podDisruptionBudget.enabled=true", "metrics.serviceMonitor.enabled=true"],
-], ids=["cluster", "namespaced", "ha"])
+@pytest.mark.parametrize(
+    "sets",
+    [
+        [],
+        ["rbac.scope=namespaced", "watchNamespaces={shop,payments}"],
+        ["replicas=3", "peering.enabled=true", "podDisruptionBudget.enabled=true", "metrics.serviceMonitor.enabled=true"],
+    ],
+    ids=["cluster", "namespaced", "ha"],
+)
 def test_helm_lint_strict(helm, sets):
     args = [helm, "lint", "--strict", str(CHART)]
     for s in sets:
@@ -98,22 +104,26 @@ def test_helm_lint_strict(helm, sets):
     assert "0 chart(s) failed" in proc.stdout
 
 
-@pytest.mark.parametrize("sets, message", [
-    (["rbac.scope=everything"], "value must be one of 'cluster', 'namespaced'"),
-    (["replicas=-1"], "/replicas"),
-    (["rbac.scope=namespaced"], "/watchNamespaces"),
-    (["replicas=2"], "/peering/enabled"),
-    (["replicas=2", "peering.enabled=true", "peering.priority=10"], "/peering/priority"),
-    (["podDisruptionBudget.enabled=true"], "/replicas"),
-    (["metrics.enabled=false", "metrics.serviceMonitor.enabled=true"], "/metrics/enabled"),
-    (["operator.logLevel=verbose"], "/operator/logLevel"),
-    (["operator.logFormat=xml"], "/operator/logFormat"),
-    (["operator.prometheusAddress=prometheus:9090"], "/operator/prometheusAddress"),
-    (["watchNamespaces={Not_A_Namespace}", "rbac.scope=namespaced"], "/watchNamespaces/0"),
-    (["metrics.port=70000"], "/metrics/port"),
-    (["image.digest=latest"], "/image/digest"),
-    (["replicaCount=2"], "additional properties 'replicaCount' not allowed"),
-], ids=lambda x: x if isinstance(x, str) else ",".join(x))
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["rbac.scope=everything"], "value must be one of 'cluster', 'namespaced'"),
+        (["replicas=-1"], "/replicas"),
+        (["rbac.scope=namespaced"], "/watchNamespaces"),
+        (["replicas=2"], "/peering/enabled"),
+        (["replicas=2", "peering.enabled=true", "peering.priority=10"], "/peering/priority"),
+        (["podDisruptionBudget.enabled=true"], "/replicas"),
+        (["metrics.enabled=false", "metrics.serviceMonitor.enabled=true"], "/metrics/enabled"),
+        (["operator.logLevel=verbose"], "/operator/logLevel"),
+        (["operator.logFormat=xml"], "/operator/logFormat"),
+        (["operator.prometheusAddress=prometheus:9090"], "/operator/prometheusAddress"),
+        (["watchNamespaces={Not_A_Namespace}", "rbac.scope=namespaced"], "/watchNamespaces/0"),
+        (["metrics.port=70000"], "/metrics/port"),
+        (["image.digest=latest"], "/image/digest"),
+        (["replicaCount=2"], "additional properties 'replicaCount' not allowed"),
+    ],
+    ids=lambda x: x if isinstance(x, str) else ",".join(x),
+)
 def test_values_schema_rejects_bad_values(helm, sets, message):
     args = [helm, "template", "t", str(CHART)]
     for s in sets:
@@ -163,22 +173,27 @@ def test_deployment_is_hardened(helm, chart_dir):
 
 
 def test_operator_settings_become_flags(helm, chart_dir):
-    docs = template(helm, chart_dir, "operator.prometheusAddress=http://prometheus.monitoring:9090",
-                    "operator.logLevel=debug", "operator.logFormat=json", "image.tag=0.2.0",
-                    "rbac.scope=namespaced", "watchNamespaces={shop,payments}")
+    docs = template(
+        helm,
+        chart_dir,
+        "operator.prometheusAddress=http://prometheus.monitoring:9090",
+        "operator.logLevel=debug",
+        "operator.logFormat=json",
+        "image.tag=0.2.0",
+        "rbac.scope=namespaced",
+        "watchNamespaces={shop,payments}",
+    )
     (c,) = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
     assert c["image"] == "ghcr.io/teal-dev/teal:0.2.0"
     assert "--prometheus-address=http://prometheus.monitoring:9090" in c["args"]
     assert "--log-level=debug" in c["args"] and "--log-format=json" in c["args"]
     assert "--namespace=shop" in c["args"] and "--namespace=payments" in c["args"]
     assert "--all-namespaces" not in c["args"]
-    (c,) = by_kind(template(helm, chart_dir, "metrics.enabled=false"), "Deployment")[0]["spec"]["template"]["spec"][
-        "containers"]
+    (c,) = by_kind(template(helm, chart_dir, "metrics.enabled=false"), "Deployment")[0]["spec"]["template"]["spec"]["containers"]
     assert "--metrics-port=0" in c["args"]  # the operator's "no metrics endpoint"
     assert [p["name"] for p in c["ports"]] == ["healthz"]
     digest = "sha256:" + "a" * 64
-    (c,) = by_kind(template(helm, chart_dir, f"image.digest={digest}"), "Deployment")[0]["spec"]["template"]["spec"][
-        "containers"]
+    (c,) = by_kind(template(helm, chart_dir, f"image.digest={digest}"), "Deployment")[0]["spec"]["template"]["spec"]["containers"]
     assert c["image"] == f"ghcr.io/teal-dev/teal@{digest}"
 
 
@@ -212,11 +227,21 @@ def test_no_wildcards_anywhere(helm, chart_dir):
 
 
 def test_router_and_secret_permissions_can_be_turned_off(helm, chart_dir):
-    docs = template(helm, chart_dir, "rbac.trafficRouters.istio=false", "rbac.trafficRouters.nginx=false",
-                    "rbac.trafficRouters.gatewayAPI=false", "rbac.secrets=false")
+    docs = template(
+        helm,
+        chart_dir,
+        "rbac.trafficRouters.istio=false",
+        "rbac.trafficRouters.nginx=false",
+        "rbac.trafficRouters.gatewayAPI=false",
+        "rbac.secrets=false",
+    )
     rules = rules_of(docs, "ClusterRole")
-    for gone in [("networking.istio.io", "virtualservices"), ("networking.k8s.io", "ingresses"),
-                 ("gateway.networking.k8s.io", "httproutes"), ("", "secrets")]:
+    for gone in [
+        ("networking.istio.io", "virtualservices"),
+        ("networking.k8s.io", "ingresses"),
+        ("gateway.networking.k8s.io", "httproutes"),
+        ("", "secrets"),
+    ]:
         assert gone not in rules
 
 
@@ -236,8 +261,9 @@ def test_peering_in_both_modes(helm, chart_dir):
     assert rules[("kopf.dev", "clusterkopfpeerings")] == PEERING_VERBS
     assert ("kopf.dev", "kopfpeerings") not in rules
 
-    docs = template(helm, chart_dir, "replicas=2", "peering.enabled=true", "rbac.scope=namespaced",
-                    "watchNamespaces={shop,payments}")
+    docs = template(
+        helm, chart_dir, "replicas=2", "peering.enabled=true", "rbac.scope=namespaced", "watchNamespaces={shop,payments}"
+    )
     assert sorted(p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")) == ["payments", "shop"]
     assert not by_kind(docs, "ClusterKopfPeering")
     assert rules_of(docs, "Role", "shop")[("kopf.dev", "kopfpeerings")] == PEERING_VERBS
@@ -256,8 +282,15 @@ def test_crds_ship_with_the_chart(helm, chart_dir):
 
 
 def test_servicemonitor_and_pdb(helm, chart_dir):
-    docs = template(helm, chart_dir, "replicas=2", "peering.enabled=true", "podDisruptionBudget.enabled=true",
-                    "metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prom")
+    docs = template(
+        helm,
+        chart_dir,
+        "replicas=2",
+        "peering.enabled=true",
+        "podDisruptionBudget.enabled=true",
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.labels.release=prom",
+    )
     (sm,) = by_kind(docs, "ServiceMonitor")
     assert sm["apiVersion"] == "monitoring.coreos.com/v1"
     assert sm["metadata"]["labels"]["release"] == "prom"
@@ -274,9 +307,22 @@ def test_servicemonitor_and_pdb(helm, chart_dir):
 def test_notes_tell_what_to_do_next(helm, chart_dir, cluster):
     # `helm install --dry-run=server` renders NOTES.txt (helm template does not); the server mode lets the
     # chart's lookup see that the CRDs exist already (applied by another fixture), as a real install would
-    proc = run([helm, "install", "t", str(chart_dir), "--dry-run=server", "--namespace", "teal-system",
-                "--set", "rbac.scope=namespaced", "--set", "watchNamespaces={shop}"],
-               env={"KUBECONFIG": cluster.kubeconfig})
+    proc = run(
+        [
+            helm,
+            "install",
+            "t",
+            str(chart_dir),
+            "--dry-run=server",
+            "--namespace",
+            "teal-system",
+            "--set",
+            "rbac.scope=namespaced",
+            "--set",
+            "watchNamespaces={shop}",
+        ],
+        env={"KUBECONFIG": cluster.kubeconfig},
+    )
     notes = proc.stdout.split("NOTES:", 1)[1]
     assert "kubectl teal -n shop list" in notes
     assert "kubectl teal -n shop get" in notes
@@ -329,13 +375,37 @@ def test_template_applies_with_server_dry_run(helm, kubectl, chart_dir, cluster,
         crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
         rest = [d for d in docs if d["kind"] != "CustomResourceDefinition"]
         # CRDs first (for real: a dry run cannot create kinds that the same dry run defines)
-        run([kubectl, "--kubeconfig", cluster.kubeconfig, "apply", "--server-side", "--force-conflicts",
-             "--field-manager", "teal-tests", "-f", "-"], input=yaml.safe_dump_all(crds))
+        run(
+            [
+                kubectl,
+                "--kubeconfig",
+                cluster.kubeconfig,
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager",
+                "teal-tests",
+                "-f",
+                "-",
+            ],
+            input=yaml.safe_dump_all(crds),
+        )
         for d in crds:
-            run([kubectl, "--kubeconfig", cluster.kubeconfig, "wait", "--for=condition=Established",
-                 "--timeout=60s", f"crd/{d['metadata']['name']}"])
-        proc = run([kubectl, "--kubeconfig", cluster.kubeconfig, "apply", "--dry-run=server", "--validate=strict",
-                    "-f", "-"], input=yaml.safe_dump_all(rest))
+            run(
+                [
+                    kubectl,
+                    "--kubeconfig",
+                    cluster.kubeconfig,
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    f"crd/{d['metadata']['name']}",
+                ]
+            )
+        proc = run(
+            [kubectl, "--kubeconfig", cluster.kubeconfig, "apply", "--dry-run=server", "--validate=strict", "-f", "-"],
+            input=yaml.safe_dump_all(rest),
+        )
         kinds = {line.split("/")[0] for line in proc.stdout.splitlines()}
         assert any("deployment" in k for k in kinds) and any("serviceaccount" in k for k in kinds), proc.stdout
         assert all("(server dry run)" in line for line in proc.stdout.splitlines())
@@ -357,8 +427,25 @@ def test_helm_install_upgrade_uninstall(helm, kubectl, chart_dir, cluster, k8s, 
     env = {"KUBECONFIG": cluster.kubeconfig}
     apps = client.AppsV1Api(k8s)
     try:
-        proc = run([helm, "install", name, str(chart_dir), "--namespace", namespace, "--wait", "--timeout", "120s",
-                    "--set", "rbac.scope=namespaced", "--set", f"watchNamespaces={{{watched}}}"], env=env, timeout=180)
+        proc = run(
+            [
+                helm,
+                "install",
+                name,
+                str(chart_dir),
+                "--namespace",
+                namespace,
+                "--wait",
+                "--timeout",
+                "120s",
+                "--set",
+                "rbac.scope=namespaced",
+                "--set",
+                f"watchNamespaces={{{watched}}}",
+            ],
+            env=env,
+            timeout=180,
+        )
         assert "STATUS: deployed" in proc.stdout
         assert f"kubectl teal -n {watched} list" in proc.stdout
         dep = apps.read_namespaced_deployment(f"{name}-teal" if "teal" not in name else name, namespace)
@@ -369,17 +456,36 @@ def test_helm_install_upgrade_uninstall(helm, kubectl, chart_dir, cluster, k8s, 
         assert [r.metadata.name for r in roles] == [dep.metadata.name]
 
         # upgrade to two replicas with peering (its CRDs came with the install)
-        proc = run([helm, "upgrade", name, str(chart_dir), "--namespace", namespace, "--wait", "--timeout", "120s",
-                    "--reuse-values", "--set", "replicas=2", "--set", "peering.enabled=true"], env=env, timeout=180)
+        proc = run(
+            [
+                helm,
+                "upgrade",
+                name,
+                str(chart_dir),
+                "--namespace",
+                namespace,
+                "--wait",
+                "--timeout",
+                "120s",
+                "--reuse-values",
+                "--set",
+                "replicas=2",
+                "--set",
+                "peering.enabled=true",
+            ],
+            env=env,
+            timeout=180,
+        )
         assert "STATUS: deployed" in proc.stdout
-        wait_for(lambda: apps.read_namespaced_deployment(dep.metadata.name, namespace).status.ready_replicas == 2,
-                 timeout=60, what="2 ready operator replicas")
-        peerings = client.CustomObjectsApi(k8s).list_namespaced_custom_object("kopf.dev", "v1", watched,
-                                                                                "kopfpeerings")["items"]
+        wait_for(
+            lambda: apps.read_namespaced_deployment(dep.metadata.name, namespace).status.ready_replicas == 2,
+            timeout=60,
+            what="2 ready operator replicas",
+        )
+        peerings = client.CustomObjectsApi(k8s).list_namespaced_custom_object("kopf.dev", "v1", watched, "kopfpeerings")["items"]
         assert [p["metadata"]["name"] for p in peerings] == ["teal"]
     finally:
         run([helm, "uninstall", name, "--namespace", namespace, "--wait", "--timeout", "60s"], env=env, check=False)
         _delete_namespaces(k8s, watched)
     assert run([helm, "status", name, "--namespace", namespace], env=env, check=False).returncode != 0
-    assert not client.RbacAuthorizationV1Api(k8s).list_cluster_role(
-        label_selector=f"app.kubernetes.io/instance={name}").items
+    assert not client.RbacAuthorizationV1Api(k8s).list_cluster_role(label_selector=f"app.kubernetes.io/instance={name}").items

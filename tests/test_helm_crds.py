@@ -9,14 +9,16 @@ delete CRDs, which in the suite's shared cluster would delete every other test's
   left as it is, so any number of releases install side by side;
 * `crds.keep` keeps the CRDs (and the Rollouts) on `helm uninstall`; without it they go.
 """
+
 from __future__ import annotations
 
 import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -24,8 +26,13 @@ import yaml
 from cli_helpers import CHART, CRDS, ROOT, Rollouts, healthy_status, rollout_manifest, run
 from teal_devenv.wait import wait_for
 
-TEAL_CRDS = ["rollouts.teal.dev", "analysistemplates.teal.dev", "clusteranalysistemplates.teal.dev",
-             "releasepolicies.teal.dev", "clusterreleasepolicies.teal.dev"]
+TEAL_CRDS = [
+    "rollouts.teal.dev",
+    "analysistemplates.teal.dev",
+    "clusteranalysistemplates.teal.dev",
+    "releasepolicies.teal.dev",
+    "clusterreleasepolicies.teal.dev",
+]
 PEERING_CRDS = ["kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"]
 KEEP = "helm.sh/resource-policy"
 
@@ -45,8 +52,12 @@ def crds_of(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_rendered_crds_are_the_repository_crds(helm, chart_dir):
-    source = {d["metadata"]["name"]: d for f in sorted(CRDS.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())
-              if d and d["kind"] == "CustomResourceDefinition"}
+    source = {
+        d["metadata"]["name"]: d
+        for f in sorted(CRDS.glob("*.yaml"))
+        for d in yaml.safe_load_all(f.read_text())
+        if d and d["kind"] == "CustomResourceDefinition"
+    }
     rendered = crds_of(render(helm, chart_dir))
     assert set(source) == set(TEAL_CRDS) and set(rendered) == set(TEAL_CRDS + PEERING_CRDS)
     for name, crd in source.items():
@@ -109,8 +120,7 @@ class Helm:
 
         api = self.cluster.api_client()
         try:
-            return api.sanitize_for_serialization(
-                client.ApiextensionsV1Api(api).read_custom_resource_definition(name))
+            return api.sanitize_for_serialization(client.ApiextensionsV1Api(api).read_custom_resource_definition(name))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -197,8 +207,9 @@ def test_upgrade_changes_the_crd_and_loses_no_rollout(h, chart_dir, tmp_path):
         assert ro["metadata"]["generation"] == old["metadata"]["generation"]
 
     def superseded_is_kept() -> bool:  # the apiserver takes the new schema up within a moment
-        ro = ros.set_status("checkout", {**before["checkout"]["status"],
-                                         "stats": {"releases": 3, "promoted": 2, "superseded": 1}})
+        ro = ros.set_status(
+            "checkout", {**before["checkout"]["status"], "stats": {"releases": 3, "promoted": 2, "superseded": 1}}
+        )
         return ro["status"]["stats"].get("superseded") == 1
 
     wait_for(superseded_is_kept, timeout=30, what="status.stats.superseded to be kept by the upgraded CRD")
@@ -238,11 +249,14 @@ def foreign_crds(h: Helm, chart_dir: Path, tmp_path: Path) -> str:
     copy = tmp_path / "probe" / "teal"
     shutil.copytree(chart_dir, copy)
     (copy / "templates" / "zz-probe.yaml").write_text(
-        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: probe}\n'
-        'data: {foreign: {{ include "teal.crd.foreign" . | quote }}}\n')
+        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: probe}\ndata: {foreign: {{ include "teal.crd.foreign" . | quote }}}\n'
+    )
     out = h("install", "probe", str(copy), "--namespace", "default", "--dry-run=server").stdout
-    (probe,) = [d for d in yaml.safe_load_all(out.split("NOTES:")[0].split("MANIFEST:", 1)[1]) if d
-                and d["kind"] == "ConfigMap" and d["metadata"]["name"] == "probe"]
+    (probe,) = [
+        d
+        for d in yaml.safe_load_all(out.split("NOTES:")[0].split("MANIFEST:", 1)[1])
+        if d and d["kind"] == "ConfigMap" and d["metadata"]["name"] == "probe"
+    ]
     return probe["data"]["foreign"]
 
 
@@ -275,9 +289,17 @@ def test_the_readme_adopts_crds_applied_with_kubectl(h, chart_dir):
     assert "CustomResourceDefinition" not in h.manifest_kinds("teal", "teal-system") and not h.owner("rollouts.teal.dev")
     readme = (CHART / "README.md").read_text()
     (block,) = [b for b in re.findall(r"```sh\n(.*?)```", readme, re.S) if "kubectl annotate crd" in b]
-    subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, check=True, timeout=180,
-                   env={**os.environ, **h.env, "PATH": os.pathsep.join(
-                       [str(Path(h.kubectl).parent), str(Path(h.helm).parent), os.environ["PATH"]])})
+    subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block],
+        cwd=ROOT,
+        check=True,
+        timeout=180,
+        env={
+            **os.environ,
+            **h.env,
+            "PATH": os.pathsep.join([str(Path(h.kubectl).parent), str(Path(h.helm).parent), os.environ["PATH"]]),
+        },
+    )
     assert h.owner("rollouts.teal.dev") == "teal"
     assert h.manifest_kinds("teal", "teal-system").count("CustomResourceDefinition") == len(TEAL_CRDS)
     assert h.crd("rollouts.teal.dev")["metadata"]["annotations"][KEEP] == "keep"

@@ -8,15 +8,16 @@ ServiceAccount comes from the TokenRequest API. With that token:
   outside the watched namespaces, deleting Services, listing Secrets, ...);
 * a SelfSubjectRulesReview lists nothing beyond the operator's needs.
 """
+
 from __future__ import annotations
 
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from cli_helpers import installed_chart
-from cli_helpers import teal
+from cli_helpers import installed_chart, teal
 from test_helm_chart import CLUSTER_MODE_ONLY, CLUSTER_NEEDS, NAMESPACED_NEEDS, PEERING_VERBS
 
 pytestmark = pytest.mark.cluster
@@ -30,13 +31,13 @@ BASELINE = {
 
 
 class Installed:
-    def __init__(self, mode: str, operator_ns: str, watched: list[str], other: str, release: str, token: str,
-                 client: Any, kubeconfig: str):
+    def __init__(
+        self, mode: str, operator_ns: str, watched: list[str], other: str, release: str, token: str, client: Any, kubeconfig: str
+    ):
         self.mode, self.operator_ns, self.watched, self.other = mode, operator_ns, watched, other
         self.release, self.token, self.client, self.kubeconfig = release, token, client, kubeconfig
 
-    def review(self, verb: str, group: str, resource: str, namespace: str | None = None, name: str | None = None
-               ) -> bool:
+    def review(self, verb: str, group: str, resource: str, namespace: str | None = None, name: str | None = None) -> bool:
         from kubernetes import client
 
         sub = None
@@ -50,16 +51,16 @@ class Installed:
         if name:
             attrs["name"] = name
         answer = client.AuthorizationV1Api(self.client).create_self_subject_access_review(
-            {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-             "spec": {"resourceAttributes": attrs}})
+            {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "spec": {"resourceAttributes": attrs}}
+        )
         return bool(answer.status.allowed)
 
     def rules(self, namespace: str) -> dict[tuple[str, str], set[str]]:
         from kubernetes import client
 
         answer = client.AuthorizationV1Api(self.client).create_self_subject_rules_review(
-            {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
-             "spec": {"namespace": namespace}})
+            {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview", "spec": {"namespace": namespace}}
+        )
         out: dict[tuple[str, str], set[str]] = {}
         for rule in answer.status.resource_rules:
             for g in rule.api_groups or []:
@@ -105,7 +106,8 @@ def test_the_token_is_the_service_account(installed):
     from kubernetes import client
 
     review = client.AuthenticationV1Api(installed.client).create_self_subject_review(
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    )
     assert review.status.user_info.username == f"system:serviceaccount:{installed.operator_ns}:{installed.release}"
 
 
@@ -150,26 +152,56 @@ def test_real_calls_succeed_where_they_should(installed, k8s):
     assert custom.list_namespaced_custom_object("teal.dev", "v1alpha1", ns, "rollouts")["items"] == []
     assert custom.list_cluster_custom_object("teal.dev", "v1alpha1", "clusteranalysistemplates")["items"] is not None
     apps = client.AppsV1Api(installed.client)
-    dep = apps.create_namespaced_deployment(ns, {
-        "metadata": {"name": "probe-blue"},
-        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "probe"}},
-                 "template": {"metadata": {"labels": {"app": "probe"}},
-                              "spec": {"containers": [{"name": "app", "image": "registry.example.com/x:1"}]}}},
-    })
+    dep = apps.create_namespaced_deployment(
+        ns,
+        {
+            "metadata": {"name": "probe-blue"},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"app": "probe"}},
+                "template": {
+                    "metadata": {"labels": {"app": "probe"}},
+                    "spec": {"containers": [{"name": "app", "image": "registry.example.com/x:1"}]},
+                },
+            },
+        },
+    )
     apps.patch_namespaced_deployment_scale("probe-blue", ns, {"spec": {"replicas": 1}})
     apps.delete_namespaced_deployment(dep.metadata.name, ns)
-    svc = sa_core.create_namespaced_service(ns, {"metadata": {"name": "probe"},
-                                                 "spec": {"ports": [{"port": 80}], "selector": {"app": "probe"}}})
+    svc = sa_core.create_namespaced_service(
+        ns, {"metadata": {"name": "probe"}, "spec": {"ports": [{"port": 80}], "selector": {"app": "probe"}}}
+    )
     sa_core.patch_namespaced_service(svc.metadata.name, ns, {"spec": {"selector": {"teal.dev/color": "blue"}}})
-    sa_core.create_namespaced_event(ns, {
-        "metadata": {"generateName": "probe."}, "involvedObject": {"kind": "Service", "name": "probe", "namespace": ns},
-        "reason": "Probe", "message": "rbac test", "type": "Normal"})
-    peering = custom.patch_namespaced_custom_object(
-        "kopf.dev", "v1", ns, "kopfpeerings", "teal", {"status": {"probe": {"priority": 1}}},
-        _content_type="application/merge-patch+json") if installed.mode == "namespaced" else \
-        custom.patch_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", "teal",
-                                           {"status": {"probe": {"priority": 1}}},
-                                           _content_type="application/merge-patch+json")
+    sa_core.create_namespaced_event(
+        ns,
+        {
+            "metadata": {"generateName": "probe."},
+            "involvedObject": {"kind": "Service", "name": "probe", "namespace": ns},
+            "reason": "Probe",
+            "message": "rbac test",
+            "type": "Normal",
+        },
+    )
+    peering = (
+        custom.patch_namespaced_custom_object(
+            "kopf.dev",
+            "v1",
+            ns,
+            "kopfpeerings",
+            "teal",
+            {"status": {"probe": {"priority": 1}}},
+            _content_type="application/merge-patch+json",
+        )
+        if installed.mode == "namespaced"
+        else custom.patch_cluster_custom_object(
+            "kopf.dev",
+            "v1",
+            "clusterkopfpeerings",
+            "teal",
+            {"status": {"probe": {"priority": 1}}},
+            _content_type="application/merge-patch+json",
+        )
+    )
     assert peering["status"]["probe"] == {"priority": 1}
 
 
@@ -235,8 +267,7 @@ def test_what_the_operator_must_not_do_is_refused(installed, k8s):
     if installed.mode == "namespaced":
         assert _forbidden(lambda: sa_core.read_namespaced_secret("db-password", installed.other))
         custom = client.CustomObjectsApi(installed.client)
-        assert _forbidden(lambda: custom.list_namespaced_custom_object("teal.dev", "v1alpha1", installed.other,
-                                                                       "rollouts"))
+        assert _forbidden(lambda: custom.list_namespaced_custom_object("teal.dev", "v1alpha1", installed.other, "rollouts"))
         assert _forbidden(lambda: sa_core.list_namespace())
 
 

@@ -3,6 +3,7 @@ for the same inputs, in the layout `docker load`, `kind load image-archive` and 
 operator/Dockerfile describing the same image -- and run as the chart runs it: unpacked, as uid
 65532, on a read-only root with a tmpfs /tmp, with nothing but the chart's ServiceAccount token,
 it completes a release against the local control plane."""
+
 from __future__ import annotations
 
 import datetime
@@ -24,7 +25,7 @@ import yaml
 
 from cli_helpers import installed_chart, run
 from image_helpers import ImageProcess, build_image, crane_binary, oci, proc_status, root_mount_options, snapshot_sources, unpack
-from operator_helpers import Env, rollout
+from operator_helpers import Env
 from teal_devenv.procs import free_port
 from teal_devenv.wait import wait_for
 
@@ -51,8 +52,10 @@ def image(tmp_path_factory):
     info = build_image(out)
     info["path"] = out
     info["read"] = oci.read_archive(out)
-    _say(f"{info['ref']} {info['digest']}: {info['compressed_size'] / 1e6:.1f} MB compressed, "
-         f"{info['uncompressed_size'] / 1e6:.1f} MB uncompressed, built in {info['seconds']}s (cache {info['cache']})")
+    _say(
+        f"{info['ref']} {info['digest']}: {info['compressed_size'] / 1e6:.1f} MB compressed, "
+        f"{info['uncompressed_size'] / 1e6:.1f} MB uncompressed, built in {info['seconds']}s (cache {info['cache']})"
+    )
     return info
 
 
@@ -104,7 +107,7 @@ def test_config_runs_teal_run_as_65532_from_tmp(image):
     assert env["PYTHONDONTWRITEBYTECODE"] == "1" and env["HOME"] == "/tmp"
     assert set(config["ExposedPorts"]) == {"8080/tcp", "9090/tcp"}
     assert config["Labels"]["org.opencontainers.image.version"] == version
-    created = datetime.datetime.fromtimestamp(EPOCH, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = datetime.datetime.fromtimestamp(EPOCH, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert image["read"]["config"]["created"] == created == config["Labels"]["org.opencontainers.image.created"]
 
 
@@ -170,12 +173,19 @@ def test_crane_validates_the_archive_and_a_registry_keeps_its_digest(image, tmp_
     crane = crane_binary()
     run([crane, "validate", "--tarball", str(image["path"])])
     port = free_port()
-    registry = subprocess.Popen([crane, "registry", "serve", "--address", f"127.0.0.1:{port}"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    registry = subprocess.Popen(
+        [crane, "registry", "serve", "--address", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         repo = f"127.0.0.1:{port}/teal"
-        wait_for(lambda: run([crane, "catalog", "--insecure", f"127.0.0.1:{port}"], check=False).returncode == 0,
-                 timeout=30, what="crane's registry")
+        wait_for(
+            lambda: run([crane, "catalog", "--insecure", f"127.0.0.1:{port}"], check=False).returncode == 0,
+            timeout=30,
+            what="crane's registry",
+        )
         layout = tmp_path / "layout"
         with tarfile.open(image["path"]) as tar:
             tar.extractall(layout, filter="data")
@@ -239,8 +249,11 @@ def test_dockerfile_builds_the_same_layout(image):
 
 def test_operator_never_imports_kubernetes_aio():
     """hack/image/build.py leaves kubernetes/aio out of the image (a third of its size)."""
-    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "operator").rglob("*.py")
-                 if re.search(r"kubernetes\.aio|from kubernetes import .*\baio\b", p.read_text())]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "operator").rglob("*.py")
+        if re.search(r"kubernetes\.aio|from kubernetes import .*\baio\b", p.read_text())
+    ]
     assert not offenders
 
 
@@ -256,12 +269,16 @@ def snapshot(rootfs: Path) -> dict[str, tuple[int, int, int]]:
     return out
 
 
-def test_image_completes_a_release_as_65532_on_a_read_only_root(image, rootfs, cluster, k8s, helm, chart_dir, teal_crds,
-                                                                 no_operator, tmp_path):
+def test_image_completes_a_release_as_65532_on_a_read_only_root(
+    image, rootfs, cluster, k8s, helm, chart_dir, teal_crds, no_operator, tmp_path
+):
     # in-cluster credentials exactly as a kubelet mounts them, for the chart's ServiceAccount
     ca = Path(cluster.ca_file)
-    san = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(ca.parent / "apiserver.crt")],
-                         capture_output=True, text=True).stdout
+    san = subprocess.run(
+        ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(ca.parent / "apiserver.crt")],
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "IP Address:127.0.0.1" in san, f"the apiserver's serving certificate does not cover 127.0.0.1: {san}"
     core = kubernetes.client.CoreV1Api(k8s)
     tag = uuid.uuid4().hex[:6]
@@ -277,15 +294,26 @@ def test_image_completes_a_release_as_65532_on_a_read_only_root(image, rootfs, c
             shutil.copy(ca, secrets / "ca.crt")
             (secrets / "namespace").write_text(op_ns)
             liveness = free_port()
-            env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(cluster.apiserver_port),
-                   "POD_NAME": f"teal-{tag}", "POD_ID": f"teal-{tag}", "POD_NAMESPACE": op_ns, "HOSTNAME": f"teal-{tag}",
-                   "TEAL_NAMESPACES": app_ns, "TEAL_LIVENESS_PORT": str(liveness), "TEAL_METRICS_PORT": str(free_port())}
+            env = {
+                "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                "KUBERNETES_SERVICE_PORT": str(cluster.apiserver_port),
+                "POD_NAME": f"teal-{tag}",
+                "POD_ID": f"teal-{tag}",
+                "POD_NAMESPACE": op_ns,
+                "HOSTNAME": f"teal-{tag}",
+                "TEAL_NAMESPACES": app_ns,
+                "TEAL_LIVENESS_PORT": str(liveness),
+                "TEAL_METRICS_PORT": str(free_port()),
+            }
             op = ImageProcess(rootfs, image["read"]["config"]["config"], env, secrets, tmp_path / "image.log")
             op.start()
             before = snapshot(rootfs)  # mount points made; the process cannot write to the host's view
             try:
-                wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{liveness}/healthz", timeout=2).status == 200,
-                         timeout=120, what="the image's /healthz")
+                wait_for(
+                    lambda: urllib.request.urlopen(f"http://127.0.0.1:{liveness}/healthz", timeout=2).status == 200,
+                    timeout=120,
+                    what="the image's /healthz",
+                )
                 pid = op.image_pid()
                 assert pid, op.log_tail()
                 status = proc_status(pid)

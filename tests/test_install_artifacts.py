@@ -9,6 +9,7 @@
   `pip install .` from the repository does the same. Offline after the first run: the
   dependencies' wheels are downloaded once into the cache (${TEAL_CACHE}/wheelhouse-...).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,8 +54,9 @@ def docs_of(path: Path) -> list[dict[str, Any]]:
 
 def test_dist_has_what_a_release_ships(dist):
     names = sorted(p.name for p in dist.iterdir())
-    assert names == sorted(["install.yaml", "install-namespaced.yaml", f"teal-{VERSION}.tgz",
-                            f"teal_operator-{VERSION}-py3-none-any.whl"]), names
+    assert names == sorted(
+        ["install.yaml", "install-namespaced.yaml", f"teal-{VERSION}.tgz", f"teal_operator-{VERSION}-py3-none-any.whl"]
+    ), names
     for variant, args in (("install.yaml", "--all-namespaces"), ("install-namespaced.yaml", "--namespace=teal-system")):
         docs = docs_of(dist / variant)
         assert (docs[0]["kind"], docs[0]["metadata"]["name"]) == ("Namespace", "teal-system")
@@ -96,8 +98,12 @@ def test_install_yaml_applies_and_deletes(dist, helm, kubectl, own_cluster, vari
             h.k("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
         h.k("-n", "teal-system", "rollout", "status", "deployment/teal", "--timeout=120s")
         sa = "system:serviceaccount:teal-system:teal"
-        assert h.k("auth", "can-i", "patch", "rollouts.teal.dev", "--subresource=status", "-n", "teal-system",
-                   "--as", sa).stdout.strip() == "yes"
+        assert (
+            h.k(
+                "auth", "can-i", "patch", "rollouts.teal.dev", "--subresource=status", "-n", "teal-system", "--as", sa
+            ).stdout.strip()
+            == "yes"
+        )
         elsewhere = h.k("auth", "can-i", "list", "rollouts.teal.dev", "-n", "default", "--as", sa, check=False)
         assert elsewhere.stdout.strip() == ("no" if "namespaced" in variant else "yes")
     finally:
@@ -112,8 +118,7 @@ def test_packaged_chart_lints_and_installs(dist, helm, kubectl, own_cluster):
     assert "0 chart(s) failed" in run([helm, "lint", "--strict", tgz]).stdout
     h = Helm(helm, kubectl, own_cluster)
     h.no_teal_crds()
-    out = h("install", "teal", tgz, "--namespace", "teal-pkg", "--create-namespace", "--wait",
-            "--timeout", "120s").stdout
+    out = h("install", "teal", tgz, "--namespace", "teal-pkg", "--create-namespace", "--wait", "--timeout", "120s").stdout
     try:
         assert "STATUS: deployed" in out
         listed = h("list", "--namespace", "teal-pkg", "-o", "yaml").stdout
@@ -139,8 +144,11 @@ def test_release_workflow_passes_actionlint():
 def test_release_workflow_uses_the_repository_pins():
     text = WORKFLOW.read_text()
     flow = yaml.safe_load(text)
-    versions = dict(line.split("=", 1) for line in (ROOT / "hack" / "versions.env").read_text().splitlines()
-                    if line and not line.startswith("#"))
+    versions = dict(
+        line.split("=", 1)
+        for line in (ROOT / "hack" / "versions.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     # the pins come from versions.env, loaded in every job that uses one
     for pin in ("HELM_VERSION", "CRANE_VERSION"):
         assert pin in versions and pin in text, pin
@@ -149,8 +157,13 @@ def test_release_workflow_uses_the_repository_pins():
         loads = any("hack/versions.env" in str(step.get("run", "")) for step in job["steps"])
         assert loads or not uses_pin, name
     assert flow[True]["push"]["tags"]  # `on:` is YAML 1.1's true
-    scripts = {w for job in flow["jobs"].values() for step in job["steps"] for w in str(step.get("run", "")).split()
-               if w.startswith("hack/") and w.endswith(".sh")}
+    scripts = {
+        w
+        for job in flow["jobs"].values()
+        for step in job["steps"]
+        for w in str(step.get("run", "")).split()
+        if w.startswith("hack/") and w.endswith(".sh")
+    }
     assert scripts == {"hack/build-dist.sh", "hack/build-image.sh"}, scripts
     for script in scripts:
         assert (ROOT / script).exists(), f"the release workflow runs {script}, which does not exist"
@@ -184,8 +197,16 @@ def wheelhouse() -> Path:
 def offline_env(tmp_path: Path, bin_dir: Path, kubectl: str) -> dict[str, str]:
     """PATH with the new install and kubectl only (not the test virtualenv, which has kubectl-teal too)."""
     path = os.pathsep.join([str(bin_dir), str(Path(kubectl).parent), "/usr/local/bin", "/usr/bin", "/bin"])
-    return {"PATH": path, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheelhouse()), "HOME": str(tmp_path),
-            "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_COMPILE": "1", "VIRTUAL_ENV": "", "PYTHONPATH": ""}
+    return {
+        "PATH": path,
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": str(wheelhouse()),
+        "HOME": str(tmp_path),
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_NO_COMPILE": "1",
+        "VIRTUAL_ENV": "",
+        "PYTHONPATH": "",
+    }
 
 
 def check_plugin(kubectl: str, env: dict[str, str], bin_dir: Path) -> None:
@@ -206,8 +227,7 @@ def test_pipx_installs_the_plugin_from_the_wheel(dist, kubectl, tmp_path):
     run([_base_python(), "-m", "venv", str(tools)])
     env = offline_env(tmp_path, tmp_path / "bin", kubectl)
     run([str(tools / "bin" / "pip"), "install", "--quiet", PIPX], env=env, timeout=300)
-    env.update(PIPX_HOME=str(tmp_path / "pipx"), PIPX_BIN_DIR=str(tmp_path / "bin"),
-               PIPX_MAN_DIR=str(tmp_path / "man"))
+    env.update(PIPX_HOME=str(tmp_path / "pipx"), PIPX_BIN_DIR=str(tmp_path / "bin"), PIPX_MAN_DIR=str(tmp_path / "man"))
     wheel = dist / f"teal_operator-{VERSION}-py3-none-any.whl"
     # the documented line: pipx install ./dist/teal_operator-<version>-py3-none-any.whl
     run([str(tools / "bin" / "pipx"), "install", str(wheel)], env=env, timeout=600)
@@ -220,7 +240,12 @@ def test_pip_installs_the_plugin_from_the_repository(kubectl, tmp_path):
     run([_base_python(), "-m", "venv", str(venv)])
     env = offline_env(tmp_path, venv / "bin", kubectl)
     src = tmp_path / "src"  # a clean copy, so the build leaves nothing in the work tree
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "dist", "build", "*.egg-info", "__pycache__",
-                                                             ".pytest_cache", ".hypothesis", ".venv", ".teal"))
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git", "dist", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis", ".venv", ".teal"
+        ),
+    )
     run([str(venv / "bin" / "pip"), "install", "--quiet", str(src)], env=env, timeout=600)
     check_plugin(kubectl, env, venv / "bin")

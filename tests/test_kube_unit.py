@@ -1,4 +1,5 @@
 """Pure parts of the Kubernetes adapter."""
+
 from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
@@ -14,8 +15,11 @@ def test_merge_patch_sets_changes_and_nulls_removals():
     assert merge_patch(new, new) == {}
 
 
-json_values = st.recursive(st.none() | st.integers() | st.text(max_size=3),
-                           lambda inner: st.dictionaries(st.text("abc", max_size=2), inner, max_size=3), max_leaves=8)
+json_values = st.recursive(
+    st.none() | st.integers() | st.text(max_size=3),
+    lambda inner: st.dictionaries(st.text("abc", max_size=2), inner, max_size=3),
+    max_leaves=8,
+)
 docs = st.dictionaries(st.text("abcd", max_size=2), json_values, max_size=4)
 
 

@@ -1,5 +1,6 @@
 """Several replicas: only the leading one reconciles, and a leader that sees a peer of
 higher priority stops its reconcile loops too (not only kopf's watches)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -15,7 +16,7 @@ from teal_devenv.crds import crd_documents, install_crds
 from teal_devenv.wait import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
-NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def peer(priority: int, seconds_ago: float = 1, lifetime: int = 60) -> dict:
@@ -37,18 +38,24 @@ def acted(op: OperatorProcess, namespace: str, text: str) -> bool:
 
 @pytest.mark.cluster
 @pytest.mark.timeout(240)
-def test_only_the_leader_reconciles_and_a_superseded_leader_stops(cluster, k8s, namespace, teal_crds,
-                                                                   teal_operator, tmp_path):
+def test_only_the_leader_reconciles_and_a_superseded_leader_stops(cluster, k8s, namespace, teal_crds, teal_operator, tmp_path):
     install_crds(k8s, crd_documents((REPO / "charts/teal/charts/kopf-peering/crds").glob("*.yaml")))
     name = f"teal-{uuid.uuid4().hex[:6]}"
     custom = kubernetes.client.CustomObjectsApi(k8s)
-    custom.create_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", {
-        "apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}})
+    custom.create_cluster_custom_object(
+        "kopf.dev",
+        "v1",
+        "clusterkopfpeerings",
+        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}},
+    )
 
     def replica(ident: str, priority: int) -> OperatorProcess:
-        return OperatorProcess(cluster.kubeconfig, tmp_path / f"{ident}.log",
-                               ["-A", "--peering", name, "--priority", str(priority)],
-                               env={"POD_ID": ident, "TEAL_PEERING_LIFETIME": "10"}).start()
+        return OperatorProcess(
+            cluster.kubeconfig,
+            tmp_path / f"{ident}.log",
+            ["-A", "--peering", name, "--priority", str(priority)],
+            env={"POD_ID": ident, "TEAL_PEERING_LIFETIME": "10"},
+        ).start()
 
     teal_operator.kill()
     a = b = c = None

@@ -1,5 +1,6 @@
 """The release-window evaluator (teal.policy), property-tested across DST changes, leap days
 and zones against zoneinfo's wall clock."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -159,9 +160,10 @@ def at(zone: str, *args: int) -> dt.datetime:
     return dt.datetime(*args, tzinfo=zoneinfo.ZoneInfo(zone)).astimezone(UTC)
 
 
-TRADING = {"timeZone": "Europe/London",
-           "windows": [{"name": "trading-hours", "days": ["Mon", "Tue", "Wed", "Thu", "Fri"],
-                        "start": "09:00", "end": "16:00"}]}
+TRADING = {
+    "timeZone": "Europe/London",
+    "windows": [{"name": "trading-hours", "days": ["Mon", "Tue", "Wed", "Thu", "Fri"], "start": "09:00", "end": "16:00"}],
+}
 
 
 def test_trading_hours_message_across_the_spring_change():
@@ -182,8 +184,9 @@ def test_a_deny_window_wins_and_is_named():
 
 
 def test_leap_day_cron_opens_four_years_on():
-    pol = P.policy_from_spec("leap", {"timeZone": "America/New_York",
-                                      "windows": [{"name": "leap", "schedule": "0 9 29 2 *", "duration": "1h"}]})
+    pol = P.policy_from_spec(
+        "leap", {"timeZone": "America/New_York", "windows": [{"name": "leap", "schedule": "0 9 29 2 *", "duration": "1h"}]}
+    )
     v = P.evaluate(pol, at("America/New_York", 2024, 2, 29, 10, 0))
     assert v.next_opening == at("America/New_York", 2028, 2, 29, 9, 0)
     assert P.evaluate(pol, at("America/New_York", 2028, 2, 29, 9, 59)).open
@@ -192,31 +195,36 @@ def test_leap_day_cron_opens_four_years_on():
 def test_lord_howe_half_hour_gap():
     """Lord Howe springs 02:00 -> 02:30 (first Sunday of October): a window starting at 02:10,
     which does not exist that day, starts at 02:40 (as far past the gap as it was into it)."""
-    pol = P.policy_from_spec("lh", {"timeZone": "Australia/Lord_Howe",
-                                    "windows": [{"name": "n", "days": ["Sun"], "start": "02:10", "end": "03:00"}]})
+    pol = P.policy_from_spec(
+        "lh", {"timeZone": "Australia/Lord_Howe", "windows": [{"name": "n", "days": ["Sun"], "start": "02:10", "end": "03:00"}]}
+    )
     v = P.evaluate(pol, at("Australia/Lord_Howe", 2026, 10, 4, 0, 0))
     local = v.next_opening.astimezone(zoneinfo.ZoneInfo("Australia/Lord_Howe"))
     assert (local.hour, local.minute) == (2, 40)
 
 
 def test_never_open_within_the_horizon():
-    pol = P.policy_from_spec("x", dict(TRADING, denyWindows=[
-        {"name": "all", "days": list(P.DAYS), "start": "00:00", "end": "24:00"}]))
+    pol = P.policy_from_spec(
+        "x", dict(TRADING, denyWindows=[{"name": "all", "days": list(P.DAYS), "start": "00:00", "end": "24:00"}])
+    )
     v = P.evaluate(pol, at("Europe/London", 2026, 1, 1, 0, 0))
     assert (v.open, v.next_opening, v.window) == (False, None, "all")
 
 
-@pytest.mark.parametrize("spec, error", [
-    ({"timeZone": "Europe/Londn", "windows": TRADING["windows"]}, "not a known IANA time zone"),
-    ({"timeZone": "UTC", "windows": [{"name": "c", "schedule": "61 * * * *", "duration": "1h"}]}, "outside 0-59"),
-    ({"timeZone": "UTC", "windows": [{"name": "c", "schedule": "0 9 * *", "duration": "1h"}]}, "want 5 fields"),
-    ({"timeZone": "UTC", "windows": [{"name": "c", "schedule": "0 9 * * Fun", "duration": "1h"}]}, "not a number"),
-    ({"timeZone": "UTC", "windows": [{"name": "c", "schedule": "0 9 * * *", "duration": "8d"}]}, "outside 1m..7d"),
-    ({"timeZone": "UTC", "windows": [{"name": "r", "days": ["Mon"], "start": "09:00", "end": "09:00"}]}, "empty"),
-    ({"timeZone": "UTC", "windows": [{"name": "r", "days": ["Monday"], "start": "09:00", "end": "10:00"}]}, "not among"),
-    ({"timeZone": "UTC", "windows": [{"name": "r", "days": ["Mon"], "start": "9:00", "end": "10:00"}]}, "not HH:MM"),
-    ({"timeZone": "UTC", "windows": []}, "at least one window"),
-])
+@pytest.mark.parametrize(
+    "spec, error",
+    [
+        ({"timeZone": "Europe/Londn", "windows": TRADING["windows"]}, "not a known IANA time zone"),
+        ({"timeZone": "UTC", "windows": [{"name": "c", "schedule": "61 * * * *", "duration": "1h"}]}, "outside 0-59"),
+        ({"timeZone": "UTC", "windows": [{"name": "c", "schedule": "0 9 * *", "duration": "1h"}]}, "want 5 fields"),
+        ({"timeZone": "UTC", "windows": [{"name": "c", "schedule": "0 9 * * Fun", "duration": "1h"}]}, "not a number"),
+        ({"timeZone": "UTC", "windows": [{"name": "c", "schedule": "0 9 * * *", "duration": "8d"}]}, "outside 1m..7d"),
+        ({"timeZone": "UTC", "windows": [{"name": "r", "days": ["Mon"], "start": "09:00", "end": "09:00"}]}, "empty"),
+        ({"timeZone": "UTC", "windows": [{"name": "r", "days": ["Monday"], "start": "09:00", "end": "10:00"}]}, "not among"),
+        ({"timeZone": "UTC", "windows": [{"name": "r", "days": ["Mon"], "start": "9:00", "end": "10:00"}]}, "not HH:MM"),
+        ({"timeZone": "UTC", "windows": []}, "at least one window"),
+    ],
+)
 def test_bad_policies_are_refused_with_the_reason(spec, error):
     with pytest.raises(P.PolicyError, match=error):
         P.policy_from_spec("bad", spec)
@@ -224,9 +232,11 @@ def test_bad_policies_are_refused_with_the_reason(spec, error):
 
 # ---------------------------------------------------------------- the memo bounds a reconcile's cost
 
-NEVER = {"timeZone": "Europe/London",
-         "windows": [{"name": "every-20", "schedule": "*/20 * * * *", "duration": "5m"}],
-         "denyWindows": [{"name": "all", "days": list(P.DAYS), "start": "00:00", "end": "24:00"}]}
+NEVER = {
+    "timeZone": "Europe/London",
+    "windows": [{"name": "every-20", "schedule": "*/20 * * * *", "duration": "5m"}],
+    "denyWindows": [{"name": "all", "days": list(P.DAYS), "start": "00:00", "end": "24:00"}],
+}
 
 
 def test_a_never_open_policy_is_scanned_in_full_once_per_memo_period(monkeypatch):
@@ -269,24 +279,52 @@ def test_the_memo_gives_what_a_fresh_scan_gives(pz, data):
         t += dt.timedelta(minutes=data.draw(st.integers(0, 3 * 1440)))
         got, fresh = P.evaluate(pol, t), P._scan(pol, t, P.HORIZON)
         assert (got.open, got.window, got.reason) == (fresh.open, fresh.window, fresh.reason)
-        assert got.next_opening == fresh.next_opening or (got.next_opening is None and fresh.next_opening
-                                                          and fresh.next_opening - t > P.HORIZON - P.NONE_REUSE)
+        assert got.next_opening == fresh.next_opening or (
+            got.next_opening is None and fresh.next_opening and fresh.next_opening - t > P.HORIZON - P.NONE_REUSE
+        )
 
 
 # ---------------------------------------------------------------- overlapping windows are reported
 
-@pytest.mark.parametrize("windows, deny, found", [
-    ([{"name": "a", "days": ["Mon"], "start": "09:00", "end": "12:00"},
-      {"name": "b", "days": ["Mon", "Tue"], "start": "11:00", "end": "13:00"}], [], ["windows: a and b overlap"]),
-    ([{"name": "late", "days": ["Fri"], "start": "22:00", "end": "02:00"},
-      {"name": "sat", "days": ["Sat"], "start": "01:00", "end": "03:00"}], [], ["windows: late and sat overlap"]),
-    ([{"name": "c", "schedule": "*/20 * * * *", "duration": "30m"}], [], ["windows: window c overlaps itself"]),
-    ([{"name": "a", "days": ["Mon"], "start": "09:00", "end": "12:00"},
-      {"name": "b", "days": ["Mon"], "start": "12:00", "end": "13:00"}], [], []),  # touching is not overlapping
-    (TRADING["windows"], [{"name": "x", "from": "2027-06-01T00:00", "until": "2027-06-03T00:00"},
-                          {"name": "y", "from": "2027-06-02T00:00", "until": "2027-06-04T00:00"}],
-     ["denyWindows: x and y overlap"]),
-])
+
+@pytest.mark.parametrize(
+    "windows, deny, found",
+    [
+        (
+            [
+                {"name": "a", "days": ["Mon"], "start": "09:00", "end": "12:00"},
+                {"name": "b", "days": ["Mon", "Tue"], "start": "11:00", "end": "13:00"},
+            ],
+            [],
+            ["windows: a and b overlap"],
+        ),
+        (
+            [
+                {"name": "late", "days": ["Fri"], "start": "22:00", "end": "02:00"},
+                {"name": "sat", "days": ["Sat"], "start": "01:00", "end": "03:00"},
+            ],
+            [],
+            ["windows: late and sat overlap"],
+        ),
+        ([{"name": "c", "schedule": "*/20 * * * *", "duration": "30m"}], [], ["windows: window c overlaps itself"]),
+        (
+            [
+                {"name": "a", "days": ["Mon"], "start": "09:00", "end": "12:00"},
+                {"name": "b", "days": ["Mon"], "start": "12:00", "end": "13:00"},
+            ],
+            [],
+            [],
+        ),  # touching is not overlapping
+        (
+            TRADING["windows"],
+            [
+                {"name": "x", "from": "2027-06-01T00:00", "until": "2027-06-03T00:00"},
+                {"name": "y", "from": "2027-06-02T00:00", "until": "2027-06-04T00:00"},
+            ],
+            ["denyWindows: x and y overlap"],
+        ),
+    ],
+)
 def test_overlapping_windows_are_found(windows, deny, found):
     pol = P.policy_from_spec("p", {"timeZone": "Europe/London", "windows": windows, "denyWindows": deny})
     got = P.overlaps(pol, at("Europe/London", 2026, 12, 1, 0, 0))

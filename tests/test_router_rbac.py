@@ -11,12 +11,13 @@ serves, may not be watched) and no Gateway API CRDs at all, the operator must st
 running without an error in its log, release a plain Rollout, and report reason
 RouterUnavailable on exactly the Rollouts that name a router it cannot use.
 """
+
 from __future__ import annotations
 
 import re
 import signal
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import kubernetes
 import pytest
@@ -33,11 +34,14 @@ SETS = ("rbac.trafficRouters.nginx=false", "rbac.trafficRouters.istio=false")
 ROUTES = {"gatewayAPI": {"httpRoute": "web"}, "nginx": {"ingress": "web"}, "istio": {"virtualService": "web"}}
 
 
-@pytest.mark.parametrize("sets, routers", [
-    ((), "gatewayAPI,istio,nginx"),
-    (SETS, "gatewayAPI"),
-    (("rbac.trafficRouters.gatewayAPI=false", *SETS), "none"),
-])
+@pytest.mark.parametrize(
+    "sets, routers",
+    [
+        ((), "gatewayAPI,istio,nginx"),
+        (SETS, "gatewayAPI"),
+        (("rbac.trafficRouters.gatewayAPI=false", *SETS), "none"),
+    ],
+)
 def test_the_chart_passes_the_routers_its_rbac_covers(helm, chart_dir, sets, routers):
     (dep,) = by_kind(template(helm, chart_dir, *sets), "Deployment")
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -85,8 +89,11 @@ def bare_k8s(bare_cluster):
 def chart_args(k8s, namespace: str) -> list[str]:
     """`teal run` arguments of the chart's Deployment, minus its ports (the test's operator
     runs outside the cluster, without probes or metrics)."""
-    (dep,) = kubernetes.client.AppsV1Api(k8s).list_namespaced_deployment(
-        namespace, label_selector="app.kubernetes.io/component=operator").items
+    (dep,) = (
+        kubernetes.client.AppsV1Api(k8s)
+        .list_namespaced_deployment(namespace, label_selector="app.kubernetes.io/component=operator")
+        .items
+    )
     args = dep.spec.template.spec.containers[0].args
     assert args[0] == "run", args
     return [a for a in args[1:] if not a.startswith(("--liveness-port", "--metrics-port"))]
@@ -111,8 +118,16 @@ def test_disabled_and_absent_routers(bare_cluster, bare_k8s, helm, chart_dir, tm
     with installed_chart(helm, chart_dir, bare_cluster, bare_k8s, op_ns, *sets) as chart:
         args = chart_args(bare_k8s, op_ns)
         assert "--routers=gatewayAPI" in args, args
-        wait_for(lambda: kubernetes.client.CustomObjectsApi(bare_k8s).list_namespaced_custom_object(
-            "teal.dev", "v1alpha1", app_ns, "rollouts") is not None, timeout=60, what="the Rollout CRD served")
+        wait_for(
+            lambda: (
+                kubernetes.client.CustomObjectsApi(bare_k8s).list_namespaced_custom_object(
+                    "teal.dev", "v1alpha1", app_ns, "rollouts"
+                )
+                is not None
+            ),
+            timeout=60,
+            what="the Rollout CRD served",
+        )
         op = OperatorProcess(chart.kubeconfig, tmp_path / "operator.log", extra_args=args).start()
         try:
             env = Env(bare_k8s, app_ns)
@@ -134,8 +149,11 @@ def test_disabled_and_absent_routers(bare_cluster, bare_k8s, helm, chart_dir, tm
             env.wait_phase("Healthy", activeColor="green", stableRevision="2", timeout=90)
             assert op.proc.poll() is None, "the operator exited:\n" + op.log_tail(80)
             log = op.log_tail(5000)
-            bad = [line for line in log.splitlines()
-                   if re.search(r"\b(ERROR|CRITICAL)\b|Traceback|forbidden|ingresses|virtualservices", line)]
+            bad = [
+                line
+                for line in log.splitlines()
+                if re.search(r"\b(ERROR|CRITICAL)\b|Traceback|forbidden|ingresses|virtualservices", line)
+            ]
             assert not bad, "\n".join(bad[:20])
         finally:
             op.kill(signal.SIGTERM)
@@ -165,13 +183,25 @@ def test_a_router_crd_installed_later_is_used_without_a_restart(bare_cluster, ba
             env.wait_phase("Degraded", name=name, reason="RouterUnavailable", timeout=60)
             install_crds(bare_k8s, crd_documents(fetch_router_crds().values()))
             env.custom.patch_namespaced_custom_object(  # any event wakes the Rollout (else the 30 s resync)
-                "teal.dev", "v1alpha1", app_ns, "rollouts", name, {"metadata": {"annotations": {"test/poke": "1"}}})
+                "teal.dev", "v1alpha1", app_ns, "rollouts", name, {"metadata": {"annotations": {"test/poke": "1"}}}
+            )
             st = env.wait_phase("Degraded", name=name, reason="TrafficRouterError", timeout=60)
             assert "HTTPRoute web not found" in st["message"], st["message"]
-            env.custom.create_namespaced_custom_object("gateway.networking.k8s.io", "v1", app_ns, "httproutes", {
-                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "web"},
-                "spec": {"parentRefs": [{"name": "public"}],
-                         "rules": [{"backendRefs": [{"name": f"{name}-blue", "port": 80}]}]}})
+            env.custom.create_namespaced_custom_object(
+                "gateway.networking.k8s.io",
+                "v1",
+                app_ns,
+                "httproutes",
+                {
+                    "apiVersion": "gateway.networking.k8s.io/v1",
+                    "kind": "HTTPRoute",
+                    "metadata": {"name": "web"},
+                    "spec": {
+                        "parentRefs": [{"name": "public"}],
+                        "rules": [{"backendRefs": [{"name": f"{name}-blue", "port": 80}]}],
+                    },
+                },
+            )
             st = env.wait_phase("Healthy", name=name, activeColor="blue", timeout=90)
             assert st["weights"] == {"blue": 100, "green": 0}
             assert op.proc.poll() is None, "the operator exited:\n" + op.log_tail(80)

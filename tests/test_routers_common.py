@@ -1,4 +1,5 @@
 """What every router must do, on the real apiserver with the real CRDs (one test per router)."""
+
 from __future__ import annotations
 
 import threading
@@ -108,10 +109,14 @@ def test_color_services_follow_the_active_service(routing):
     assert names == {"blue": "checkout-blue", "green": "checkout-green"}
     # the user changes the active Service's ports and selector: the colour Services follow
     routing.core.patch_namespaced_service(
-        "checkout", routing.ns,
-        {"spec": {"selector": {"app": "checkout", "tier": "web"},
-                  "ports": [{"name": "http", "port": 80, "targetPort": 9090},
-                            {"name": "admin", "port": 9901, "targetPort": 9901}]}},
+        "checkout",
+        routing.ns,
+        {
+            "spec": {
+                "selector": {"app": "checkout", "tier": "web"},
+                "ports": [{"name": "http", "port": 80, "targetPort": 9090}, {"name": "admin", "port": 9901, "targetPort": 9901}],
+            }
+        },
     )
     ensure_color_services(routing.core, routing.ns, "checkout", "checkout", routing.owner_ref)
     svc = routing.service("checkout-blue")
@@ -125,8 +130,10 @@ def test_a_labelled_color_service_is_adopted(routing):
     routing.active_service()
     routing.core.create_namespaced_service(
         routing.ns,
-        {"metadata": {"name": "checkout-blue", "labels": {"teal.dev/rollout": "checkout"}},
-         "spec": {"selector": {"app": "stale"}, "ports": [{"port": 81}]}},
+        {
+            "metadata": {"name": "checkout-blue", "labels": {"teal.dev/rollout": "checkout"}},
+            "spec": {"selector": {"app": "stale"}, "ports": [{"port": 81}]},
+        },
     )
     ensure_color_services(routing.core, routing.ns, "checkout", "checkout", routing.owner_ref)
     svc = routing.service("checkout-blue")
@@ -138,8 +145,11 @@ def test_color_services_go_away_with_their_owner(routing):
     routing.active_service()
     ensure_color_services(routing.core, routing.ns, "checkout", "checkout", routing.owner_ref)
     routing.core.delete_namespaced_config_map(routing.owner_ref["name"], routing.ns)
-    wait_for(lambda: routing.service("checkout-blue") is None and routing.service("checkout-green") is None,
-             timeout=60, what="garbage collection of the colour Services")
+    wait_for(
+        lambda: routing.service("checkout-blue") is None and routing.service("checkout-green") is None,
+        timeout=60,
+        what="garbage collection of the colour Services",
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -203,8 +213,9 @@ def test_concurrent_writers_to_other_fields_are_kept(routing, kind):
 
 def _versions(routing, kind: str) -> dict[str, str]:
     """resourceVersion of every object a router reads or writes."""
-    out = {f"svc/{n}": routing.service(n)["metadata"]["resource_version"]
-           for n in ("checkout", "checkout-blue", "checkout-green")}
+    out = {
+        f"svc/{n}": routing.service(n)["metadata"]["resource_version"] for n in ("checkout", "checkout-blue", "checkout-green")
+    }
     if kind == "gatewayAPI":
         out["route"] = routing.get_httproute()["metadata"]["resourceVersion"]
     elif kind == "istio":

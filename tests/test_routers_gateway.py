@@ -1,4 +1,5 @@
 """Gateway API router on the real apiserver with the real HTTPRoute CRD."""
+
 from __future__ import annotations
 
 import copy
@@ -27,25 +28,23 @@ def test_prepare_adds_the_missing_color_without_moving_traffic(routing):
     router.prepare()
     route = routing.get_httproute()
     assert backend_weights(route) == {BLUE: 1, GREEN: 0}
-    assert route["spec"]["rules"][0]["backendRefs"][1] == {
-        "group": "", "kind": "Service", "name": GREEN, "port": 80, "weight": 0
-    }
+    assert route["spec"]["rules"][0]["backendRefs"][1] == {"group": "", "kind": "Service", "name": GREEN, "port": 80, "weight": 0}
     assert router.get_weights() == {"blue": 100, "green": 0}
 
 
 def test_only_teal_backend_weights_change(routing):
     routing.active_service()
     rules = [
-        {   # managed: a header match, a filter, another backend with its own weight
+        {  # managed: a header match, a filter, another backend with its own weight
             "matches": [{"path": {"type": "PathPrefix", "value": "/api"}, "headers": [{"name": "x-env", "value": "prod"}]}],
             "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "x-via", "value": "gw"}]}}],
             "backendRefs": [_ref(BLUE, 100), _ref(GREEN, 0), _ref("legacy", 7, 8080)],
         },
-        {   # not managed: sends to the active Service
+        {  # not managed: sends to the active Service
             "matches": [{"path": {"type": "PathPrefix", "value": "/static"}}],
             "backendRefs": [_ref("checkout", 3)],
         },
-        {   # managed too
+        {  # managed too
             "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
             "backendRefs": [_ref(GREEN, 5), _ref(BLUE, 5)],
         },
@@ -168,10 +167,16 @@ def test_no_backend_to_a_color_is_a_clear_error(routing):
 
 def test_refs_of_another_kind_or_namespace_are_not_teals(routing):
     routing.active_service()
-    routing.httproute(rules=[{"backendRefs": [
-        {"name": BLUE, "port": 80, "namespace": "elsewhere"},
-        {"group": "example.io", "kind": "Bucket", "name": GREEN},
-    ]}])
+    routing.httproute(
+        rules=[
+            {
+                "backendRefs": [
+                    {"name": BLUE, "port": 80, "namespace": "elsewhere"},
+                    {"group": "example.io", "kind": "Bucket", "name": GREEN},
+                ]
+            }
+        ]
+    )
     with pytest.raises(RouterError, match="HTTPRoute checkout has no backendRef to checkout-blue or checkout-green$"):
         routing.router("gatewayAPI").get_weights()
 

@@ -1,4 +1,5 @@
 """Istio router on the real apiserver with Istio's real VirtualService CRD."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,10 +21,13 @@ def _dest(host: str, weight: int | None = None, port: int | None = 80) -> dict:
 
 def _http(ns: str) -> list[dict]:
     return [
-        {"name": "internal", "match": [{"headers": {"x-internal": {"exact": "1"}}}],
-         "route": [_dest("checkout-green", 100)]},
-        {"name": "primary", "match": [{"uri": {"prefix": "/"}}], "timeout": "5s",
-         "route": [_dest(f"checkout-blue.{ns}.svc.cluster.local", 100), _dest("legacy", 0)]},
+        {"name": "internal", "match": [{"headers": {"x-internal": {"exact": "1"}}}], "route": [_dest("checkout-green", 100)]},
+        {
+            "name": "primary",
+            "match": [{"uri": {"prefix": "/"}}],
+            "timeout": "5s",
+            "route": [_dest(f"checkout-blue.{ns}.svc.cluster.local", 100), _dest("legacy", 0)],
+        },
         {"name": "other", "route": [_dest("payments", 100)]},
     ]
 
@@ -101,9 +105,7 @@ def test_gitops_edit_mid_release_keeps_the_users_change_and_gets_teals_weights_b
     routing.replace_virtualservice(vs)
     assert router.get_weights() == {"blue": 100, "green": 0}
     assert router.set_weights({"blue": 50, "green": 50}) is True
-    assert router.last_drift == (
-        "route 'primary' had no destination to checkout-green, but Teal had set blue 50/green 50"
-    )
+    assert router.last_drift == ("route 'primary' had no destination to checkout-green, but Teal had set blue 50/green 50")
     vs = routing.get_virtualservice()
     assert vs["spec"]["hosts"] == ["shop.example", "checkout.example"]
     assert vs["spec"]["http"][1]["match"][-1] == {"headers": {"x-beta": {"exact": "yes"}}}

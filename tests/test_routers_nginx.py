@@ -1,4 +1,5 @@
 """NGINX Ingress router (canary Ingress) on the real apiserver."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,10 +18,13 @@ def _other_path(service: str = "payments") -> dict:
 
 def test_canary_ingress_shape(routing):
     routing.active_service()
-    routing.ingress(extra_paths=[_other_path()], annotations={
-        "kubernetes.io/ingress.class": "nginx",
-        "nginx.ingress.kubernetes.io/rewrite-target": "/",
-    })
+    routing.ingress(
+        extra_paths=[_other_path()],
+        annotations={
+            "kubernetes.io/ingress.class": "nginx",
+            "nginx.ingress.kubernetes.io/rewrite-target": "/",
+        },
+    )
     router = routing.router("nginx")
     router.prepare()
     router.set_weights({"blue": 90, "green": 10})
@@ -35,9 +39,20 @@ def test_canary_ingress_shape(routing):
     assert [r["uid"] for r in meta["ownerReferences"]] == [routing.owner_ref["uid"]]
     assert canary["spec"] == {
         "ingressClassName": "nginx",
-        "rules": [{"host": "shop.example", "http": {"paths": [
-            {"path": "/", "pathType": "Prefix",
-             "backend": {"service": {"name": "checkout-green", "port": {"number": 80}}}}]}}],
+        "rules": [
+            {
+                "host": "shop.example",
+                "http": {
+                    "paths": [
+                        {
+                            "path": "/",
+                            "pathType": "Prefix",
+                            "backend": {"service": {"name": "checkout-green", "port": {"number": 80}}},
+                        }
+                    ]
+                },
+            }
+        ],
     }
     primary = routing.get_ingress()
     assert primary_backends(primary) == ["checkout", "payments"]  # the user's Ingress is untouched
@@ -96,15 +111,21 @@ def test_gitops_resetting_the_primary_is_drift_and_gets_fixed(routing):
     router.set_weights({"blue": 0, "green": 100})
     primary = routing.get_ingress()
     primary["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "checkout-blue"  # Git's value
-    primary["spec"]["rules"].append({"host": "new.example", "http": {"paths": [
-        {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "checkout-blue", "port": {"number": 80}}}}]}})
+    primary["spec"]["rules"].append(
+        {
+            "host": "new.example",
+            "http": {
+                "paths": [
+                    {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "checkout-blue", "port": {"number": 80}}}}
+                ]
+            },
+        }
+    )
     primary["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"] = "8m"
     routing.replace_ingress(primary)
     assert router.get_weights() == {"blue": 100, "green": 0}
     assert router.set_weights({"blue": 0, "green": 100}) is True
-    assert router.last_drift == (
-        "weights were blue 100/green 0, but Teal had set blue 0/green 100"
-    )
+    assert router.last_drift == ("weights were blue 100/green 0, but Teal had set blue 0/green 100")
     primary = routing.get_ingress()
     assert primary_backends(primary) == ["checkout-green", "checkout-green"]
     assert primary["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"] == "8m"
@@ -118,8 +139,16 @@ def test_a_new_host_on_the_primary_is_followed_by_the_canary(routing):
     router.prepare()
     router.set_weights({"blue": 90, "green": 10})
     primary = routing.get_ingress()
-    primary["spec"]["rules"].append({"host": "new.example", "http": {"paths": [
-        {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "checkout", "port": {"number": 80}}}}]}})
+    primary["spec"]["rules"].append(
+        {
+            "host": "new.example",
+            "http": {
+                "paths": [
+                    {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "checkout", "port": {"number": 80}}}}
+                ]
+            },
+        }
+    )
     routing.replace_ingress(primary)
     assert router.get_weights() == {"blue": 90, "green": 0}  # new.example gets no canary yet
     assert router.set_weights({"blue": 90, "green": 10}) is True
@@ -198,7 +227,5 @@ def test_an_ingress_without_the_service_is_a_clear_error(routing):
     router = routing.router("nginx")
     with pytest.raises(RouterError) as err:
         router.get_weights()
-    assert str(err.value) == (
-        "Ingress checkout has no path whose backend is Service checkout, checkout-blue, checkout-green"
-    )
+    assert str(err.value) == ("Ingress checkout has no path whose backend is Service checkout, checkout-blue, checkout-green")
     assert err.value.reason == "BackendNotFound"

@@ -1,4 +1,5 @@
 """The routers' pure parts: weight arithmetic, host matching, list rewriting (no cluster)."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,8 +20,14 @@ OWNER = {"apiVersion": "teal.dev/v1alpha1", "kind": "Rollout", "name": "checkout
 
 
 def _router(kind: str, routes=(), port=None):
-    return make_router(client.ApiClient(), "shop", "checkout", OWNER,
-                       TrafficRouting(kind=kind, name="checkout", routes=tuple(routes), port=port), SERVICES)
+    return make_router(
+        client.ApiClient(),
+        "shop",
+        "checkout",
+        OWNER,
+        TrafficRouting(kind=kind, name="checkout", routes=tuple(routes), port=port),
+        SERVICES,
+    )
 
 
 def test_make_router_picks_the_kind():
@@ -42,15 +49,27 @@ def test_color_services():
 
 @pytest.mark.parametrize(
     "given_, want",
-    [({"blue": 90, "green": 10}, {"blue": 90, "green": 10}), ({"green": 25}, {"blue": 75, "green": 25}),
-     ({"blue": 100}, {"blue": 100, "green": 0})],
+    [
+        ({"blue": 90, "green": 10}, {"blue": 90, "green": 10}),
+        ({"green": 25}, {"blue": 75, "green": 25}),
+        ({"blue": 100}, {"blue": 100, "green": 0}),
+    ],
 )
 def test_normalize_weights(given_, want):
     assert normalize_weights(given_) == want
 
 
-@pytest.mark.parametrize("bad", [{}, {"blue": 50, "green": 60}, {"blue": -1, "green": 101}, {"red": 1},
-                                 {"blue": True, "green": 99}, {"blue": 0.5, "green": 99.5}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {},
+        {"blue": 50, "green": 60},
+        {"blue": -1, "green": 101},
+        {"red": 1},
+        {"blue": True, "green": 99},
+        {"blue": 0.5, "green": 99.5},
+    ],
+)
 def test_normalize_weights_rejects(bad):
     with pytest.raises(ValueError):
         normalize_weights(bad)
@@ -100,10 +119,18 @@ def test_patch_conflicts():
 
 @pytest.mark.parametrize(
     "host, color",
-    [("checkout-blue", "blue"), ("checkout-green.shop", "green"), ("checkout-blue.shop.svc", "blue"),
-     ("checkout-blue.shop.svc.cluster.local", "blue"), ("checkout-blue.shop.svc.corp.internal", "blue"),
-     ("checkout-blue.other.svc.cluster.local", None), ("checkout-blue2", None), ("checkout", None),
-     ("checkout-blue.shopx", None), (None, None)],
+    [
+        ("checkout-blue", "blue"),
+        ("checkout-green.shop", "green"),
+        ("checkout-blue.shop.svc", "blue"),
+        ("checkout-blue.shop.svc.cluster.local", "blue"),
+        ("checkout-blue.shop.svc.corp.internal", "blue"),
+        ("checkout-blue.other.svc.cluster.local", None),
+        ("checkout-blue2", None),
+        ("checkout", None),
+        ("checkout-blue.shopx", None),
+        (None, None),
+    ],
 )
 def test_istio_hosts(host, color):
     assert _router("istio").entry_color({"destination": {"host": host}}) == color
@@ -111,10 +138,14 @@ def test_istio_hosts(host, color):
 
 def test_istio_added_destination_keeps_the_host_form():
     r = _router("istio")
-    sibling = {"destination": {"host": "checkout-blue.shop.svc.cluster.local", "port": {"number": 80}}, "weight": 100,
-               "headers": {"request": {"set": {"x": "1"}}}}
+    sibling = {
+        "destination": {"host": "checkout-blue.shop.svc.cluster.local", "port": {"number": 80}},
+        "weight": 100,
+        "headers": {"request": {"set": {"x": "1"}}},
+    }
     assert r.new_entry(sibling, "green") == {
-        "destination": {"host": "checkout-green.shop.svc.cluster.local", "port": {"number": 80}}, "weight": 100,
+        "destination": {"host": "checkout-green.shop.svc.cluster.local", "port": {"number": 80}},
+        "weight": 100,
         "headers": {"request": {"set": {"x": "1"}}},
     }
 

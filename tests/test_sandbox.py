@@ -1,5 +1,6 @@
 """The README's first command: the sandbox runs the main job to the end (a good release is
 promoted, a bad one is caught by analysis and reverted) and leaves nothing running."""
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,10 @@ def test_sandbox_runs_a_good_and_a_bad_release(tmp_path):
     env.pop("KUBECONFIG", None)
     proc = subprocess.run(
         [sys.executable, "-m", "teal_devenv.sandbox", "--bad-release", "--dir", str(tmp_path / "sandbox")],
-        env=env, capture_output=True, text=True, timeout=540,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]

@@ -96,18 +96,23 @@ def test_deployment_service_endpoints_follow_selector(k8s, namespace: str) -> No
             spec=k.V1ServiceSpec(selector=blue, ports=[k.V1ServicePort(port=80, target_port="http")]),
         ),
     )
-    wait_for(lambda: ready_endpoint_ips(disc, namespace, "demo") == blue_ips, timeout=60,
-             what="the Service's EndpointSlices to list the 3 blue pods")
+    wait_for(
+        lambda: ready_endpoint_ips(disc, namespace, "demo") == blue_ips,
+        timeout=60,
+        what="the Service's EndpointSlices to list the 3 blue pods",
+    )
 
     apps.create_namespaced_deployment(namespace, deployment("demo-green", green))
-    wait_for(lambda: len(ready_pod_ips(core, namespace, "teal.dev/color=green")) == 3, timeout=60,
-             what="3 ready green pods")
+    wait_for(lambda: len(ready_pod_ips(core, namespace, "teal.dev/color=green")) == 3, timeout=60, what="3 ready green pods")
     green_ips = ready_pod_ips(core, namespace, "teal.dev/color=green")
     assert not green_ips & blue_ips
 
     core.patch_namespaced_service("demo", namespace, {"spec": {"selector": green}})
-    wait_for(lambda: ready_endpoint_ips(disc, namespace, "demo") == green_ips, timeout=60,
-             what="the Service's endpoints to follow the selector to the green pods")
+    wait_for(
+        lambda: ready_endpoint_ips(disc, namespace, "demo") == green_ips,
+        timeout=60,
+        what="the Service's endpoints to follow the selector to the green pods",
+    )
 
 
 def test_pod_not_ready_annotation(k8s, namespace: str) -> None:
@@ -126,8 +131,11 @@ def test_pod_not_ready_annotation(k8s, namespace: str) -> None:
     p = wait_for(running, timeout=30, what="the annotated pod to run")
     assert {c.type: c.status for c in p.status.conditions}["Ready"] == "False"
     core.patch_namespaced_pod("slow", namespace, {"metadata": {"annotations": {"teal.dev/fake-not-ready": None}}})
-    wait_for(lambda: ready_pod_ips(core, namespace, "") == {p.status.pod_ip}, timeout=30,
-             what="the pod to turn Ready once the annotation is gone")
+    wait_for(
+        lambda: ready_pod_ips(core, namespace, "") == {p.status.pod_ip},
+        timeout=30,
+        what="the pod to turn Ready once the annotation is gone",
+    )
 
 
 CRD_GROUP = "smoke.teal.dev"
@@ -181,6 +189,7 @@ def test_crd_with_cel_validation(k8s, namespace: str) -> None:
     custom = k.CustomObjectsApi(k8s)
     ext.create_custom_resource_definition(widget_crd())
     try:
+
         def established() -> bool:
             crd = ext.read_custom_resource_definition(f"widgets.{CRD_GROUP}")
             return any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or []))

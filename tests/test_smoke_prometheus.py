@@ -30,7 +30,9 @@ def test_fakeapp_scraped_and_rate_queried(prometheus: LocalPrometheus) -> None:
         with LoadGenerator({app.url: 1}, rps=RPS, duration=60) as load:
             rate = wait_for(
                 lambda: (v := scalar(prom, rate_q)) is not None and abs(v - RPS) <= 0.15 * RPS and v,
-                timeout=40, interval=1, what=f"{rate_q} to reach ~{RPS}",
+                timeout=40,
+                interval=1,
+                what=f"{rate_q} to reach ~{RPS}",
             )
             assert abs(rate - RPS) <= 0.15 * RPS
 
@@ -39,7 +41,9 @@ def test_fakeapp_scraped_and_rate_queried(prometheus: LocalPrometheus) -> None:
             ratio_q = f'sum(rate(http_requests_total{{{sel},code="500"}}[5s])) / sum(rate(http_requests_total{{{sel}}}[5s]))'
             ratio = wait_for(
                 lambda: (v := scalar(prom, ratio_q)) is not None and abs(v - 0.2) <= 0.03 and v,
-                timeout=40, interval=1, what=f"{ratio_q} to reach ~0.2",
+                timeout=40,
+                interval=1,
+                what=f"{ratio_q} to reach ~0.2",
             )
             assert abs(ratio - 0.2) <= 0.03
 
@@ -51,7 +55,9 @@ def test_fakeapp_scraped_and_rate_queried(prometheus: LocalPrometheus) -> None:
             )
             latency = wait_for(
                 lambda: (v := scalar(prom, lat_q)) is not None and 0.19 <= v <= 0.35 and v,
-                timeout=40, interval=1, what=f"{lat_q} to reach ~0.2 s",
+                timeout=40,
+                interval=1,
+                what=f"{lat_q} to reach ~0.2 s",
             )
             assert 0.19 <= latency <= 0.35
         assert load.totals()["200"] > 0
