@@ -354,3 +354,23 @@ def test_yaml_errors_say_where(tmp_path):
     bad.write_text("apiVersion: teal.dev/v1alpha1\nkind: Rollout\nmetadata: {name: [\n")
     r = teal("lint", "-f", str(bad))
     assert r.code == 1 and "<yaml>: cannot parse: line 4, column 1:" in r.out, r
+
+
+OVERLAPPING_POLICY = """\
+apiVersion: teal.dev/v1alpha1
+kind: ReleasePolicy
+metadata: {name: trading, namespace: shop}
+spec:
+  timeZone: Europe/London
+  windows:
+    - {name: day, days: [Mon, Tue, Wed, Thu, Fri], start: "09:00", end: "16:00"}
+    - {name: late, days: [Mon], start: "15:00", end: "18:00"}
+"""
+
+
+def test_overlapping_policy_windows_are_a_warning_as_the_operator_reports_them(index: cli_lint.CrdIndex) -> None:
+    problems, warnings = lint_text(OVERLAPPING_POLICY, index)
+    assert not problems  # the apiserver stores it and the operator acts on the union (Ready=False)
+    assert any("ReleasePolicy trading: windows: day and late overlap at" in w for w in warnings), warnings
+    apart = OVERLAPPING_POLICY.replace('start: "15:00", end: "18:00"', 'start: "16:00", end: "18:00"')
+    assert lint_text(apart, index) == ([], [])

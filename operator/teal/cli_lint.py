@@ -700,14 +700,17 @@ def template_problems(obj: Mapping[str, Any]) -> Found:
     return []
 
 
-def policy_problems(obj: Mapping[str, Any]) -> Found:
-    """What CEL cannot check in a release policy: time zones, cron schedules."""
-    from .policy import PolicyError, policy_from_spec
+def policy_problems(obj: Mapping[str, Any], warnings: list[str]) -> Found:
+    """What CEL cannot check in a release policy: time zones, cron schedules (refused), and
+    overlapping windows (a warning: the operator acts on their union and says Ready=False)."""
+    from .policy import PolicyError, overlaps, policy_from_spec
 
+    name = str((obj.get("metadata") or {}).get("name"))
     try:
-        policy_from_spec(str((obj.get("metadata") or {}).get("name")), obj.get("spec") or {})
+        policy = policy_from_spec(name, obj.get("spec") or {})
     except PolicyError as e:
         return [("spec", str(e))]
+    warnings += [f"{obj.get('kind')} {name}: {o}" for o in overlaps(policy, dt.datetime.now(dt.UTC))]
     return []
 
 
@@ -718,7 +721,7 @@ def operator_problems(obj: Mapping[str, Any], templates: Mapping[TemplateKey, Ma
     if kind in ("AnalysisTemplate", "ClusterAnalysisTemplate"):
         return template_problems(obj)
     if kind in ("ReleasePolicy", "ClusterReleasePolicy"):
-        return policy_problems(obj)
+        return policy_problems(obj, warnings)
     return []
 
 
