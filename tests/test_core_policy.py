@@ -176,3 +176,17 @@ def test_held_fields_are_optional_in_old_statuses():
     r = Release.load({"revision": "2", "color": "green"})
     assert (r.held_since, r.held_seconds) == (None, None)
     assert r.dump() == {"revision": "2", "color": "green"}
+
+
+def test_a_hold_ended_by_an_abort_still_counts_as_held_time():
+    """An abort is never held; the time the release was held until then is counted (stats.heldSeconds)."""
+    w = released_v1(rollout_spec(), friday_evening())
+    w.gates = (P.Gate("ReleasePolicy shop/trading-hours", TRADING, P.HOLD_BEFORE_PROMOTION),)
+    w.set_image("v2")
+    w.until(lambda w: w.status.get("reason") == "HeldByPolicy", seconds=1)
+    since = dt.datetime.fromisoformat(w.status["release"]["heldSince"].replace("Z", "+00:00"))
+    w.now = since + dt.timedelta(hours=2)
+    w.status["abort"] = {"revision": w.status["currentRevision"], "reason": "AbortedByUser", "message": "test"}
+    w.until(lambda w: w.status.get("phase") == "Aborted", n=5)
+    assert abs(w.status["stats"]["heldSeconds"] - 7200) <= 2
+    assert not w.status["release"].get("heldSince")

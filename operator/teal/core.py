@@ -682,6 +682,8 @@ def _new_release(t: _Tick, color: str) -> Release:
 
 def _start_release(t: _Tick, old: Release | None, want: str) -> Release:
     st, spec = t.st, t.spec
+    if old:
+        _hold_ended(t, old)  # a release superseded while held was held until now
     if old and old.switched_at and not old.aborted_at:
         # The superseded release already serves all traffic: it becomes stable now.
         _complete_release(t, old, superseded=True)
@@ -734,6 +736,7 @@ def _held_start(t: _Tick, release: Release | None, want: str) -> bool:
 
 
 def _cancel_release(t: _Tick, release: Release, why: str) -> None:
+    _hold_ended(t, release)  # a release cancelled while held was held until now
     st = t.st
     st.active_color = t.stable
     st.scale_down = ScaleDown(
@@ -779,6 +782,7 @@ def _apply_abort(t: _Tick, release: Release, abort: Abort) -> None:
     st, bg, stable = t.st, t.spec.blue_green, t.stable
     st.active_color = stable
     if not release.aborted_at:
+        _hold_ended(t, release)  # an abort is never held; the hold it ends still counts
         at = abort.at or t.now
         release = _release_at_start(t, other(stable))
         release.aborted_at = t.now
