@@ -270,7 +270,7 @@ def test_every_key_teal_analysis_reads_is_a_crd_field():
     """spec.analysis is parsed by teal.analysis: the keys it reads must exist in the schema too."""
     model = pytest.importorskip("teal.analysis.model")
     prom = pytest.importorskip("teal.analysis.prometheus")
-    source = "\n".join(inspect.getsource(f) for f in (model._metric_from, model.parse_metrics, prom._settings))
+    source = "\n".join(inspect.getsource(f) for f in (model._metric_from, model.parse_metrics, prom.provider_settings))
     keys = {k for k in _keys_read_by(source) if "_" not in k}  # snake_case keys are its own dicts
     assert {"thresholdRange", "noData", "bearerTokenSecretRef", "insecureSkipVerify"} <= keys  # the collector works
     names = {p.rsplit(".", 1)[-1].rstrip("[]{}") for p, _ in walk(node("spec.analysis"), "analysis")}
