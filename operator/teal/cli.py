@@ -57,6 +57,7 @@ from .cli_cluster import (  # noqa: F401  (re-exported: the commands' shared nam
     connect,
     in_release,
 )
+from .status import Phase
 
 # ---------------------------------------------------------------- helpers
 
@@ -177,7 +178,7 @@ def cmd_promote(cluster: Cluster, args: argparse.Namespace) -> int:
                 + (f" (revision {rev} is stable)" if rev is not None else " (no status yet: is Teal running?)"),
                 EXIT_REFUSED,
             )
-        if st.get("phase") == "Aborted":
+        if st.get("phase") == Phase.ABORTED:
             raise CliError(f"revision {rev} of {args.name} was aborted; `{PROG} retry {args.name}` starts it again", EXIT_REFUSED)
         step = st.get("currentStep")
         promote = {"revision": str(rev), "step": int(step) if step is not None else None, "full": bool(args.full)}
@@ -202,7 +203,7 @@ def cmd_abort(cluster: Cluster, args: argparse.Namespace) -> int:
         rev = st.get("currentRevision")
         if rev is None or not in_release(ro):
             raise CliError(f"rollout {args.name} has no release in progress to abort", EXIT_REFUSED)
-        if st.get("phase") == "Aborted" or str((st.get("abort") or {}).get("revision")) == str(rev):
+        if st.get("phase") == Phase.ABORTED or str((st.get("abort") or {}).get("revision")) == str(rev):
             _out(f"rollout {args.name} revision {rev} is already aborted")
             return EXIT_OK
         message = f"aborted by {user} with kubectl teal"
@@ -220,7 +221,7 @@ def cmd_retry(cluster: Cluster, args: argparse.Namespace) -> int:
     def attempt() -> int:
         ro = cluster.get_rollout(args.name)
         st = ro.get("status") or {}
-        if st.get("phase") != "Aborted":
+        if st.get("phase") != Phase.ABORTED:
             raise CliError(
                 f"rollout {args.name} is {st.get('phase') or 'without status'}, not Aborted; only an aborted release can be retried",
                 EXIT_REFUSED,
@@ -430,9 +431,9 @@ def judge(ro: Mapping[str, Any]) -> tuple[str, str]:
             f"waiting for Teal to see generation {meta.get('generation')} (status is for {st.get('observedGeneration')})"
         )
     cur, stable = st.get("currentRevision"), st.get("stableRevision")
-    if phase == "Healthy" and cur is not None and str(cur) == str(stable):
+    if phase == Phase.HEALTHY and cur is not None and str(cur) == str(stable):
         return "done", f"Healthy: revision {cur} is live on {st.get('activeColor') or st.get('stableColor') or '?'}"
-    if phase in ("Aborted", "Degraded"):
+    if phase in (Phase.ABORTED, Phase.DEGRADED):
         reason = f" ({st['reason']})" if st.get("reason") else ""
         return "failed", f"{phase}{reason}: {msg}"
     step = f" step {st['currentStep']}" if st.get("currentStep") else ""

@@ -30,6 +30,7 @@ from typing import Any
 from .api import COLORS, LABEL_COLOR, LABEL_ROLLOUT, SpecError, parse_spec
 from .cli_cluster import EXIT_API, EXIT_OK, EXIT_REFUSED, PROG, ROLLOUTS, ApiError, CliError, Cluster, _out, in_release
 from .client import CONTROLLER_REVISIONS, DEPLOYMENTS, SERVICES
+from .status import Phase
 
 ANNOTATION_HANDED_OVER = "teal.dev/handed-over-from"
 
@@ -49,7 +50,7 @@ def _settled(cluster: Cluster, ro: Mapping[str, Any]) -> tuple[str, dict[str, An
     color = st.get("stableColor")
     if color not in COLORS:
         raise CliError(f"rollout {name} has no stable colour yet: nothing to hand over", EXIT_REFUSED)
-    if in_release(ro) and st.get("phase") != "Aborted":
+    if in_release(ro) and st.get("phase") != Phase.ABORTED:
         raise CliError(
             f"rollout {name} has a release in progress; promote or abort it first (`{PROG} abort {name}`), then hand over",
             EXIT_REFUSED,
