@@ -133,3 +133,22 @@ def test_makefile_targets_exist() -> None:
 @pytest.mark.parametrize("target", ["test", "sandbox", "lint"])
 def test_core_targets_present(target: str) -> None:
     assert target in _make_targets()
+
+
+def test_one_kubernetes_client() -> None:
+    """Only teal.client talks to the kubernetes package (config loading) or to urllib3; everything else
+    in the operator and the plugin goes through it (issue 11: one client, one error taxonomy)."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "client.py" and path.parent == PACKAGE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            offenders += [
+                f"{path.relative_to(REPO)}:{node.lineno} imports {n}"
+                for n in names
+                if n.split(".")[0] in ("kubernetes", "urllib3")
+            ]
+    assert not offenders, "\n".join(offenders)
