@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+import functools
 import importlib.resources
 import json
 import math
@@ -372,10 +373,6 @@ class CelUnsupported(Exception):
     """A rule uses something the offline evaluator cannot do."""
 
 
-_CEL_ENV = None
-_CEL_CACHE: dict[str, Any] = {}
-
-
 class _Absent:
     """`oldSelf` on create, for rules with optionalOldSelf: an optional without a value."""
 
@@ -442,20 +439,22 @@ def _cel_functions() -> dict[str, Callable[..., Any]]:
     }
 
 
-def _program(rule: str) -> Any:
-    global _CEL_ENV
+@functools.cache
+def _cel_env() -> Any:
     import celpy
 
-    if _CEL_ENV is None:
-        _CEL_ENV = celpy.Environment()
-    prog = _CEL_CACHE.get(rule)
-    if prog is None:
-        try:
-            ast = _CEL_ENV.compile(rule)
-        except Exception as exc:  # celpy raises CELParseError
-            raise CelUnsupported(f"cannot parse rule {rule!r}: {exc}") from exc
-        prog = _CEL_CACHE[rule] = _CEL_ENV.program(ast, functions=_cel_functions())
-    return prog
+    return celpy.Environment()
+
+
+@functools.lru_cache(maxsize=4096)
+def _program(rule: str) -> Any:
+    """The compiled rule (the CRDs hold a few hundred; each compiled once per process)."""
+    env = _cel_env()
+    try:
+        ast = env.compile(rule)
+    except Exception as exc:  # celpy raises CELParseError
+        raise CelUnsupported(f"cannot parse rule {rule!r}: {exc}") from exc
+    return env.program(ast, functions=_cel_functions())
 
 
 def to_cel(value: Any, schema: Mapping[str, Any] | None) -> Any:

@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import datetime as dt
 import enum
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -173,7 +174,10 @@ def persisted(name: str, conv: Conv[Any], default: Any = None, *, nullable: bool
     return dataclasses.field(default=default, metadata=meta)
 
 
-_FIELDS: dict[type[Any], list[dataclasses.Field[Any]]] = {}
+@functools.cache
+def _keyed_fields(cls: type[Any]) -> list[dataclasses.Field[Any]]:
+    """The fields of a record that map to a status key (fixed per class, so computed once)."""
+    return [f for f in dataclasses.fields(cls) if "key" in f.metadata]
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -185,10 +189,7 @@ class Record:
 
     @classmethod
     def _fields(cls) -> list[dataclasses.Field[Any]]:
-        fields = _FIELDS.get(cls)
-        if fields is None:
-            fields = _FIELDS[cls] = [f for f in dataclasses.fields(cls) if "key" in f.metadata]
-        return fields
+        return _keyed_fields(cls)  # type: ignore[arg-type]  # a class is hashable; mypy checks the instances
 
     @classmethod
     def load(cls: type[R], d: Mapping[str, Any]) -> R:
