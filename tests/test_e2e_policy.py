@@ -18,6 +18,7 @@ from teal_devenv.wait import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 G, V = "teal.dev", "v1alpha1"
+ALWAYS = {"name": "always", "days": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"], "start": "00:00", "end": "24:00"}
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_an_invalid_policy_is_reported_on_its_status_and_holds_nothing(new_env, 
         return env.custom.get_namespaced_custom_object(G, V, env.ns, "releasepolicies", "typo").get("status") or {}
 
     wait_for(lambda: status().get("conditions"), timeout=30, what="the policy's status")
-    (ready,) = status()["conditions"]
+    ready = next(c for c in status()["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "InvalidPolicy")
     assert ready["message"] == "timeZone 'Europe/Londn' is not a known IANA time zone (e.g. Europe/London)"
     env.create_rollout(rollout())
@@ -216,3 +217,31 @@ def test_a_rollout_that_excludes_a_policy_is_released_and_a_freeze_still_holds_i
     assert "frozen by" in st["message"] and "incident 4711" in st["message"], st["message"]
     assert teal("-n", env.ns, "unfreeze").code == 0
     env.wait_phase("Healthy", stableRevision="3", activeColor="blue", timeout=60)
+
+
+def test_a_policy_that_selects_no_rollout_says_so_until_one_comes(new_env, clock):
+    """A policy selecting nothing is reported on its status (RolloutsSelected=False, NoRolloutSelected),
+    not refused: the Rollout it is meant for may come later; when it comes, and when it goes, the
+    condition follows."""
+    env = new_env()
+    policy = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "ReleasePolicy",
+        "metadata": {"name": "frontend-hours"},
+        "spec": {"rolloutSelector": {"matchLabels": {"tier": "frontend"}}, "windows": [ALWAYS]},
+    }
+    env.custom.create_namespaced_custom_object(G, V, env.ns, "releasepolicies", policy)
+
+    def selected() -> tuple[str, str] | None:
+        st = env.custom.get_namespaced_custom_object(G, V, env.ns, "releasepolicies", "frontend-hours").get("status") or {}
+        c = next((c for c in st.get("conditions") or [] if c["type"] == "RolloutsSelected"), None)
+        return (c["status"], c["reason"]) if c else None
+
+    wait_for(lambda: selected() == ("False", "NoRolloutSelected"), timeout=30, what="NoRolloutSelected")
+    env.create_rollout(rollout())  # no tier label: still nothing
+    env.wait_phase("Healthy", stableRevision="1")
+    assert selected() == ("False", "NoRolloutSelected")
+    env.custom.patch_namespaced_custom_object(G, V, env.ns, "rollouts", "app", {"metadata": {"labels": {"tier": "frontend"}}})
+    wait_for(lambda: selected() == ("True", "Selected"), timeout=30, what="Selected once a Rollout matches")
+    env.custom.delete_namespaced_custom_object(G, V, env.ns, "rollouts", "app")
+    wait_for(lambda: selected() == ("False", "NoRolloutSelected"), timeout=30, what="NoRolloutSelected once it is gone")

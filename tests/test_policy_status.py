@@ -163,3 +163,32 @@ def test_an_invalid_override_is_a_spec_error_and_changes_nothing() -> None:
         parse_release_policy({"exclude": "b"})
     pols = policies(("releasepolicies", "trading-hours", {"windows": [WEEKDAYS]}))
     assert sources(pols, {"policies": ["x"], "exclude": ["trading-hours"]}) == ["ReleasePolicy shop/trading-hours"]
+
+
+def test_a_policy_reports_when_it_comes_to_select_a_rollout_and_when_it_no_longer_does() -> None:
+    pols = PK.Policies()
+    key = ("releasepolicies", "shop", "frontend")
+    pols.seen(
+        "releasepolicies", "shop", "frontend", body({"windows": [WEEKDAYS], "rolloutSelector": {"matchLabels": {"tier": "web"}}})
+    )
+    pols.reported[key] = False  # its status says: selects no Rollout
+    web = {"metadata": {"namespace": "shop", "name": "a", "labels": {"tier": "web"}}, "spec": {}}
+    other = {"metadata": {"namespace": "shop", "name": "b", "labels": {}}, "spec": {}}
+    assert len(pols.gates_for(other, lambda ns: {})) == 0 and not pols.pending
+    assert len(pols.gates_for(web, lambda ns: {})) == 1 and pols.pending == {key}
+    pols.pending.clear()
+    pols.reported[key] = True
+    assert pols.note(("shop", "b"), set()) == []  # b was never selected
+    assert pols.note(("shop", "a"), set()) == [key]  # a is gone: the policy selects nothing again
+
+
+def test_the_selection_condition_is_written_only_when_it_changes() -> None:
+    b = body({"windows": [WEEKDAYS]})
+    new = PK._status_patch("releasepolicies", b, selects=False)
+    assert new is not None
+    sel = next(c for c in new["conditions"] if c["type"] == "RolloutsSelected")
+    assert (sel["status"], sel["reason"]) == ("False", "NoRolloutSelected")
+    assert "selects no Rollout" in sel["message"]
+    b["status"] = new
+    assert PK._status_patch("releasepolicies", b, selects=False) is None
+    assert PK._status_patch("releasepolicies", b, selects=True) is not None

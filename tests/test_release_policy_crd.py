@@ -93,6 +93,19 @@ BAD = [
     ({"timeZone": "Europe/London; rm", "windows": [TRADING]}, "spec.timeZone"),
     ({"behaviour": "HoldForever", "windows": [TRADING]}, 'Unsupported value: "HoldForever"'),
     ({"freeze": {"by": "alice"}}, "spec.freeze.reason"),
+    # a selector that selects nothing by construction
+    (
+        {"windows": [TRADING], "rolloutSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": []}]}},
+        "an In without values selects nothing",
+    ),
+    (
+        {"windows": [TRADING], "namespaceSelector": {"matchExpressions": [{"key": "env", "operator": "NotIn"}]}},
+        "In and NotIn need values",
+    ),
+    (
+        {"windows": [TRADING], "rolloutSelector": {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}},
+        "Exists and DoesNotExist take none",
+    ),
 ]
 
 

@@ -162,6 +162,7 @@ class Controller:
         loop.poke.set()
 
     def forget(self, namespace: str, name: str) -> None:
+        self.policies.pending.update(self.policies.note((namespace, name), set()))  # it applies to none now
         loop = self.loops.pop((namespace, name), None)
         if loop and loop.task:
             loop.task.cancel()
@@ -253,6 +254,8 @@ class Controller:
         held, refused = await self._claim(body, status)
         observed = await self.call(self.kube.observe, body, spec)
         gates = await self.call(self.policies.gates_for, body, policy_kube.namespace_labels(self.kube.client))
+        if self.policies.pending:  # this Rollout made a policy select something, or nothing any more
+            await policy_kube.report_selection(self)
         observed = dataclasses.replace(observed, rejected=loop.rejection, claimed=refused, gates=gates)
         router = None
         if refused:
@@ -502,6 +505,7 @@ def _register_watches(reg: kopf.OperatorRegistry, ctl: Controller) -> None:
         namespace = namespace or ""
         if event.get("type") == "DELETED":
             ctl.forget(namespace, name)
+            await policy_kube.report_selection(ctl)
             if isinstance(event.get("object"), dict) and (event["object"].get("metadata") or {}).get("uid"):
                 await ctl.release_claims(event["object"])
         else:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import kopf
 
 from . import policy as P
-from .api import GROUP, VERSION, ReleasePolicyRef, SpecError, parse_release_policy
+from .api import GROUP, PLURAL, VERSION, ReleasePolicyRef, SpecError, parse_release_policy
 from .client import NAMESPACES, ApiError, Client, Resource
 
 
@@ -43,6 +43,7 @@ log = logging.getLogger("teal")
 
 FREEZE_ANNOTATION = "teal.dev/freeze"
 DEV_CLOCK_ENV = "TEAL_DEV_CLOCK_FILE"
+ROLLOUTS = Resource(GROUP, VERSION, PLURAL)
 KINDS = {"releasepolicies": "ReleasePolicy", "clusterreleasepolicies": "ClusterReleasePolicy"}
 RESOURCES = {
     "releasepolicies": Resource(GROUP, VERSION, "releasepolicies"),
@@ -103,43 +104,80 @@ def gate_of(plural: str, body: Mapping[str, Any]) -> P.Gate:
     )
 
 
+PolicyKey = tuple[str, str, str]  # (plural, namespace or "", name)
+RolloutKey = tuple[str, str]  # (namespace, name)
+
+
 class Policies:
-    """The ReleasePolicies and ClusterReleasePolicies the watches have seen."""
+    """The ReleasePolicies and ClusterReleasePolicies the watches have seen, and which Rollouts
+    each applies to (so that a policy selecting no Rollout says so on its status)."""
 
     def __init__(self) -> None:
-        self.bodies: dict[tuple[str, str, str], Mapping[str, Any]] = {}  # (plural, namespace or "", name) -> body
+        self.bodies: dict[PolicyKey, Mapping[str, Any]] = {}
+        self.selected: dict[PolicyKey, set[RolloutKey]] = {}  # by the policy's listing, then each reconcile
+        self.reported: dict[PolicyKey, bool] = {}  # what its status says: selects a Rollout or not
+        self.readable: dict[PolicyKey, bool] = {}  # could the operator read Namespaces when it last looked
+        self.pending: set[PolicyKey] = set()  # policies whose selection changed: their status is due
 
     def seen(self, plural: str, namespace: str | None, name: str, body: Mapping[str, Any] | None) -> None:
         """Remember a policy as last seen (None: deleted)."""
         key = (plural, namespace or "", name)
         if body is None:
             self.bodies.pop(key, None)
+            self.selected.pop(key, None)
+            self.reported.pop(key, None)
+            self.readable.pop(key, None)
         else:
             self.bodies[key] = dict(body)
+
+    def applies(
+        self,
+        key: PolicyKey,
+        body: Mapping[str, Any],
+        rollout: Mapping[str, Any],
+        namespace_labels: Callable[[str], Mapping[str, str] | None],
+    ) -> bool:
+        """Does policy `key` apply to this Rollout (its selectors, and the Rollout's spec.releasePolicy)?"""
+        plural, pns, name = key
+        spec = body.get("spec") or {}
+        meta = rollout["metadata"]
+        ns, labels = meta["namespace"], meta.get("labels") or {}
+        if plural == "releasepolicies" and pns != ns:
+            return False
+        chosen = overridden(_override(rollout), plural, name, spec)
+        if chosen is False or (chosen is None and not selects(spec.get("rolloutSelector"), labels)):
+            return False
+        if plural == "clusterreleasepolicies" and spec.get("namespaceSelector"):
+            ns_labels = namespace_labels(ns)
+            return ns_labels is not None and selects(spec["namespaceSelector"], ns_labels)
+        return True
+
+    def note(self, rollout: RolloutKey, applied: set[PolicyKey]) -> list[PolicyKey]:
+        """Record which policies apply to a Rollout (empty: it is gone); the policies whose status
+        must change because they now select some Rollout, or no Rollout any more."""
+        changed = []
+        for key in list(self.bodies):
+            members = self.selected.setdefault(key, set())
+            (members.add if key in applied else members.discard)(rollout)
+            if key in self.reported and self.reported[key] != bool(members):
+                changed.append(key)
+        return changed
 
     def gates_for(
         self, rollout: Mapping[str, Any], namespace_labels: Callable[[str], Mapping[str, str] | None]
     ) -> tuple[P.Gate, ...]:
         """The gates of every valid policy that selects this Rollout, and its own freeze annotation."""
         meta = rollout["metadata"]
-        ns, labels = meta["namespace"], meta.get("labels") or {}
-        override = _override(rollout)
-        gates = []
-        for (plural, pns, name), body in sorted(self.bodies.items()):
-            spec = body.get("spec") or {}
-            if plural == "releasepolicies" and pns != ns:
+        gates, applied = [], set()
+        for key, body in sorted(self.bodies.items()):
+            if not self.applies(key, body, rollout, namespace_labels):
                 continue
-            chosen = overridden(override, plural, name, spec)
-            if chosen is False or (chosen is None and not selects(spec.get("rolloutSelector"), labels)):
-                continue
-            if plural == "clusterreleasepolicies" and spec.get("namespaceSelector"):
-                ns_labels = namespace_labels(ns)
-                if ns_labels is None or not selects(spec["namespaceSelector"], ns_labels):
-                    continue
+            applied.add(key)
             try:
-                gates.append(gate_of(plural, body))
+                gates.append(gate_of(key[0], body))
             except (P.PolicyError, ValueError):
                 continue  # reported on the policy's own status; an invalid policy holds nothing
+        self.pending.update(self.note((meta["namespace"], meta["name"]), applied))
         freeze = annotation_freeze(meta)
         return (*gates, P.Gate(f"annotation {FREEZE_ANNOTATION}", freeze=freeze)) if freeze else tuple(gates)
 
@@ -220,27 +258,97 @@ def ready_status(
     }
 
 
-def _status_patch(plural: str, body: Mapping[str, Any], namespaces_readable: bool = True) -> dict[str, Any] | None:
+SELECTED = "RolloutsSelected"
+NO_ROLLOUT = (
+    "selects no Rollout: none matches its rolloutSelector{ns}, or each that does leaves it out "
+    "(spec.releasePolicy); it holds nothing until one does"
+)
+
+
+def selection_condition(plural: str, body: Mapping[str, Any], selects: bool) -> dict[str, Any]:
+    """Whether the policy applies to any Rollout now (a policy selecting nothing is reported, not refused:
+    the Rollouts it is meant for may come later)."""
+    ns = " and namespaceSelector" if plural == "clusterreleasepolicies" else " in its namespace"
+    message = "applies to at least one Rollout" if selects else NO_ROLLOUT.format(ns=ns)
+    return {
+        "type": SELECTED,
+        "status": "True" if selects else "False",
+        "reason": "Selected" if selects else "NoRolloutSelected",
+        "message": message,
+        "observedGeneration": body["metadata"].get("generation"),
+        "lastTransitionTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), {})
+
+
+def _status_patch(
+    plural: str, body: Mapping[str, Any], namespaces_readable: bool = True, selects: bool | None = None
+) -> dict[str, Any] | None:
     old = body.get("status") or {}
     new = ready_status(plural, body, namespaces_readable)
-    if old.get("observedGeneration") == new["observedGeneration"] and old.get("message") == new["message"]:
+    if selects is not None:
+        new["conditions"].append(selection_condition(plural, body, selects))
+    same_selection = selects is None or _condition(old, SELECTED).get("status") == ("True" if selects else "False")
+    if old.get("observedGeneration") == new["observedGeneration"] and old.get("message") == new["message"] and same_selection:
         return None
     return new
+
+
+def _selection(ctl: Operator, key: PolicyKey) -> bool | None:
+    """List the Rollouts the policy could apply to and record those it does (None: can't list them)."""
+    plural, pns, _ = key
+    try:
+        rollouts = ctl.kube.client.items(ROLLOUTS, pns or None)
+    except ApiError:
+        return None
+    labels = namespace_labels(ctl.kube.client)
+    pols, body = ctl.policies, ctl.policies.bodies.get(key)
+    if body is None:
+        return None  # deleted meanwhile
+    pols.selected[key] = {
+        (r["metadata"]["namespace"], r["metadata"]["name"]) for r in rollouts if pols.applies(key, body, r, labels)
+    }
+    return bool(pols.selected[key])
+
+
+async def write_status(ctl: Operator, key: PolicyKey, body: Mapping[str, Any], selects: bool | None) -> None:
+    plural, namespace, name = key
+    new_status = _status_patch(plural, body, ctl.policies.readable.get(key, True), selects)
+    if new_status is not None:
+        try:
+            await ctl.call(ctl.kube.client.patch_status, RESOURCES[plural], namespace or None, name, {"status": new_status})
+        except ApiError as e:  # the next event tries again
+            log.warning("%s %s: cannot write status: %s", KINDS[plural], name, e)
+            return
+    if selects is not None:
+        ctl.policies.reported[key] = selects
+
+
+async def report_selection(ctl: Operator) -> None:
+    """Write the status of the policies whose selection changed (a Rollout came, went or relabelled)."""
+    pols = ctl.policies
+    while pols.pending:
+        key = pols.pending.pop()
+        if key in pols.bodies:
+            await write_status(ctl, key, pols.bodies[key], bool(pols.selected.get(key)))
 
 
 def _on_policy(ctl: Operator, plural: str) -> Callable[..., Any]:
     async def handler(event: Mapping[str, Any], body: Mapping[str, Any], name: str, namespace: str | None, **_: Any) -> None:
         deleted = event.get("type") == "DELETED"
+        key = (plural, namespace or "", name)
         ctl.policies.seen(plural, namespace, name, None if deleted else body)
-        readable = True
-        if not deleted and plural == "clusterreleasepolicies" and (body.get("spec") or {}).get("namespaceSelector"):
-            readable = await ctl.call(can_read_namespaces, ctl.kube.client)
-        new_status = None if deleted else _status_patch(plural, body, readable)
-        if new_status is not None:
-            try:
-                await ctl.call(ctl.kube.client.patch_status, RESOURCES[plural], namespace, name, {"status": new_status})
-            except ApiError as e:  # the next event tries again
-                log.warning("%s %s: cannot write status: %s", KINDS[plural], name, e)
+        if not deleted:
+            if plural == "clusterreleasepolicies" and (body.get("spec") or {}).get("namespaceSelector"):
+                ctl.policies.readable[key] = await ctl.call(can_read_namespaces, ctl.kube.client)
+            known = key in ctl.policies.reported and (body.get("status") or {}).get("observedGeneration") == body["metadata"].get(
+                "generation"
+            )
+            selects = bool(ctl.policies.selected.get(key)) if known else await ctl.call(_selection, ctl, key)
+            await write_status(ctl, key, body, selects)
         for (ns, _rollout), loop in list(ctl.loops.items()):
             if namespace is None or ns == namespace:
                 loop.poke.set()
