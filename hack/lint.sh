@@ -9,6 +9,9 @@ if [ -z "${VIRTUAL_ENV:-}" ] || ! command -v ruff >/dev/null; then
   # shellcheck source=hack/env.sh
   source hack/env.sh
 fi
+# caches outside the checkout, so a fresh clone with a warm ~/.cache/teal checks in seconds
+CACHE="${TEAL_CACHE:-$HOME/.cache/teal}"
+export RUFF_CACHE_DIR="$CACHE/ruff-cache"
 PY_PATHS=(operator tests bench hack)
 [ -d devenv ] && PY_PATHS+=(devenv)
 STRICT=(operator/teal/core.py operator/teal/api.py)
@@ -16,5 +19,6 @@ for f in operator/teal/status.py operator/teal/client.py; do [ -f "$f" ] && STRI
 
 ruff check "${PY_PATHS[@]}"
 ruff format --check "${PY_PATHS[@]}"
-mypy --strict --follow-imports=silent "${STRICT[@]}"
-mypy operator/teal
+# one cache per set of options: mypy throws away a cache written with other flags
+mypy --cache-dir "$CACHE/mypy-cache/strict" --strict --follow-imports=silent "${STRICT[@]}"
+mypy --cache-dir "$CACHE/mypy-cache/package" operator/teal
