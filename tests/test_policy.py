@@ -266,7 +266,8 @@ def test_a_never_open_policy_is_scanned_in_full_once_per_memo_period(monkeypatch
     assert sum(built) >= full // 2
 
 
-@SETTINGS
+# each example scans up to four years four times over: 60 examples, not 300 (the memo's cases are few)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pz=policies(), data=st.data())
 def test_the_memo_gives_what_a_fresh_scan_gives(pz, data):
     """A sequence of evaluations (as reconciles make them, time moving forward) equals the

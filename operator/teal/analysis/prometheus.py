@@ -186,7 +186,8 @@ class PrometheusProvider:
         self.headers = {str(k): str(v) for k, v in (headers or {}).items()}
         if bearer_token:
             self.headers["Authorization"] = f"Bearer {bearer_token.strip()}"
-        self._auth = aiohttp.BasicAuth(*basic_auth) if basic_auth else None
+        if basic_auth:
+            self.headers["Authorization"] = aiohttp.encode_basic_auth(*basic_auth)
         try:
             self._ssl = _ssl_setting(ca_file, ca_data, insecure)
         except (ssl.SSLError, OSError, ValueError) as e:
@@ -199,7 +200,6 @@ class PrometheusProvider:
         return aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=PER_SERVER_LIMIT, ssl=self._ssl),
             headers=self.headers,
-            auth=self._auth,
             trust_env=False,  # no HTTP(S)_PROXY surprises for an in-cluster address
             timeout=aiohttp.ClientTimeout(total=self.timeout + 1),  # backstop; aquery's own deadline comes first
         )
