@@ -13,6 +13,7 @@ operator's "now" is the real time plus the seconds in that file, and it logs a w
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -365,8 +366,10 @@ def register(registry: kopf.OperatorRegistry, ctl: Operator) -> None:
 
 def namespace_labels(api: Client) -> Callable[[str], Mapping[str, str] | None]:
     """Labels of a namespace through a list with a field selector (the list verb a cluster-wide
-    operator has); None when they cannot be read (a namespaced operator)."""
+    operator has); None when they cannot be read (a namespaced operator). Each namespace is read
+    once per reader: a reader serves one reconcile, or one policy's listing of its Rollouts."""
 
+    @functools.cache
     def read(ns: str) -> Mapping[str, str] | None:
         try:
             items = api.items(NAMESPACES, field_selector=f"metadata.name={ns}")
