@@ -1108,10 +1108,7 @@ def _post_promotion(t: _Tick, r: Release) -> Outcome:
     return None
 
 
-def _aborted(t: _Tick, r: Release) -> Outcome:  # never entered: _run_release retries or applies the abort first
-    return None
-
-
+# Aborted has no handler: _run_release applies an abort (or a retry) before any stage runs.
 _HANDLERS: dict[Stage, Callable[[_Tick, Release], Outcome]] = {
     Stage.DEPLOYING: _deploying,
     Stage.PRE_PROMOTION: _pre_promotion,
@@ -1119,7 +1116,6 @@ _HANDLERS: dict[Stage, Callable[[_Tick, Release], Outcome]] = {
     Stage.STEPS: _steps,
     Stage.SWITCHING: _switching,
     Stage.POST_PROMOTION: _post_promotion,
-    Stage.ABORTED: _aborted,
 }
 
 
