@@ -32,6 +32,8 @@ source "$here/lib/apt.sh"
 # ---- etcd and Prometheus from Debian ----
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || apt_install etcd "etcd-server"
 command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || apt_install prometheus "prometheus"
+# headless Chromium for the dashboard's browser test (tests/test_dashboard.py drives it with playwright)
+[ -x /usr/bin/chromium ] || apt_install chromium "chromium"
 # actionlint runs shellcheck on the workflows' run: blocks when it is installed (optional)
 command -v shellcheck >/dev/null 2>&1 || ( apt_install shellcheck shellcheck ) \
   || log "shellcheck could not be installed: actionlint checks the workflows without it"
