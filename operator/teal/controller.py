@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextvars
 import dataclasses
 import datetime as dt
 import logging
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from . import analysis, analysis_driver, core, leases, metrics, policy_kube
+from . import analysis, analysis_driver, core, metrics, policy_kube
 from .api import (
-    ANNOTATION_RESTART_AT,
     COLORS,
     GROUP,
     LABEL_ROLLOUT,
@@ -42,29 +41,25 @@ from .api import (
     parse_spec,
     steered_objects,
 )
-from .client import DEPLOYMENTS, ApiError, Conflict
-from .informer import READS, Informers
-from .kube import REFUSALS, Kube, api_message, deployment_name, merge_patch, owner_reference
+from .client import ApiError, Conflict
+from .kube import REFUSALS, Kube, api_message, merge_patch, owner_reference
 
 log = logging.getLogger("teal")
 
 RESYNC_SECONDS = 30.0
 ROUTE_RESYNC_SECONDS = 5.0
 MIN_REQUEUE = 0.05
-# With informers, a Rollout whose last decision changed nothing is decided again when one of the
-# objects it read changes (a watch event), when the core's next timer is due, or after this long.
-IDLE_RESYNC_SECONDS = 600.0
 
 
 @dataclasses.dataclass
 class Settings:
     namespaces: list[str] = dataclasses.field(default_factory=list)  # empty: all namespaces
     prometheus_address: str | None = None
-    leases: leases.Config | None = None  # shards on Leases (teal.leases); None: this replica acts everywhere
+    peering_name: str | None = None  # kopf peering: only the leading replica reconciles
+    priority: int = 0
     identity: str = ""
     api_workers: int = 32  # threads for Kubernetes calls
     routers: tuple[str, ...] = ROUTER_KINDS  # traffic routers this operator may use (and watch the routes of)
-    notifications_config: str | None = None  # NAMESPACE/NAME of the notifications ConfigMap (teal.notify)
 
 
 class Loop:
@@ -82,16 +77,13 @@ class Loop:
         self.pending_events: list[core.Event] = []
         self.services: frozenset[str] = frozenset()  # the active and preview Services it points at
         self.rejection: core.Rejection | None = None  # a refused Deployment, until status records it
-        # (what the last decision read -> resourceVersion, policies version, when its timer is due),
-        # kept when that decision wrote and did nothing: the inputs of a wake-up that may skip deciding
-        self.quiet: tuple[dict[tuple[str, str, str], str | None], int, Any] | None = None
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name=f"teal:{self.namespace}/{self.name}")
 
     async def run(self) -> None:
         while True:
-            await self.controller.gate.wait_owned(self.namespace)  # only the holder of its shard acts
+            await self.controller.leading.wait()  # a standby replica never acts
             self.poke.clear()
             try:
                 delay = await self.controller.reconcile(self)
@@ -152,27 +144,15 @@ class Controller:
         self.kube = kube or Kube()
         self.policies = policy_kube.Policies()
         self.providers = analysis.ProviderCache()  # Prometheus connection pools, kept across reconciles
-        from . import notify  # release notifications: an outbox in status, sent in the background
-
-        self.notifier = notify.Notifier(self.kube, self.call, self.settings.notifications_config, lambda ns: self.leading.is_set())
         self.loops: dict[tuple[str, str], Loop] = {}
         self.api_pool = concurrent.futures.ThreadPoolExecutor(self.settings.api_workers, thread_name_prefix="teal-api")
-        self.leading = asyncio.Event()  # set while this replica holds a shard (with one shard: leads)
+        self.leading = asyncio.Event()
         self.leading.set()
-        self.gate: leases.LeaseGate | leases.AlwaysOwner = leases.AlwaysOwner()
-        # The informers behind kube's CachingClient (teal.informer), if any: reads come from
-        # memory and their events wake the loops; loops wait for their first sync (`ready`).
-        self.informers: Informers | None = getattr(self.kube.client, "informers", None)
-        self.ready = asyncio.Event()
-        if self.informers is None:
-            self.ready.set()
-        self.background: set[asyncio.Task] = set()
+        self.gate: asyncio.Task | None = None
 
     async def call(self, fn, *args, **kwargs):
-        """fn in the API thread pool, in this task's context (teal.informer.READS records its reads)."""
         loop = asyncio.get_running_loop()
-        ctx = contextvars.copy_context()
-        return await loop.run_in_executor(self.api_pool, lambda: ctx.run(fn, *args, **kwargs))
+        return await loop.run_in_executor(self.api_pool, lambda: fn(*args, **kwargs))
 
     # -- loops
     def wake(self, namespace: str, name: str) -> None:
@@ -212,123 +192,51 @@ class Controller:
             ),
         )
 
-    def owns(self, namespace: str | None) -> bool:
-        """May this replica act for `namespace` now ('' or None: cluster-scoped objects)?"""
-        return self.gate.owns(namespace)
+    def start_peering_gate(self, interval: float = 1.0) -> None:
+        """With peering, reconcile only while this replica leads (see teal.peering)."""
+        from . import peering
 
-    def start_leases(self, config: leases.Config) -> None:
-        """Act only for the namespaces of the shards this replica holds (see teal.leases)."""
-        from .client import Client
+        settings = self.settings
 
-        api = Client(self.kube.client.configuration, timeout=(2.0, 2.0), retries=1, pool_size=2)
-        self.gate = gate = leases.LeaseGate(api, config)
-        gate.on_change = self._shards_changed
-        self.leading.clear()  # stand by until a shard is held
-        gate.start()
+        async def watch_peers() -> None:
+            decided = False
+            while True:
+                try:
+                    peers = await self.call(peering.read_peers, self.kube.client, settings.peering_name, settings.namespaces)
+                    now = dt.datetime.now(dt.UTC)
+                    lead = all(peering.leads(p, settings.identity, settings.priority, now) for p in peers)
+                except Exception as e:  # keep the last verdict; kopf's own peering goes on
+                    log.warning("peering: cannot read peers: %s", e)
+                    lead = self.leading.is_set()
+                if lead and (not decided or not self.leading.is_set()):
+                    log.info("peering: this replica (%s) leads; reconciling", settings.identity)
+                    self.leading.set()
+                    for loop in self.loops.values():
+                        loop.poke.set()
+                elif not lead and (not decided or self.leading.is_set()):
+                    log.warning(
+                        "peering: a peer with a higher or equal priority is alive; this replica (%s) stands by", settings.identity
+                    )
+                    self.leading.clear()
+                decided = True
+                await asyncio.sleep(interval)
 
-    def _shards_changed(self, gained: set[int], lost: set[int]) -> None:
-        """A lost shard's loops stop at once (a reconcile in flight is cancelled at its next
-        await); a gained shard's loops start and look at their Rollouts."""
-        for (ns, name), loop in list(self.loops.items()):
-            shard = self.gate.shard_of(ns)
-            if shard in lost and loop.task is not None:
-                loop.task.cancel()
-            elif shard in gained:
-                self.wake(ns, name)
-        self.leading.set() if self.gate.held() else self.leading.clear()
-        metrics.shards_held(self.gate.held(), self.gate.shards)
-
-    async def start_informers(self, timeout: float = 120.0) -> None:
-        """Start the informers (their events wake the loops on this event loop) and let the
-        loops reconcile once every cache has listed (a kind that is missing does not hold them)."""
-        assert self.informers is not None
-        await self.call(policy_kube.load_policies, self)  # no Rollout decides before the policies are known
-        self.informers.start(asyncio.get_running_loop(), self.on_change)
-        if not await asyncio.to_thread(self.informers.wait_synced, timeout):
-            log.warning("informers: not all caches listed within %.0fs; reading the rest through the apiserver", timeout)
-        self.ready.set()
-
-    def on_change(self, res: Resource, typ: str, obj: Mapping[str, Any]) -> None:
-        """An informer's event (on the event loop): wake the Rollout(s) it concerns."""
-        meta = obj.get("metadata") or {}
-        ns, name = meta.get("namespace") or "", meta.get("name") or ""
-        plural = res.plural
-        if plural == PLURAL:
-            if typ != "DELETED":
-                self.wake(ns, name)
-            elif (ns, name) in self.loops or meta.get("uid"):
-                task = asyncio.ensure_future(self._rollout_deleted(ns, name, obj))
-                self.background.add(task)
-                task.add_done_callback(self.background.discard)
-        elif plural == "deployments":
-            owner = (meta.get("labels") or {}).get(LABEL_ROLLOUT)
-            loop = self.loops.get((ns, owner)) if owner else None
-            if loop is not None:
-                loop.poke.set()
-            elif not owner:
-                self.wake_by_workload(ns, name)
-        elif plural == "services":
-            self.wake_by_service(ns, name)
-        elif plural in ROUTE_PLURALS:
-            self.wake_by_route(ns, ROUTE_PLURALS[plural], name)
-        elif plural != "controllerrevisions":  # templates, namespaces: loops that did not read them skip at once
-            for (lns, _), loop in list(self.loops.items()):
-                if not ns or lns == ns or plural == "namespaces" and lns == name:
-                    loop.poke.set()
-
-    async def _rollout_deleted(self, ns: str, name: str, obj: Mapping[str, Any]) -> None:
-        self.forget(ns, name)
-        await policy_kube.report_selection(self)
-        if (obj.get("metadata") or {}).get("uid"):
-            await self.release_claims(obj)
+        self.leading.clear()  # stand by until the first look at the peers
+        self.gate = asyncio.create_task(watch_peers(), name="teal:peering-gate")
 
     async def stop(self) -> None:
-        if self.informers is not None:
-            self.informers.stop()
+        if self.gate:
+            self.gate.cancel()
         for loop in list(self.loops.values()):
             if loop.task:
                 loop.task.cancel()
         await asyncio.gather(*(lp.task for lp in self.loops.values() if lp.task), return_exceptions=True)
         self.loops.clear()
-        await self.gate.stop()  # no loop acts any more: hand the Leases back
         await self.providers.aclose()
-        await self.notifier.aclose()
         self.api_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- one reconcile
     async def reconcile(self, loop: Loop) -> float | None:
-        """One look at the Rollout. With informers, a wake-up (a resync, an event of an object it
-        did not read) that finds every input of its last quiet decision unchanged (the
-        resourceVersions of all it read, the release policies) before the core's next timer is
-        due decides nothing and sends nothing: an idle Rollout costs no API request and no decide()."""
-        await self.ready.wait()
-        if loop.quiet is not None:
-            left = self._quiet_left(loop)
-            if left is not None:
-                return left
-        loop.quiet = None
-        READS.set({} if self.informers is not None else None)  # this loop's task only
-        return await self._reconcile(loop)
-
-    def _quiet_left(self, loop: Loop) -> float | None:
-        """Seconds until the last quiet decision's timer is due, if nothing it read changed; else None."""
-        assert loop.quiet is not None and self.informers is not None
-        reads, version, due = loop.quiet
-        if loop.pending_events or loop.rejection or version != self.policies.version:
-            return None
-        left = (due - policy_kube.now()).total_seconds()
-        if left <= 0 or not self.informers.unchanged(reads):
-            return None
-        return min(left, RESYNC_SECONDS)
-
-    def _remember_quiet(self, loop: Loop, requeue_after: float | None, now) -> None:
-        reads = READS.get()
-        if reads is None or self.informers is None:
-            return
-        wait = requeue_after if requeue_after is not None else IDLE_RESYNC_SECONDS
-        loop.quiet = (reads, self.policies.version, now + dt.timedelta(seconds=wait))
-
-    async def _reconcile(self, loop: Loop) -> float | None:
         started = time.monotonic()
         body = await self.call(self.kube.get_rollout, loop.namespace, loop.name)
         if body is None or body["metadata"].get("deletionTimestamp"):
@@ -380,14 +288,11 @@ class Controller:
         # (the next decision will not repeat them) and go out after the next success.
         loop.pending_events.extend(plan.events)
         await self._act(loop, body, spec, plan, router)
-        await self._restart(body, plan.status)
         events, loop.pending_events = loop.pending_events, []
         await self._post(body, events)
         metrics.observe_reconcile(time.monotonic() - started, body, status, plan.status)
         if plan.actions or loop.rejection:
             return MIN_REQUEUE  # look again at once: read back what we changed
-        if not plan.events and not events and not merge_patch(status, plan.status):
-            self._remember_quiet(loop, plan.requeue_after, now)
         requeue = plan.requeue_after if plan.requeue_after is not None else RESYNC_SECONDS
         if router is not None and plan.status.get("release"):
             # Mid-release, a route someone else edits gets Teal's weights back even if its
@@ -451,11 +356,9 @@ class Controller:
         return None if plan.status == status else RESYNC_SECONDS  # a new event (an abort, a fix) wakes it
 
     async def _write(self, body, old: dict, new: dict) -> None:
-        await self.notifier.record(old, new, body)  # release events' notifications, in this same write
         patch = merge_patch(old, new)
         if patch:
             await self.call(self.kube.patch_status, body, patch)
-        self.notifier.offer(body, new)  # sent in the background, removed from status once delivered
 
     async def _post(self, body, events: list[core.Event]) -> None:
         for ev in events:
@@ -485,25 +388,6 @@ class Controller:
                             f"{router.kind} {router.name}: {router.last_drift}; Teal's weights re-applied",
                         ),
                     )
-
-    async def _restart(self, body, status: Mapping[str, Any]) -> None:
-        """`kubectl teal restart`: when the Rollout's teal.dev/restart-at differs from the one on the
-        stable colour's pod template, stamp it there (with a field manager of its own, so Teal's
-        applies keep it) and the Deployment replaces its pods under its rolling-update limits: same
-        revision, no release. Never during a release (the stable colour is what an abort falls back to)."""
-        want = (body["metadata"].get("annotations") or {}).get(ANNOTATION_RESTART_AT)
-        color = status.get("stableColor")
-        if not want or color not in COLORS or status.get("release") or status.get("currentRevision") != status.get("stableRevision"):
-            return
-        ns, name = body["metadata"]["namespace"], deployment_name(body["metadata"]["name"], color)
-        dep = await self.call(self.kube.client.get, DEPLOYMENTS, ns, name)
-        tmeta = (((dep or {}).get("spec") or {}).get("template") or {}).get("metadata") or {}
-        if dep is None or (tmeta.get("annotations") or {}).get(ANNOTATION_RESTART_AT) == want:
-            return
-        patch = {"spec": {"template": {"metadata": {"annotations": {ANNOTATION_RESTART_AT: want}}}}}
-        await self.call(self.kube.client.merge_patch, DEPLOYMENTS, ns, name, patch, fieldManager="teal-restart")
-        message = f"restart asked at {want}: the pods of {name} (stable, revision {status.get('stableRevision')}) are replaced"
-        await self.call(self.kube.post_event, body, core.Event("Normal", "Restarted", message))
 
     async def _deploy(self, loop: Loop, body, spec, action: core.DeployColor) -> None:
         """Apply a colour's Deployment. A refusal (invalid, or forbidden by a quota, a policy
@@ -579,15 +463,6 @@ ROUTE_RESOURCES = {
     "nginx": ("networking.k8s.io", "v1", "ingresses"),
     "istio": ("networking.istio.io", "v1", "virtualservices"),
 }
-ROUTE_PLURALS = {plural: kind for kind, (_, _, plural) in ROUTE_RESOURCES.items()}
-
-
-def informers_for(client: Any, settings: Settings) -> Informers:
-    """The informers an operator with `settings` reads from (see teal.informer)."""
-    from .analysis.kube import TEMPLATE_RESOURCES
-
-    routes = [Resource(*ROUTE_RESOURCES[kind]) for kind in settings.routers]
-    return Informers(client, settings.namespaces, routes=routes, templates=TEMPLATE_RESOURCES.values())
 
 
 def registry(ctl: Controller, reg: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
@@ -595,20 +470,11 @@ def registry(ctl: Controller, reg: kopf.OperatorRegistry | None = None) -> kopf.
     e.g. kopf.login_via_client). The routes of the routers in ctl.settings.routers are watched."""
     reg = reg if reg is not None else kopf.OperatorRegistry()
     _register_lifecycle(reg, ctl)
-    if ctl.informers is not None:  # Teal's own list+watch informers wake the loops (teal.informer)
-        _register_informers(reg, ctl)
-    else:  # a Controller on a plain client (the fault tests' fake API): kopf's watches wake them
-        _register_watches(reg, ctl)
-        for kind in ctl.settings.routers:
-            _register_route_watch(reg, ctl, kind)
+    _register_watches(reg, ctl)
+    for kind in ctl.settings.routers:
+        _register_route_watch(reg, ctl, kind)
     policy_kube.register(reg, ctl)
     return reg
-
-
-def _register_informers(reg: kopf.OperatorRegistry, ctl: Controller) -> None:
-    @kopf.on.startup(registry=reg)
-    async def _start_informers(**_: Any) -> None:
-        await ctl.start_informers()
 
 
 def _register_lifecycle(reg: kopf.OperatorRegistry, ctl: Controller) -> None:
@@ -625,8 +491,9 @@ def _register_lifecycle(reg: kopf.OperatorRegistry, ctl: Controller) -> None:
         # With a fixed list of namespaces there is nothing to discover at run time, and the
         # namespaced RBAC grants no cluster-wide list of namespaces or CRDs.
         settings.scanning.disabled = bool(ctl.settings.namespaces)
-        if ctl.settings.leases is not None:
-            ctl.start_leases(ctl.settings.leases)
+        if ctl.settings.peering_name:
+            settings.peering.lifetime = int(os.environ.get("TEAL_PEERING_LIFETIME", "60"))
+            ctl.start_peering_gate()
 
     @kopf.on.cleanup(registry=reg)
     async def _cleanup(**_: Any) -> None:
