@@ -101,6 +101,16 @@ IP.2 = {service_ip}
 """
 
 
+# Every request at Metadata level (who, verb, object, user agent; no bodies), one entry when the
+# response is complete (and one when a watch's response starts): LocalCluster(audit_policy=...).
+METADATA_AUDIT_POLICY: dict[str, Any] = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata"}],
+}
+
+
 class ClusterError(RuntimeError):
     """The local cluster failed to start (the message holds the log tail)."""
 
@@ -161,8 +171,13 @@ class LocalCluster:
         etcd_quota_bytes: int = 512 * 1024 * 1024,
         name: str = "teal-local",
         verbosity: int = 0,
+        audit_policy: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
+        # Opt-in apiserver audit log: with a policy (an audit.k8s.io/v1 Policy as a dict,
+        # e.g. METADATA_AUDIT_POLICY), the apiserver writes JSON lines to ``audit_log``.
+        self.audit_policy = audit_policy
+        self.audit_log: Path | None = None
         self.nodes = nodes
         self.node_cpu = node_cpu
         self.node_memory = node_memory
@@ -491,8 +506,24 @@ class LocalCluster:
                 "--endpoint-reconciler-type=none",
                 "--shutdown-delay-duration=0s",
                 f"--v={self.verbosity}",
+                *self._audit_args(),
             ],
         )
+
+    def _audit_args(self) -> list[str]:
+        """The apiserver's audit flags when an audit policy was given (off by default)."""
+        if self.audit_policy is None:
+            return []
+        assert self.workdir is not None and self.logs_dir is not None
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(self.audit_policy, sort_keys=False))
+        self.audit_log = self.logs_dir / "audit.log"
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-maxsize=0",  # one file, never rotated: a reader sees every entry
+        ]
 
     def _apiserver_ready(self) -> bool:
         status, body = self._raw("GET", "/readyz")
