@@ -279,7 +279,15 @@ def test_undo_goes_back_to_the_other_colour(rollouts, namespace):
     rollouts.colour_deployment(ro, "green", v2, 2)
     rollouts.set_status("un", healthy_status("green", "2"))
 
-    r = teal("undo", "un", "-n", namespace)
+    shown = teal("undo", "un", "-n", namespace, "--dry-run")
+    assert shown.code == 0 and "dry run: nothing changed" in shown.out, shown
+    assert "back to revision 1 (its template from deployment/un-blue)" in shown.out
+    assert "images: registry.example.com/demo:1 (now: registry.example.com/demo:2)" in shown.out
+    assert "-    image: registry.example.com/demo:2" in shown.out and "+    image: registry.example.com/demo:1" in shown.out
+    refused = teal("undo", "un", "-n", namespace)  # no terminal to ask on, no --yes: nothing written
+    assert refused.code == 4 and "--yes" in refused.err, refused
+    assert rollouts.get("un")["spec"]["template"] == v2
+    r = teal("undo", "un", "-n", namespace, "--yes")
     assert r.code == 0, r
     assert "revision 1" in r.out and "deployment/un-blue" in r.out
     template = rollouts.get("un")["spec"]["template"]
@@ -290,7 +298,7 @@ def test_undo_goes_back_to_the_other_colour(rollouts, namespace):
     # the template is revision 1 again: undo --to-revision 1 has nothing to do
     r = teal("undo", "un", "--to-revision", "1", "-n", namespace)
     assert r.code == 0 and "already runs" in r.out
-    r = teal("undo", "un", "--to-revision", "2", "-n", namespace)
+    r = teal("undo", "un", "--to-revision", "2", "-n", namespace, "-y")
     assert r.code == 0, r
     assert rollouts.get("un")["spec"]["template"] == v2
     r = teal("undo", "un", "--to-revision", "7", "-n", namespace)
@@ -313,7 +321,7 @@ def test_undo_from_a_controller_revision(rollouts, namespace, k8s):
         },
     )
     rollouts.set_status("cr", healthy_status("blue", "4"))
-    r = teal("undo", "cr", "--to-revision", "3", "-n", namespace)
+    r = teal("undo", "cr", "--to-revision", "3", "-n", namespace, "--yes")
     assert r.code == 0, r
     assert "controllerrevision/cr-3" in r.out
     assert rollouts.get("cr")["spec"]["template"] == v3

@@ -46,7 +46,7 @@ def test_undo_rolls_back_to_the_warm_colour(env):
     env.wait_phase("Paused", reason="AwaitingPromotion")
     assert teal("promote", "app", "-n", env.ns).code == 0
     env.wait_phase("Healthy", activeColor="green", stableRevision="2")
-    undo = teal("undo", "app", "-n", env.ns)
+    undo = teal("undo", "app", "-n", env.ns, "--yes")
     assert undo.code == 0, undo
     st = env.wait_phase("Healthy", activeColor="blue", timeout=30)
     assert st["stats"]["rollbacks"] == 1  # the warm colour took the traffic back at once

@@ -67,7 +67,11 @@ def test_no_module_of_the_wheel_imports_the_dev_environment_or_test_tools(wheel:
 def test_the_wheel_installs_the_operator_and_the_plugin_only(wheel: zipfile.ZipFile) -> None:
     entry_points = configparser.ConfigParser()
     entry_points.read_string(wheel.read(f"{DIST_INFO}/entry_points.txt").decode())
-    assert dict(entry_points["console_scripts"]) == {"teal": "teal.main:main", "kubectl-teal": "teal.cli:main"}
+    assert dict(entry_points["console_scripts"]) == {
+        "teal": "teal.main:main",
+        "kubectl-teal": "teal.cli:main",
+        "kubectl_complete-teal": "teal.cli:complete_main",
+    }
 
 
 def test_the_wheel_still_ships_the_crds(wheel: zipfile.ZipFile) -> None:

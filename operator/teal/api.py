@@ -32,6 +32,9 @@ ANNOTATION_REVISION = "teal.dev/revision"
 # A second Rollout naming the object is refused (reason ServiceClaimed) while the owner
 # exists and still names it; written and removed with a resourceVersion guard.
 ANNOTATION_CLAIMED_BY = "teal.dev/claimed-by"
+# `kubectl teal restart`: on the Rollout, the time asked; on the stable colour's pod template,
+# the time honoured (a new value there makes the Deployment replace its pods; no release).
+ANNOTATION_RESTART_AT = "teal.dev/restart-at"
 
 ROUTER_KINDS = ("gatewayAPI", "nginx", "istio")  # spec.strategy.blueGreen.trafficRouting.<kind>
 ROUTE_OBJECT_KIND = {"gatewayAPI": "HTTPRoute", "nginx": "Ingress", "istio": "VirtualService"}

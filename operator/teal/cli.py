@@ -25,7 +25,9 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
+
+import click
 
 from .api import (
     ANNOTATION_HASH,
@@ -55,7 +57,10 @@ from .cli_cluster import (  # noqa: F401  (re-exported: the commands' shared nam
     _err,
     _out,
     connect,
+    GLOBAL_KEYS,
+    global_options,
     in_release,
+    namespace_args,
 )
 from .status import Phase
 
@@ -374,6 +379,46 @@ def revisions_of(cluster: Cluster, name: str) -> list[tuple[int, str, dict[str, 
     return sorted(found, key=lambda x: -x[0])
 
 
+def undo_plan(
+    name: str, current: Mapping[str, Any], current_rev: int | None, rev: int, where: str, tmpl: Mapping[str, Any]
+) -> str:
+    """What undo will do: the revision, where its template comes from, its images, the diff of the templates."""
+    import difflib
+
+    import yaml
+
+    from .cli_render import _images
+
+    def lines(t: Mapping[str, Any]) -> list[str]:
+        return yaml.safe_dump(dict(t), sort_keys=True).splitlines()
+
+    diff = difflib.unified_diff(
+        lines(current),
+        lines(tmpl),
+        f"spec.template (now, revision {current_rev or '?'})",
+        f"spec.template (revision {rev})",
+        lineterm="",
+    )
+    head = [
+        f"rollout {name}: back to revision {rev} (its template from {where})",
+        f"images: {_images(tmpl) or '-'} (now: {_images(current) or '-'})",
+    ]
+    return "\n".join([*head, *diff])
+
+
+def confirmed(args: argparse.Namespace, question: str) -> bool:
+    """--yes; else a question on a terminal; else (a script without --yes) no, and say how."""
+    if args.dry_run:
+        _out("dry run: nothing changed")
+        return False
+    if args.yes:
+        return True
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        return click.confirm(question, default=False)
+    _err("not changed: add --yes to do it (or --dry-run to only show it)")
+    return False
+
+
 def cmd_undo(cluster: Cluster, args: argparse.Namespace) -> int:
     ro = cluster.get_rollout(args.name)
     spec, st = ro.get("spec") or {}, ro.get("status") or {}
@@ -402,6 +447,9 @@ def cmd_undo(cluster: Cluster, args: argparse.Namespace) -> int:
     if template_hash(tmpl) == current_hash:
         _out(f"rollout {args.name} already runs the template of revision {rev}")
         return EXIT_OK
+    _out(undo_plan(args.name, current, current_rev, rev, where, tmpl))
+    if not confirmed(args, f"roll rollout {args.name} back to revision {rev}?"):
+        return EXIT_OK if args.dry_run else EXIT_REFUSED
     patch = [
         {"op": "test", "path": "/metadata/resourceVersion", "value": ro["metadata"]["resourceVersion"]},
         {"op": "replace" if "template" in spec else "add", "path": "/spec/template", "value": tmpl},
@@ -501,137 +549,292 @@ def cmd_lint(args: argparse.Namespace) -> int:
     return EXIT_FAILED if result.problems else EXIT_OK
 
 
-# ---------------------------------------------------------------- arguments
+# ---------------------------------------------------------------- the command line (click)
+
+EXIT_CODES = (
+    "Exit codes: 0 ok; 1 failed (status: Aborted/Degraded; lint: invalid); 2 status timed out; "
+    "3 not found; 4 refused in this state (or not confirmed); 5 API error; 64 usage; 130 interrupted. "
+    "See docs/kubectl-teal.md."
+)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # usage errors exit 64, not argparse's 2 (= status timeout)
-        self.print_usage(sys.stderr)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
+def _run(fn: Callable[[Cluster, argparse.Namespace], int], params: Mapping[str, Any]) -> int:
+    """Connect with the global flags, then run fn(cluster, args)."""
+    args = namespace_args(click.get_current_context(), **params)
+    return fn(connect(args), args)
 
 
-def _connection_flags(p: argparse.ArgumentParser, suppress: bool) -> None:
-    d = argparse.SUPPRESS if suppress else None
-    p.add_argument("--kubeconfig", default=d, help="path to the kubeconfig file (default $KUBECONFIG, ~/.kube/config)")
-    p.add_argument("--context", default=d, help="the kubeconfig context to use")
-    p.add_argument("-n", "--namespace", default=d, help="namespace of the Rollout (default: the context's)")
-    p.add_argument(
-        "--request-timeout",
-        type=float,
-        default=argparse.SUPPRESS if suppress else 30.0,
-        help="seconds to wait for one API request (default 30)",
-    )
+class TealCommand(click.Command):
+    """A command that takes the global flags too (kubectl accepts them after the command); its help
+    lists only its own options (the global ones are in `kubectl teal --help`), completion offers all."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.params.extend(global_options(hidden=False))
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        own = [p.get_help_record(ctx) for p in self.get_params(ctx) if p.name not in GLOBAL_KEYS]
+        with formatter.section("Options"):
+            formatter.write_dl([r for r in own if r is not None])
+        formatter.write_paragraph()
+        formatter.write_text("The connection flags of `kubectl teal --help` (--kubeconfig, -n, --as, ...) work here too.")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog=PROG,
-        description="Inspect and steer Teal blue/green Rollouts.",
-        epilog="Exit codes: 0 ok, 1 failed (status: Aborted/Degraded; lint: invalid), 2 status timed out, "
-        "3 not found, 4 refused in this state, 5 API error, 64 usage. See docs/kubectl-teal.md.",
-    )
-    _connection_flags(p, suppress=False)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+class TealGroup(click.Group):
+    command_class = TealCommand
 
-    def command(name: str, help: str, with_name: bool = True) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help, description=help)
-        _connection_flags(c, suppress=True)
-        if with_name:
-            c.add_argument("name", metavar="NAME", help="the Rollout's name")
-        return c
 
-    g = command("get", "show a Rollout as a tree: phase, colours, Services, weights, step, measurements")
-    g.add_argument("-w", "--watch", action="store_true", help="keep printing the tree when it changes")
-    g.add_argument("--interval", type=float, default=1.0, help="seconds between checks with --watch (default 1)")
-    g.add_argument("--measurements", type=int, default=5, help="how many recent measurements to show (default 5)")
-    g.add_argument("-o", "--output", choices=["tree", "yaml", "json"], default="tree")
+def _name(required: bool = True, metavar: str = "NAME") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    from .cli_complete import complete_rollouts
 
-    ls = command("list", "list Rollouts", with_name=False)
-    ls.add_argument("-A", "--all-namespaces", action="store_true", help="Rollouts of every namespace")
-    ls.add_argument("-o", "--output", choices=["table", "wide", "name"], default="table")
+    return click.argument("name", metavar=metavar, required=required, shell_complete=complete_rollouts)
 
-    pr = command("promote", "let the release in progress go on (past a pause, a preview or an inconclusive analysis)")
-    pr.add_argument("--full", action="store_true", help="skip the remaining steps and analysis: switch now")
 
-    ab = command("abort", "abort the release in progress: all traffic back to the stable colour")
-    ab.add_argument("--message", default="", help="a note added to the abort message")
-    command("retry", "start an aborted release again")
-    command("pause", "hold the release in progress where it is (spec.paused=true)")
-    command("resume", "let a paused Rollout go on (spec.paused=false)")
+@click.group(
+    cls=TealGroup,
+    name="kubectl-teal",
+    help="Inspect and steer Teal blue/green Rollouts (kubectl teal).\n\n"
+    "The connection flags (--kubeconfig, --context, -n, --as, --request-timeout, ...) work before or after the command.",
+    epilog=EXIT_CODES,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
+)
+def app(**_: Any) -> None:
+    pass
 
-    un = command("undo", "go back to an earlier revision's pod template")
-    un.add_argument(
-        "--to-revision", type=int, default=None, metavar="N", help="the revision to go back to (default: the previous one)"
-    )
 
-    s = command("status", "wait for the release to end; exit 0 healthy, 1 aborted/degraded, 2 timeout")
-    s.add_argument("--timeout", default="10m", help="how long to wait, like 30s, 10m, 1h (default 10m)")
-    s.add_argument("--interval", type=float, default=1.0, help="seconds between checks (default 1)")
+app.params.extend(global_options(hidden=False))
 
-    from .cli_handover import add_parser as add_handover
 
-    add_handover(command)
-    from .cli_freeze import add_parser as add_freeze
+@app.command(name="get", help="Show a Rollout as a tree: phase, colours, pods, Services, weights, step, measurements, Events.")
+@_name()
+@click.option("-w", "--watch", is_flag=True, help="follow the Rollout from a watch stream, redrawn in place (Ctrl-C ends)")
+@click.option("--interval", type=float, default=1.0, hidden=True, help="kept for compatibility; --watch reads a watch stream")
+@click.option("--measurements", type=int, default=5, show_default=True, help="how many recent measurements to show")
+@click.option("-o", "--output", type=click.Choice(["tree", "yaml", "json"]), default="tree", show_default=True)
+def get_command(**params: Any) -> int:
+    return _run(cmd_get, params)
 
-    add_freeze(command)
 
-    li = command("lint", "validate manifests offline against Teal's CRD schemas and rules", with_name=False)
-    li.add_argument(
-        "-f",
-        "--filename",
-        action="append",
-        required=True,
-        metavar="FILE",
-        help="a manifest file, a directory of them, or - for stdin (repeatable)",
-    )
-    li.add_argument("-R", "--recursive", action="store_true", help="walk directories recursively")
-    li.add_argument(
-        "--crds",
-        action="append",
-        metavar="PATH",
-        help="CRD files or directories to validate against (default: the ones shipped with Teal)",
-    )
-    li.add_argument("-q", "--quiet", action="store_true", help="no summary line")
-    return p
+@app.command(name="list", help="List Rollouts.")
+@click.option("-o", "--output", type=click.Choice(["table", "wide", "name"]), default="table", show_default=True)
+def list_command(**params: Any) -> int:
+    return _run(cmd_list, params)
+
+
+@app.command(name="promote", help="Let the release in progress go on (past a pause, a preview or an inconclusive analysis).")
+@_name()
+@click.option("--full", is_flag=True, help="skip the remaining steps and analysis: switch now")
+def promote_command(**params: Any) -> int:
+    return _run(cmd_promote, params)
+
+
+@app.command(name="abort", help="Abort the release in progress: all traffic back to the stable colour.")
+@_name()
+@click.option("--message", default="", help="a note added to the abort message")
+def abort_command(**params: Any) -> int:
+    return _run(cmd_abort, params)
+
+
+@app.command(name="retry", help="Start an aborted release again.")
+@_name()
+def retry_command(**params: Any) -> int:
+    return _run(cmd_retry, params)
+
+
+@app.command(name="pause", help="Hold the release in progress where it is (spec.paused=true).")
+@_name()
+def pause_command(**params: Any) -> int:
+    return _run(lambda c, a: cmd_pause(c, a, True), params)
+
+
+@app.command(name="resume", help="Let a paused Rollout go on (spec.paused=false).")
+@_name()
+def resume_command(**params: Any) -> int:
+    return _run(lambda c, a: cmd_pause(c, a, False), params)
+
+
+@app.command(
+    name="undo",
+    help="Go back to an earlier revision's pod template: prints the revision, its images and the diff, then needs --yes (or asks on a terminal).",
+)
+@_name()
+@click.option("--to-revision", type=int, default=None, metavar="N", help="the revision to go back to (default: the previous one)")
+@click.option("-y", "--yes", is_flag=True, help="do it without asking")
+@click.option("--dry-run", is_flag=True, help="only print what it would do")
+def undo_command(**params: Any) -> int:
+    return _run(cmd_undo, params)
+
+
+@app.command(name="status", help="Wait for the release to end; exit 0 healthy, 1 aborted/degraded, 2 timed out.")
+@_name()
+@click.option("--timeout", default="10m", show_default=True, help="how long to wait, like 30s, 10m, 1h")
+@click.option("--interval", type=float, default=1.0, show_default=True, help="seconds between checks")
+def status_command(**params: Any) -> int:
+    return _run(cmd_status, params)
+
+
+@app.command(
+    name="handover",
+    help="Delete the Rollout but keep its stable colour as a plain Deployment you own, so the Services keep their endpoints.",
+)
+@_name()
+def handover_command(**params: Any) -> int:
+    from .cli_handover import cmd_handover
+
+    return _run(cmd_handover, params)
+
+
+@app.command(name="freeze", help="Hold every matching release at its next gate (aborts and reverts still act).")
+@_name(required=False, metavar="[ROLLOUT]")
+@click.option("--reason", required=True, help='why, recorded with who froze ("incident 4711")')
+@click.option(
+    "--until",
+    default=None,
+    metavar="TIME",
+    help="when it ends by itself: RFC 3339 (2026-12-02T09:00:00Z) or from now (2h, 1d12h)",
+)
+def freeze_command(**params: Any) -> int:
+    from .cli_freeze import cmd_freeze
+
+    return _run(cmd_freeze, params)
+
+
+@app.command(name="unfreeze", help="End a freeze made by `freeze` with the same target.")
+@_name(required=False, metavar="[ROLLOUT]")
+def unfreeze_command(**params: Any) -> int:
+    from .cli_freeze import cmd_unfreeze
+
+    return _run(cmd_unfreeze, params)
+
+
+@app.command(name="lint", help="Validate manifests offline against Teal's CRD schemas and rules.")
+@click.option(
+    "-f",
+    "--filename",
+    multiple=True,
+    required=True,
+    metavar="FILE",
+    help="a manifest file, a directory of them, or - for stdin (repeatable)",
+)
+@click.option("-R", "--recursive", is_flag=True, help="walk directories recursively")
+@click.option(
+    "--crds",
+    multiple=True,
+    metavar="PATH",
+    help="CRD files or directories to validate against (default: the ones shipped with Teal)",
+)
+@click.option("-q", "--quiet", is_flag=True, help="no summary line")
+def lint_command(**params: Any) -> int:
+    return cmd_lint(namespace_args(click.get_current_context(), **params))
+
+
+@app.group(name="set", cls=TealGroup, help="Change a Rollout's pod template.")
+def set_group(**_: Any) -> None:
+    pass
+
+
+@set_group.command(
+    name="image", help="Set container images of a Rollout's pod template: set image NAME CONTAINER=IMAGE... or --all=IMAGE."
+)
+@_name()
+@click.argument("images", nargs=-1, metavar="CONTAINER=IMAGE...")
+@click.option("--all", "all_image", metavar="IMAGE", default=None, help="this image for every container (and init container)")
+def set_image_command(**params: Any) -> int:
+    from .cli_edit import cmd_set_image
+
+    return _run(cmd_set_image, params)
+
+
+@app.command(name="restart", help="New pods for the stable colour without a release (the operator rolls its Deployment).")
+@_name()
+def restart_command(**params: Any) -> int:
+    from .cli_edit import cmd_restart
+
+    return _run(cmd_restart, params)
+
+
+@app.command(name="version", help="The plugin's version and the operator's build (image and version label of its Deployment).")
+@click.option("--client", is_flag=True, help="only the plugin's version: no cluster needed")
+@click.option("-o", "--output", type=click.Choice(["text", "json", "yaml"]), default="text", show_default=True)
+def version_command(**params: Any) -> int:
+    from .cli_complete import cmd_version
+
+    args = namespace_args(click.get_current_context(), **params)
+    return cmd_version(None if args.client else connect(args), args)
+
+
+@app.command(
+    name="completion",
+    help="A completion script for kubectl-teal: bash, zsh or fish (kubectl teal <TAB> uses kubectl_complete-teal).",
+)
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion_command(shell: str, **_: Any) -> int:
+    from .cli_complete import completion_script
+
+    _out(completion_script(app, shell).rstrip("\n"))
+    return EXIT_OK
+
+
+@app.command(
+    name="stats",
+    help="Release statistics of Rollouts (durations, outcomes, rollbacks).",
+    context_settings={"ignore_unknown_options": True},
+)
+@_name(required=False, metavar="[ROLLOUT]")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def stats_command(**params: Any) -> int:
+    from . import cli_stats  # type: ignore[attr-defined]  # issue 13 (built beside this)
+
+    return _run(cli_stats.run, params)  # type: ignore[no-any-return]
+
+
+@app.command(name="dashboard", help="Serve a local, read-only web view of Rollouts (promote/abort only with --allow-actions).")
+@click.option("--address", default="127.0.0.1", show_default=True, help="the address to listen on")
+@click.option("--port", type=int, default=3100, show_default=True, help="the port to listen on (0: any free port)")
+@click.option("--allow-actions", is_flag=True, help="show promote/abort buttons that act with your credentials")
+@click.option("--open/--no-open", "open_browser", default=False, help="open it in a browser")
+def dashboard_command(**params: Any) -> int:
+    from . import cli_dashboard  # type: ignore[attr-defined]  # issue 14 item 4 (built beside this)
+
+    args = namespace_args(click.get_current_context(), **params)
+    cluster = connect(args)
+    explicit = args.namespace is not None and not args.all_namespaces
+    namespace = cluster.namespace if explicit else None
+    return int(cli_dashboard.serve(cluster.client, namespace, args.address, args.port, args.allow_actions, args.open_browser))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
-    except SystemExit as exc:
-        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
-    if not args.command:
-        p.print_help(sys.stderr)
+        rv = app.main(args=argv, prog_name=PROG, complete_var="_KUBECTL_TEAL_COMPLETE", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx else "", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        if args.command == "lint":
-            return cmd_lint(args)
-        cluster = connect(args)
-        from .cli_freeze import cmd_freeze, cmd_unfreeze
-        from .cli_handover import cmd_handover
-
-        handlers: dict[str, Callable[[Cluster, argparse.Namespace], int]] = {
-            "get": cmd_get,
-            "list": cmd_list,
-            "promote": cmd_promote,
-            "abort": cmd_abort,
-            "retry": cmd_retry,
-            "pause": lambda c, a: cmd_pause(c, a, True),
-            "resume": lambda c, a: cmd_pause(c, a, False),
-            "undo": cmd_undo,
-            "status": cmd_status,
-            "handover": cmd_handover,
-            "freeze": cmd_freeze,
-            "unfreeze": cmd_unfreeze,
-        }
-        return handlers[args.command](cluster, args)
+    except click.UsageError as exc:  # usage errors exit 64, not click's 2 (= status timed out)
+        exc.show(file=sys.stderr)
+        return EXIT_USAGE
+    except click.ClickException as exc:
+        exc.show(file=sys.stderr)
+        return EXIT_USAGE
+    except click.Abort:
+        print(file=sys.stderr)
+        return 130
     except CliError as exc:
         _err(exc.message)
         return exc.code
     except KeyboardInterrupt:
         return 130
+    return int(rv) if isinstance(rv, int) else EXIT_OK
+
+
+def complete_main() -> int:
+    """The console script kubectl_complete-teal, which kubectl runs for `kubectl teal <TAB>`."""
+    from .cli_complete import plugin_completions
+
+    for line in plugin_completions(app, sys.argv[1:]):
+        print(line)
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import click
+
 from . import client
-from .api import GROUP, LABEL_ROLLOUT, PLURAL, VERSION
+from .api import GROUP, LABEL_ROLLOUT, PLURAL, VERSION, SpecError, parse_duration
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -188,6 +190,60 @@ def _kubeconfig_paths(explicit: str | None) -> list[str]:
     return [str(Path.home() / ".kube" / "config")]
 
 
+_PATH_KEYS = {"clusters": ("certificate-authority",), "users": ("client-certificate", "client-key", "tokenFile")}
+OVERRIDE_CONTEXT = "kubectl-teal-override"
+
+
+def _merged_kubeconfig(paths: Sequence[str]) -> dict[str, Any]:
+    """The kubeconfig files merged as kubectl merges them (the first file naming an entry wins), with
+    relative file paths made absolute (they are relative to the file that names them)."""
+    import yaml
+
+    merged: dict[str, Any] = {"clusters": [], "users": [], "contexts": [], "current-context": None}
+    for path in paths:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+        base = Path(path).resolve().parent
+        merged["current-context"] = merged["current-context"] or doc.get("current-context")
+        for section in ("clusters", "users", "contexts"):
+            known = {e.get("name") for e in merged[section]}
+            for entry in doc.get(section) or []:
+                if entry.get("name") in known:
+                    continue
+                body = dict(entry.get(section[:-1]) or {})
+                for key in _PATH_KEYS.get(section, ()):
+                    if body.get(key) and not Path(body[key]).is_absolute():
+                        body[key] = str(base / body[key])
+                merged[section].append({"name": entry.get("name"), section[:-1]: body})
+    return merged
+
+
+@contextlib.contextmanager
+def _overridden(paths: Sequence[str], args: argparse.Namespace) -> Iterator[tuple[str, str] | None]:
+    """With --cluster/--user: a private kubeconfig whose one context is the chosen one with that
+    cluster/user (kubectl's overrides); removed once the client has read it. Else None."""
+    if not (getattr(args, "cluster", None) or getattr(args, "user", None)):
+        yield None
+        return
+    import tempfile
+
+    import yaml
+
+    cfg = _merged_kubeconfig(paths)
+    want = args.context or cfg["current-context"]
+    ctx = next((dict(c.get("context") or {}) for c in cfg["contexts"] if c.get("name") == want), {})
+    for key, flag in (("cluster", args.cluster), ("user", args.user)):
+        if flag:
+            if not any(e.get("name") == flag for e in cfg[key + "s"]):
+                raise CliError(f"{key} {flag!r} is not in the kubeconfig", EXIT_USAGE)
+            ctx[key] = flag
+    cfg["contexts"].append({"name": OVERRIDE_CONTEXT, "context": ctx})
+    cfg["current-context"] = OVERRIDE_CONTEXT
+    with tempfile.NamedTemporaryFile("w", prefix="kubectl-teal-", suffix=".yaml") as f:  # mode 0600
+        yaml.safe_dump({"apiVersion": "v1", "kind": "Config", **cfg}, f)
+        f.flush()
+        yield f.name, OVERRIDE_CONTEXT
+
+
 def connect(args: argparse.Namespace) -> Cluster:
     """A Cluster for the kubeconfig/context/namespace flags (or the in-cluster ServiceAccount);
     --request-timeout bounds every call; `as_user`/`as_groups`, when set, impersonate (kubectl's --as)."""
@@ -204,11 +260,15 @@ def connect(args: argparse.Namespace) -> Cluster:
         raise CliError(f"kubeconfig {args.kubeconfig} not found", EXIT_USAGE)
     if existing:
         cfg_file = os.pathsep.join(existing) if len(existing) > 1 else existing[0]
-        try:
-            api = client.Client.from_kubeconfig(cfg_file, args.context, **options)
-            namespace = namespace or client.Client.kubeconfig_namespace(cfg_file, args.context)
-        except client.ConfigError as exc:
-            raise CliError(f"invalid kubeconfig: {exc}", EXIT_USAGE) from None
+        context = args.context
+        with _overridden(existing, args) as override:
+            if override is not None:
+                cfg_file, context = override
+            try:
+                api = client.Client.from_kubeconfig(cfg_file, context, **options)
+                namespace = namespace or client.Client.kubeconfig_namespace(cfg_file, context)
+            except client.ConfigError as exc:
+                raise CliError(f"invalid kubeconfig: {exc}", EXIT_USAGE) from None
     elif os.environ.get("KUBERNETES_SERVICE_HOST"):
         api = client.Client.in_cluster(**options)
         if not namespace:
@@ -217,6 +277,92 @@ def connect(args: argparse.Namespace) -> Cluster:
     else:
         raise CliError(f"no kubeconfig found (looked at {', '.join(paths)}) and not running in a cluster", EXIT_USAGE)
     return Cluster(api, namespace or "default")
+
+
+# ---------------------------------------------------------------- kubectl's global flags
+
+
+def global_options(hidden: bool) -> list[click.Option]:
+    """kubectl's connection flags; on the group and on every command, so they work before or after it."""
+    return [
+        click.Option(
+            ["--kubeconfig"], metavar="PATH", hidden=hidden, help="the kubeconfig file (default $KUBECONFIG, ~/.kube/config)"
+        ),
+        click.Option(["--context"], metavar="NAME", hidden=hidden, help="the kubeconfig context to use"),
+        click.Option(
+            ["--cluster"], metavar="NAME", hidden=hidden, help="the kubeconfig cluster to use (overrides the context's)"
+        ),
+        click.Option(["--user"], metavar="NAME", hidden=hidden, help="the kubeconfig user to use (overrides the context's)"),
+        click.Option(
+            ["-n", "--namespace"], metavar="NS", hidden=hidden, help="the namespace (default: the context's, else default)"
+        ),
+        click.Option(
+            ["-A", "--all-namespaces"],
+            is_flag=True,
+            default=None,
+            hidden=hidden,
+            help="every namespace (list, freeze, stats, dashboard)",
+        ),
+        click.Option(["--as", "as_user"], metavar="USER", hidden=hidden, help="impersonate this user (kubectl's --as)"),
+        click.Option(
+            ["--as-group", "as_groups"], metavar="GROUP", multiple=True, hidden=hidden, help="impersonate this group (repeatable)"
+        ),
+        click.Option(
+            ["--request-timeout"],
+            metavar="DURATION",
+            hidden=hidden,
+            help="how long to wait for one API request: 30s, 1m, a number of seconds, 0 for no limit (default 30s)",
+        ),
+        click.Option(["-v", "--v", "verbosity"], metavar="LEVEL", hidden=True, help="accepted for kubectl's habit; ignored"),
+    ]
+
+
+GLOBAL_KEYS = (
+    "kubeconfig",
+    "context",
+    "cluster",
+    "user",
+    "namespace",
+    "all_namespaces",
+    "as_user",
+    "as_groups",
+    "request_timeout",
+    "verbosity",
+)
+NO_LIMIT_S = 7 * 86400.0  # --request-timeout 0: no limit (a week bounds a read that nothing will ever answer)
+
+
+def parse_request_timeout(text: str | None) -> float:
+    """kubectl's --request-timeout: '30s', '1m', '1h', '0' (no limit) or a plain number of seconds."""
+    if text is None:
+        return 30.0
+    value = text.strip()
+    try:
+        seconds = float(value) if value.replace(".", "", 1).isdigit() else parse_duration(value, "--request-timeout")
+    except SpecError as exc:
+        raise CliError(f"--request-timeout: {exc.message} (want e.g. 30s, 1m, 0)", EXIT_USAGE) from None
+    return NO_LIMIT_S if seconds == 0 else float(seconds)
+
+
+def namespace_args(ctx: click.Context, **params: Any) -> argparse.Namespace:
+    """The command's parameters plus the global flags, a command's own value winning over the group's."""
+    merged: dict[str, Any] = {k: None for k in GLOBAL_KEYS}
+    chain = []
+    c: click.Context | None = ctx
+    while c is not None:
+        chain.append(c)
+        c = c.parent
+    for level in reversed(chain):  # the root first, the command last
+        for key in GLOBAL_KEYS:
+            value = level.params.get(key)
+            if key == "as_groups":
+                merged[key] = [*(merged[key] or []), *(value or ())]
+            elif value not in (None, ()):
+                merged[key] = value
+    merged["all_namespaces"] = bool(merged["all_namespaces"])
+    merged["request_timeout"] = parse_request_timeout(merged["request_timeout"])
+    merged.update({k: v for k, v in params.items() if k not in GLOBAL_KEYS})
+    return argparse.Namespace(**merged)
 
 
 # ---------------------------------------------------------------- output and state

@@ -30,6 +30,7 @@ import kopf
 
 from . import analysis, analysis_driver, core, metrics, policy_kube
 from .api import (
+    ANNOTATION_RESTART_AT,
     COLORS,
     GROUP,
     LABEL_ROLLOUT,
@@ -41,8 +42,8 @@ from .api import (
     parse_spec,
     steered_objects,
 )
-from .client import ApiError, Conflict
-from .kube import REFUSALS, Kube, api_message, merge_patch, owner_reference
+from .client import DEPLOYMENTS, ApiError, Conflict
+from .kube import REFUSALS, Kube, api_message, deployment_name, merge_patch, owner_reference
 
 log = logging.getLogger("teal")
 
@@ -288,6 +289,7 @@ class Controller:
         # (the next decision will not repeat them) and go out after the next success.
         loop.pending_events.extend(plan.events)
         await self._act(loop, body, spec, plan, router)
+        await self._restart(body, plan.status)
         events, loop.pending_events = loop.pending_events, []
         await self._post(body, events)
         metrics.observe_reconcile(time.monotonic() - started, body, status, plan.status)
@@ -388,6 +390,25 @@ class Controller:
                             f"{router.kind} {router.name}: {router.last_drift}; Teal's weights re-applied",
                         ),
                     )
+
+    async def _restart(self, body, status: Mapping[str, Any]) -> None:
+        """`kubectl teal restart`: when the Rollout's teal.dev/restart-at differs from the one on the
+        stable colour's pod template, stamp it there (with a field manager of its own, so Teal's
+        applies keep it) and the Deployment replaces its pods under its rolling-update limits: same
+        revision, no release. Never during a release (the stable colour is what an abort falls back to)."""
+        want = (body["metadata"].get("annotations") or {}).get(ANNOTATION_RESTART_AT)
+        color = status.get("stableColor")
+        if not want or color not in COLORS or status.get("release") or status.get("currentRevision") != status.get("stableRevision"):
+            return
+        ns, name = body["metadata"]["namespace"], deployment_name(body["metadata"]["name"], color)
+        dep = await self.call(self.kube.client.get, DEPLOYMENTS, ns, name)
+        tmeta = (((dep or {}).get("spec") or {}).get("template") or {}).get("metadata") or {}
+        if dep is None or (tmeta.get("annotations") or {}).get(ANNOTATION_RESTART_AT) == want:
+            return
+        patch = {"spec": {"template": {"metadata": {"annotations": {ANNOTATION_RESTART_AT: want}}}}}
+        await self.call(self.kube.client.merge_patch, DEPLOYMENTS, ns, name, patch, fieldManager="teal-restart")
+        message = f"restart asked at {want}: the pods of {name} (stable, revision {status.get('stableRevision')}) are replaced"
+        await self.call(self.kube.post_event, body, core.Event("Normal", "Restarted", message))
 
     async def _deploy(self, loop: Loop, body, spec, action: core.DeployColor) -> None:
         """Apply a colour's Deployment. A refusal (invalid, or forbidden by a quota, a policy
