@@ -51,20 +51,24 @@ def test_one_release_sequence_is_counted_once_per_history_entry():
     ns = f"m-{uuid.uuid4().hex[:8]}"
     b = body(ns, **SPEC)
     promoted = entry("2", "Promoted", "Promoted", switchedAt="2026-11-02T10:03:00Z", leadTimeSeconds=1800)
-    reverted = entry(
-        "3", "Reverted", "AnalysisFailed", switchedAt="2026-11-03T10:03:00Z", restoreSeconds=4.5, leadTimeSeconds=600
-    )
+    restoring = entry("3", "Reverted", "AnalysisFailed", switchedAt="2026-11-03T10:03:00Z", leadTimeSeconds=600)
+    reverted = {**restoring, "restoredAt": "2026-11-03T10:05:04.5Z", "restoreSeconds": 4.5}  # a reconcile later
     aborted = entry("4", "Aborted", "AbortedByUser")
     s1 = {"phase": "Progressing", "activeColor": "blue", "weights": {"blue": 90, "green": 10}, "history": []}
     s2 = {"phase": "Healthy", "activeColor": "green", "weights": {"blue": 0, "green": 100}, "history": [promoted]}
+    s3a = {"phase": "Aborted", "activeColor": "green", "history": [restoring, promoted]}
     s3 = {"phase": "Aborted", "activeColor": "green", "history": [reverted, promoted]}
     s4 = {"phase": "Aborted", "activeColor": "green", "history": [aborted, reverted, promoted]}
     metrics.observe_reconcile(0.01, b, {}, s1)
+    assert value("teal_releases_reached_users_total", namespace=ns, rollout="checkout") == 0
+    assert value("teal_analysis_measurements_total", namespace=ns, rollout="checkout", metric="latency", verdict="Error") == 0
     assert value("teal_rollout_weight", namespace=ns, rollout="checkout", color="green") == 10
     assert value("teal_rollout_active_color", namespace=ns, rollout="checkout", color="blue") == 1
     metrics.observe_reconcile(0.01, b, s1, s2)
     metrics.observe_reconcile(0.01, b, s2, s2)  # nothing new: nothing counted
-    metrics.observe_reconcile(0.01, b, s2, s3)
+    assert value("teal_time_to_restore_seconds_count", namespace=ns) == 0  # exists before the first revert
+    metrics.observe_reconcile(0.01, b, s2, s3a)
+    metrics.observe_reconcile(0.01, b, s3a, s3)
     metrics.observe_reconcile(0.01, b, s3, s4)
     metrics.observe_reconcile(0.01, b, {}, s4)  # an old status without history (a restart reads it): only the new ones
     out = "teal_release_outcomes_total"

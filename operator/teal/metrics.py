@@ -161,14 +161,18 @@ def observe_reconcile(seconds: float, body: Mapping[str, Any], old: Mapping[str,
     RECONCILE_SECONDS.observe(seconds)
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
     RECONCILES.labels(ns, name).inc()
+    # Series that exist at 0 before their first increment, so that increase() sees that one too.
+    REACHED_USERS.labels(ns, name)
+    RESTORE_SECONDS.labels(ns)
+    LEAD_SECONDS.labels(ns)
     _stats(ns, name, old.get("stats") or {}, new.get("stats") or {})
     for phase in Phase:
         PHASE.labels(ns, name, phase.value).set(1 if new.get("phase") == phase.value else 0)
     _info(ns, name, body.get("spec") or {})
     _traffic(ns, name, new)
     _history(ns, name, old.get("history"), new.get("history"))
-    _analysis(ns, name, old.get("analysis"), new.get("analysis"))
     _thresholds(ns, name, body.get("spec") or {})
+    _analysis(ns, name, old.get("analysis"), new.get("analysis"))
 
 
 def _stats(ns: str, name: str, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
@@ -211,21 +215,25 @@ def _entry_key(e: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 def _history(ns: str, name: str, old: Any, new: Any) -> None:
-    """Each history entry this reconcile added (status.history: newest first, bounded)."""
+    """What this reconcile added to status.history (newest first, bounded): each new entry's
+    outcome, and a time to restore or lead time the first time an entry has it (a Reverted
+    entry may get its restoredAt in a later reconcile)."""
     if not isinstance(new, list):
         return
-    seen = {_entry_key(e) for e in old if isinstance(e, Mapping)} if isinstance(old, list) else set()
+    before = {_entry_key(e): e for e in old if isinstance(e, Mapping)} if isinstance(old, list) else {}
     for entry in new:
-        if not isinstance(entry, Mapping) or _entry_key(entry) in seen or not entry.get("outcome"):
+        if not isinstance(entry, Mapping) or not entry.get("outcome"):
             continue
-        OUTCOMES.labels(ns, name, str(entry["outcome"]), str(entry.get("reason") or "")).inc()
-        if entry.get("switchedAt"):
-            REACHED_USERS.labels(ns, name).inc()
+        seen = before.get(_entry_key(entry))
+        if seen is None:
+            OUTCOMES.labels(ns, name, str(entry["outcome"]), str(entry.get("reason") or "")).inc()
+            if entry.get("switchedAt"):
+                REACHED_USERS.labels(ns, name).inc()
         restore = _number(entry.get("restoreSeconds"))
-        if entry.get("outcome") == "Reverted" and restore is not None:
+        if entry.get("outcome") == "Reverted" and restore is not None and (seen is None or seen.get("restoreSeconds") is None):
             RESTORE_SECONDS.labels(ns).observe(restore)
         lead = _number(entry.get("leadTimeSeconds"))
-        if lead is not None:
+        if lead is not None and (seen is None or seen.get("leadTimeSeconds") is None):
             LEAD_SECONDS.labels(ns).observe(lead)
 
 
@@ -262,10 +270,13 @@ def _float(v: Any) -> float:
 
 
 def _thresholds(ns: str, name: str, spec: Mapping[str, Any]) -> None:
+    """The thresholdRange bounds of the metrics defined in the spec (templates' are not read here)."""
     want: dict[tuple[str, ...], float] = {}
     for m in (spec.get("analysis") or {}).get("metrics") or []:
         if not isinstance(m, Mapping) or not m.get("name"):
             continue
+        for verdict in VERDICTS:  # at 0 before the first measurement (see observe_reconcile)
+            ANALYSIS_MEASUREMENTS.labels(ns, name, str(m["name"]), verdict)
         bounds = m.get("thresholdRange") or {}
         for bound in ("min", "max"):
             value = bounds.get(bound) if isinstance(bounds, Mapping) else None
