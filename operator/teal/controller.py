@@ -61,6 +61,7 @@ class Settings:
     identity: str = ""
     api_workers: int = 32  # threads for Kubernetes calls
     routers: tuple[str, ...] = ROUTER_KINDS  # traffic routers this operator may use (and watch the routes of)
+    notifications_config: str | None = None  # NAMESPACE/NAME of the notifications ConfigMap (teal.notify)
 
 
 class Loop:
@@ -145,6 +146,9 @@ class Controller:
         self.kube = kube or Kube()
         self.policies = policy_kube.Policies()
         self.providers = analysis.ProviderCache()  # Prometheus connection pools, kept across reconciles
+        from . import notify  # release notifications: an outbox in status, sent in the background
+
+        self.notifier = notify.Notifier(self.kube, self.call, self.settings.notifications_config, lambda ns: self.leading.is_set())
         self.loops: dict[tuple[str, str], Loop] = {}
         self.api_pool = concurrent.futures.ThreadPoolExecutor(self.settings.api_workers, thread_name_prefix="teal-api")
         self.leading = asyncio.Event()
@@ -234,6 +238,7 @@ class Controller:
         await asyncio.gather(*(lp.task for lp in self.loops.values() if lp.task), return_exceptions=True)
         self.loops.clear()
         await self.providers.aclose()
+        await self.notifier.aclose()
         self.api_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- one reconcile
@@ -358,9 +363,11 @@ class Controller:
         return None if plan.status == status else RESYNC_SECONDS  # a new event (an abort, a fix) wakes it
 
     async def _write(self, body, old: dict, new: dict) -> None:
+        await self.notifier.record(old, new, body)  # release events' notifications, in this same write
         patch = merge_patch(old, new)
         if patch:
             await self.call(self.kube.patch_status, body, patch)
+        self.notifier.offer(body, new)  # sent in the background, removed from status once delivered
 
     async def _post(self, body, events: list[core.Event]) -> None:
         for ev in events:

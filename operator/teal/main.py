@@ -97,6 +97,12 @@ def parser() -> argparse.ArgumentParser:
         default=int(os.environ.get("TEAL_METRICS_PORT", "9090")),
         help="0 disables the metrics endpoint",
     )
+    run.add_argument(
+        "--notifications-config",
+        default=os.environ.get("TEAL_NOTIFICATIONS_CONFIG") or None,
+        metavar="NAMESPACE/NAME",
+        help="the ConfigMap with the notification targets (docs/notifications.md); default: TEAL_NOTIFICATIONS_CONFIG, else none",
+    )
     return p
 
 
@@ -126,6 +132,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         priority=args.priority,
         identity=own_identity(),
         routers=args.routers,
+        notifications_config=args.notifications_config,
     )
 
 
