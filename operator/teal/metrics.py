@@ -117,11 +117,6 @@ NOTIFICATIONS = Counter(
     "Release notifications by target and result: sent, failed (gave up after the tries), dropped (unknown target, unreadable URL)",
     ["target", "result"],
 )
-NOTIFICATIONS = Counter(
-    "teal_notifications_total",
-    "Release notifications by target and result: sent, failed (gave up after the tries), dropped (unknown target, unreadable URL)",
-    ["target", "result"],
-)
 
 # The collectors with a series per Rollout: their first two labels are namespace, rollout.
 PER_ROLLOUT = (
