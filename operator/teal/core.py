@@ -23,7 +23,8 @@ Status layout (all of it is in the CRD schema):
   promote{revision,step,full}                         a promote request (written by the CLI)
   scaleDown{color,at}                                 the idle colour's pending scale-down
   rejected{color,hash,replicas,code,message,...}      the apiserver's refusal of a colour's Deployment
-  stats{...}                                          release statistics
+  stats{...}                                          release statistics (stats.outcomes: totals per outcome)
+  history[...]                                        finished releases, newest first, bounded (HISTORY_LIMIT)
   analysisRun{...}, analysis[...]                     the running analysis (teal.analysis) and its measurements
 """
 
@@ -41,6 +42,7 @@ from .status import (
     PHASES,
     Abort,
     AnalysisState,
+    HistoryEntry,
     Phase,
     Rejected,
     Release,
@@ -51,6 +53,7 @@ from .status import (
     iso,
     parse_time,
 )
+from .status import Outcome as ReleaseOutcome
 
 __all__ = ["PHASES", "Phase", "Stage", "Status", "decide", "cannot_decide", "iso", "parse_time"]
 
@@ -322,6 +325,7 @@ def decide(
     _note_rejection(t)
     _decide(t)
     _enforce_traffic(t)
+    _restore_observed(t)
     _honest_phase(t)
     _guard_stable(t)
     _scale_down_idle(t)
@@ -433,6 +437,7 @@ def _abort_without_spec(t: _Tick, release: Release, stable: str, abort: Abort | 
     stable colour, the release's colour scaled down after abortScaleDownDelaySeconds."""
     st = t.st
     if not release.aborted_at:
+        _record_abort_history(t, release, abort or Abort(reason="Aborted", message="aborted", at=t.now))
         release.aborted_at = t.now
         st.scale_down = ScaleDown(color=release.color, at=t.now + dt.timedelta(seconds=fallback.abort_scale_down_delay_seconds))
         t.stats("aborted")
@@ -606,6 +611,9 @@ def _first_release_done(t: _Tick, color: str, want: str, rev: str) -> None:
     t.stats("promoted")
     if started and st.stats is not None:
         st.stats["lastReleaseSeconds"] = round((t.now - started).total_seconds(), 3)
+    first = Release(revision=rev, hash=want, color=color, started_at=started, switched_at=t.now)
+    _release_facts(t, first)
+    _record_history(t, first, ReleaseOutcome.PROMOTED, "FirstRelease", f"revision {rev} is live on {color}")
     t.event("Promoted", f"revision {rev} is live on {color}")
     t.set_phase(Phase.HEALTHY, f"revision {rev} is live on {color}", "Healthy")
 
@@ -691,10 +699,13 @@ def _start_release(t: _Tick, old: Release | None, want: str) -> Release:
         t.event("Superseded", f"revision {old.revision} superseded by a new template", warning=False)
         if old.aborted_at is None:
             t.stats("superseded", at=False)
+            why = f"revision {old.revision} superseded by a new template before it was promoted"
+            _record_history(t, old, ReleaseOutcome.SUPERSEDED, "Superseded", why)
     st.abort = None
     st.promote = None
     color = other(t.stable)
     release = _new_release(t, color)
+    _release_facts(t, release)
     t.actions.append(RecordRevision(release.revision, want, t.template))
     t.stats("releases")
     idle = t.color(color)
@@ -744,6 +755,9 @@ def _cancel_release(t: _Tick, release: Release, why: str) -> None:
     )
     st.release = None
     st.promote = None
+    if not release.aborted_at:
+        outcome = ReleaseOutcome.REVERTED if _reached_users(release) else ReleaseOutcome.ABORTED
+        _record_history(t, release, outcome, "BackToStable", f"revision {release.revision} cancelled: {why}", t.now)
     if release.switched_at and not release.aborted_at:
         t.stats("rollbacks")
         t.event("RolledBack", f"traffic back on {t.stable}: {why}", warning=True)
@@ -765,6 +779,7 @@ def _complete_release(t: _Tick, release: Release, superseded: bool = False) -> N
         st.stats["lastReleaseSeconds"] = round((t.now - release.started_at).total_seconds() - held, 3)
     how = " (superseded by a newer template while being verified)" if superseded else ""
     t.event("Promoted", f"revision {release.revision} is live on {release.color}{how}")
+    _record_completion(t, release, how)
 
 
 # ---------------------------------------------------------------- aborts (recorded once, applied in one place)
@@ -783,6 +798,7 @@ def _apply_abort(t: _Tick, release: Release, abort: Abort) -> None:
     st.active_color = stable
     if not release.aborted_at:
         _hold_ended(t, release)  # an abort is never held; the hold it ends still counts
+        _record_abort_history(t, release, abort)
         at = abort.at or t.now
         release = _release_at_start(t, other(stable))
         release.aborted_at = t.now
@@ -1028,6 +1044,8 @@ def _weight_step(t: _Tick, r: Release, i: int) -> Outcome:
     if (r.weight or 0) != w and _held_move(t, r, f"step {i + 1}/{len(steps)} ({w}%)"):
         return None
     r.weight = w
+    if w > 0 and r.traffic_at is None:
+        r.traffic_at = t.now  # user traffic reaches it from this decision's SetWeights on
     if not t.servable(r.color) and w > 0:
         return AbortIntent("NewColorUnavailable", f"{r.color} has no ready pods at step {i + 1}")
     if w < 100 and not t.servable(stable):
@@ -1158,10 +1176,12 @@ def _analysis_gate(t: _Tick, r: Release, key: RunKey) -> bool | AbortIntent:
     if a.error:
         return AbortIntent("AnalysisError", a.error)
     if a.verdict == "Successful":
+        _analysis_took(t, r, a)
         _passed(r, key)
         t.event("AnalysisPassed", f"revision {r.revision}: {key.run} analysis passed: {a.message}")
         return True
     if a.verdict == "Failed":
+        _analysis_took(t, r, a)
         return AbortIntent("AnalysisFailed", f"{key.run} analysis failed: {a.message}")
     if a.verdict == "Inconclusive":
         return _inconclusive(t, r, key, a)
@@ -1174,6 +1194,7 @@ def _analysis_gate(t: _Tick, r: Release, key: RunKey) -> bool | AbortIntent:
 def _inconclusive(t: _Tick, r: Release, key: RunKey, a: AnalysisRun) -> bool:
     """An inconclusive run waits for a user: promote passes it, abort ends the release."""
     if t.promote_for(r.revision, key.step if key.step is not None else -1) or t.full_promote(r.revision):
+        _analysis_took(t, r, a)
         _passed(r, key)
         t.event("AnalysisOverridden", f"revision {r.revision}: inconclusive {key.run} analysis promoted by a user")
         return True
@@ -1351,3 +1372,117 @@ def _conditions(t: _Tick) -> None:
             t.event(reason or "Degraded", message, warning=True)
         elif phase == Phase.PAUSED:
             t.event(reason or "Paused", message)
+
+
+# ---------------------------------------------------------------- release history (status.history)
+
+HISTORY_LIMIT = 25  # entries kept in status.history; status.stats.outcomes counts every one
+MESSAGE_LIMIT = 512  # characters of an entry's message (the measured values that decided)
+SOURCE_TIME = "teal.dev/source-time"  # template annotation: RFC 3339 commit time, set by CI
+RESTORE_WATCH = dt.timedelta(minutes=10)  # how long a Reverted entry's restore is looked for
+
+
+def _release_facts(t: _Tick, r: Release) -> None:
+    """What the history needs to know of the template a release starts with."""
+    template = t.obs.template or {}
+    spec, meta = template.get("spec") or {}, template.get("metadata") or {}
+    containers = spec.get("containers") if isinstance(spec, Mapping) else None
+    r.images = [str(c["image"]) for c in containers or [] if isinstance(c, Mapping) and c.get("image")]
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    r.source_time = _source_time((annotations or {}).get(SOURCE_TIME) if isinstance(annotations, Mapping) else None)
+
+
+def _source_time(value: Any) -> dt.datetime | None:
+    """teal.dev/source-time, when it is an RFC 3339 time with a zone (anything else is ignored)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = parse_time(value.strip())
+    except ValueError:
+        return None
+    return when if when is not None and when.tzinfo is not None else None
+
+
+def _reached_users(r: Release) -> bool:
+    return r.traffic_at is not None or r.switched_at is not None
+
+
+def _record_history(
+    t: _Tick, r: Release, outcome: ReleaseOutcome, reason: str, message: str, detected: dt.datetime | None = None
+) -> None:
+    """The release `r` ended: one entry in status.history (newest first, bounded) and one more
+    in stats.outcomes (never reset)."""
+    switched = min(x for x in (r.traffic_at, r.switched_at) if x is not None) if _reached_users(r) else None
+    entry = HistoryEntry(
+        revision=r.revision,
+        hash=r.hash or None,
+        images=list(r.images) if r.images else None,
+        started_at=r.started_at,
+        switched_at=switched,
+        finished_at=t.now,
+        outcome=outcome,
+        reason=reason,
+        message=message[:MESSAGE_LIMIT],
+        analysis_seconds=r.analysis_seconds,
+    )
+    if r.source_time is not None and switched is not None:
+        entry.lead_time_seconds = round((switched - r.source_time).total_seconds(), 3)
+    if outcome == ReleaseOutcome.REVERTED:
+        entry.detected_at = min(detected or t.now, t.now)
+    t.st.history = [entry, *(t.st.history or [])][:HISTORY_LIMIT]
+    stats = t.st.stats if t.st.stats is not None else {}
+    totals = dict(stats.get("outcomes") or {})
+    totals[outcome.value] = int(totals.get(outcome.value, 0)) + 1
+    stats["outcomes"] = totals
+    t.st.stats = stats
+
+
+def _record_abort_history(t: _Tick, r: Release, abort: Abort) -> None:
+    """An abort ends the release: Reverted once user traffic reached it, Aborted before."""
+    outcome = ReleaseOutcome.REVERTED if _reached_users(r) else ReleaseOutcome.ABORTED
+    message = abort.message if abort.message is not None else str(abort.reason or "aborted")
+    _record_history(t, r, outcome, str(abort.reason or "Aborted"), message, abort.at or t.now)
+
+
+def _record_completion(t: _Tick, r: Release, how: str) -> None:
+    """A promotion, or a rollback: a release of a template that was live before (undo)."""
+    older = any(
+        e.hash == r.hash and e.outcome in (ReleaseOutcome.PROMOTED, ReleaseOutcome.ROLLED_BACK) for e in t.old.history or []
+    )
+    if r.switched_at is None:
+        r.switched_at = t.now
+    passed = "; ".join(e.message for e in t.events if e.reason == "AnalysisPassed")
+    message = f"revision {r.revision} is live on {r.color}{how}" + (f"; {passed}" if passed else "")
+    if r.fast_rollback or older:
+        _record_history(t, r, ReleaseOutcome.ROLLED_BACK, "FastRollback" if r.fast_rollback else "OlderRevision", message)
+    else:
+        _record_history(t, r, ReleaseOutcome.PROMOTED, "SupersededWhileVerifying" if how else "Promoted", message)
+
+
+def _restore_observed(t: _Tick) -> None:
+    """A Reverted release's time to restore ends when all traffic is observed back on the
+    stable colour: every active Service selects it and the router (if any) gives it 100%."""
+    st = t.st
+    entry = st.history[0] if st.history else None
+    if entry is None or entry.outcome != ReleaseOutcome.REVERTED or entry.restored_at is not None:
+        return
+    detected = entry.detected_at or entry.finished_at or t.now
+    if t.now - detected > RESTORE_WATCH or (st.release is not None and st.release.aborted_at is None):
+        return  # not seen in time, or a newer attempt moves traffic again: left unknown
+    stable = st.stable_color
+    services = [(t.obs.services.get(s) or ServiceObs()).color for s in t.spec.blue_green.active_services]
+    weights_ok = t.obs.weights is None or int(t.obs.weights.get(stable or "", 0)) == 100
+    if stable is None or t.obs.router_error or not weights_ok or any(c != stable for c in services):
+        return  # the next reconcile looks again (the Service and route watches wake it when they move)
+    entry.restored_at = t.now
+    entry.restore_seconds = round(max(0.0, (t.now - detected).total_seconds()), 3)
+
+
+def _analysis_took(t: _Tick, r: Release, a: AnalysisRun) -> None:
+    """Add the finished run's time (its startedAt to finishedAt, or now) to the release's time in analysis."""
+    state = a.state or {}
+    started = parse_time(str(state.get("startedAt") or "")) if isinstance(state, Mapping) else None
+    if started is None:
+        return
+    ended = parse_time(str(state.get("finishedAt") or "")) or t.now
+    r.analysis_seconds = round((r.analysis_seconds or 0.0) + max(0.0, (ended - started).total_seconds()), 3)

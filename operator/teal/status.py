@@ -11,6 +11,7 @@ A field holding None is absent from the dict (the core removes it by setting Non
 exception is `previewColor`, which the core always writes, null when there is no preview.
 
 Also here: `Phase` (the status.phase values, used by the core, the metrics and the CLI),
+`Outcome` and `HistoryEntry` (status.history: how each finished release ended),
 `Stage` (where a release is), and `RunKey` (which analysis run belongs to which revision and
 step; persisted as "<revision>:<run>[:<step>]" in release.analysisKey and release.passed).
 """
@@ -37,6 +38,20 @@ class Phase(enum.StrEnum):
 
 
 PHASES: tuple[str, ...] = tuple(p.value for p in Phase)
+
+
+class Outcome(enum.StrEnum):
+    """How a release ended (status.history[].outcome, status.stats.outcomes, the metrics and
+    notifications). A release "reached users" when user traffic went to it (switchedAt set)."""
+
+    PROMOTED = "Promoted"  # all traffic on the new revision, release done
+    ABORTED = "Aborted"  # stopped before user traffic reached it
+    REVERTED = "Reverted"  # stopped after user traffic reached it: a change failure
+    SUPERSEDED = "Superseded"  # a newer template replaced it mid-release
+    ROLLED_BACK = "RolledBack"  # a release to an older revision (undo), done
+
+
+OUTCOMES: tuple[str, ...] = tuple(o.value for o in Outcome)
 
 
 class Stage(enum.StrEnum):
@@ -125,6 +140,12 @@ def _int(v: Any) -> int:
     return int(v)
 
 
+def _num(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError("not a number")
+    return float(v)
+
+
 def _bool(v: Any) -> bool:
     return bool(v)
 
@@ -147,11 +168,13 @@ def _keys(v: Any) -> list[RunKey]:
 
 
 STR: Conv[str] = Conv(_str, _same)
+NUM: Conv[float] = Conv(_num, _same)  # seconds: written as computed (rounded by the writer)
 INT: Conv[int] = Conv(_int, _same)
 BOOL: Conv[bool] = Conv(_bool, _same)
 TIME: Conv[dt.datetime] = Conv(_time, iso)
 PHASE: Conv[Phase] = Conv(_phase, str)
 KEY: Conv[RunKey] = Conv(RunKey.parse, str)
+OUTCOME: Conv[Outcome] = Conv(Outcome, str)
 KEYS: Conv[list[RunKey]] = Conv(_keys, lambda ks: [str(k) for k in ks])
 DICT: Conv[dict[str, Any]] = Conv(lambda v: dict(v), _same)  # Record.copy() isolates what it changes
 LIST: Conv[list[Any]] = Conv(lambda v: list(v), _same)
@@ -305,6 +328,13 @@ class Release(Record):
     fast_rollback: bool = persisted("fastRollback", BOOL, False)
     weight: int | None = persisted("weight", INT)
     step_started_at: dt.datetime | None = persisted("stepStartedAt", TIME)
+    # for its history entry (status.history): the images and the template's teal.dev/source-time
+    # as the release started, when user traffic first reached it (a weight > 0 or the switch),
+    # and the time its analysis runs took so far
+    images: list[str] | None = persisted("images", LIST)
+    source_time: dt.datetime | None = persisted("sourceTime", TIME)
+    traffic_at: dt.datetime | None = persisted("trafficAt", TIME)
+    analysis_seconds: float | None = persisted("analysisSeconds", NUM)
     switched_at: dt.datetime | None = persisted("switchedAt", TIME)
     aborted_at: dt.datetime | None = persisted("abortedAt", TIME)
     # time held by a release window or a freeze (teal.policy): since when, and the total of
@@ -347,6 +377,72 @@ class AnalysisState(Record):
 
 
 @dataclasses.dataclass(kw_only=True)
+class HistoryEntry(Record):
+    """One finished release in status.history (newest first, bounded; status.stats.outcomes
+    counts every one ever recorded). Written once, when the release ends; a Reverted entry
+    gets restoredAt/restoreSeconds later, once all traffic is observed back on stable.
+
+    switchedAt: user traffic first reached it (a weight > 0, or the switch); None if never.
+    detectedAt -> restoredAt (Reverted): the fault detected (the abort) -> all traffic
+    observed back on the stable colour. leadTimeSeconds: switchedAt minus the template's
+    annotation teal.dev/source-time (RFC 3339, set by CI from the commit time)."""
+
+    revision: str = persisted("revision", STR, "")
+    hash: str | None = persisted("hash", STR)
+    images: list[str] | None = persisted("images", LIST)
+    started_at: dt.datetime | None = persisted("startedAt", TIME)
+    switched_at: dt.datetime | None = persisted("switchedAt", TIME)
+    finished_at: dt.datetime | None = persisted("finishedAt", TIME)
+    outcome: Outcome | None = persisted("outcome", OUTCOME)
+    reason: str | None = persisted("reason", STR)
+    message: str | None = persisted("message", STR)
+    detected_at: dt.datetime | None = persisted("detectedAt", TIME)
+    restored_at: dt.datetime | None = persisted("restoredAt", TIME)
+    restore_seconds: float | None = persisted("restoreSeconds", NUM)
+    lead_time_seconds: float | None = persisted("leadTimeSeconds", NUM)
+    analysis_seconds: float | None = persisted("analysisSeconds", NUM)
+
+    @property
+    def key(self) -> str:
+        """Identifies the entry (a retried revision has several): "<revision>@<startedAt>"."""
+        return f"{self.revision}@{iso(self.started_at) if self.started_at else ''}"
+
+    @property
+    def reached_users(self) -> bool:
+        return self.switched_at is not None
+
+
+def _history(v: Any) -> list[HistoryEntry]:
+    if not isinstance(v, list) or not all(isinstance(e, Mapping) for e in v):
+        raise ValueError("not a list of objects")
+    return [HistoryEntry.read(e) for e in v]
+
+
+HISTORY: Conv[list[HistoryEntry]] = Conv(_history, lambda es: [e.shallow_dump() for e in es])
+
+
+def history_of(status: Mapping[str, Any] | None) -> list[HistoryEntry]:
+    """status.history, read (newest first; [] when absent or unreadable)."""
+    try:
+        return _history((status or {}).get("history") or [])
+    except ValueError:
+        return []
+
+
+def history_added(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[HistoryEntry]:
+    """The entries a status write adds (oldest first): for metrics and notifications, which
+    compare the status before and after a reconcile."""
+    seen = {e.key for e in history_of(old)}
+    return [e for e in reversed(history_of(new)) if e.key not in seen]
+
+
+def history_restored(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[HistoryEntry]:
+    """Reverted entries whose restore (restoredAt, restoreSeconds) this status write records."""
+    done = {e.key for e in history_of(old) if e.restored_at is not None}
+    return [e for e in reversed(history_of(new)) if e.restored_at is not None and e.key not in done]
+
+
+@dataclasses.dataclass(kw_only=True)
 class Status(Record):
     """The Rollout's status (the CRD schema and docs/status-and-api.md describe every field)."""
 
@@ -373,6 +469,7 @@ class Status(Record):
     scale_down: ScaleDown | None = persisted("scaleDown", _record(ScaleDown))
     rejected: Rejected | None = persisted("rejected", _record(Rejected))
     stats: dict[str, Any] | None = persisted("stats", DICT)
+    history: list[HistoryEntry] | None = persisted("history", HISTORY)  # finished releases, newest first
     # observed, for users and printer columns
     preview_color: str | None | _Unset = persisted("previewColor", STR, UNSET, nullable=True)
     current_step: int | None = persisted("currentStep", INT)
@@ -392,11 +489,21 @@ class Status(Record):
 def persisted_paths(cls: type[Record] = Status, prefix: str = "status") -> set[str]:
     """Every status path the typed status can write ("status.release.analysisKey", ...)."""
     out: set[str] = set()
-    hints = {Status: {"release": Release, "abort": Abort, "promote": Promote, "scaleDown": ScaleDown, "rejected": Rejected}}
+    hints: dict[str, type[Record]] = {
+        "release": Release,
+        "abort": Abort,
+        "promote": Promote,
+        "scaleDown": ScaleDown,
+        "rejected": Rejected,
+        "history[]": HistoryEntry,
+    }
     for f in cls._fields():
         path = f"{prefix}.{f.metadata['key']}"
         out.add(path)
-        nested = hints.get(cls, {}).get(f.metadata["key"]) if cls is Status else None
-        if nested is not None:
-            out |= persisted_paths(nested, path)
+        if cls is not Status:
+            continue
+        if f.metadata["key"] in hints:
+            out |= persisted_paths(hints[f.metadata["key"]], path)
+        elif f"{f.metadata['key']}[]" in hints:
+            out |= persisted_paths(hints[f"{f.metadata['key']}[]"], f"{path}[]")
     return out
