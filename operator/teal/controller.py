@@ -19,16 +19,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import datetime as dt
 import logging
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from . import analysis, analysis_driver, core, metrics, policy_kube
+from . import analysis, analysis_driver, core, leases, metrics, policy_kube
 from .api import (
     ANNOTATION_RESTART_AT,
     COLORS,
@@ -46,6 +44,7 @@ from .client import DEPLOYMENTS, ApiError, Conflict
 from .kube import REFUSALS, Kube, api_message, deployment_name, merge_patch, owner_reference
 
 log = logging.getLogger("teal")
+log_writes = logging.getLogger("teal.writes")  # TEAL_DEBUG_LOGGERS=teal.writes: every status write, with the writer
 
 RESYNC_SECONDS = 30.0
 ROUTE_RESYNC_SECONDS = 5.0
@@ -56,8 +55,7 @@ MIN_REQUEUE = 0.05
 class Settings:
     namespaces: list[str] = dataclasses.field(default_factory=list)  # empty: all namespaces
     prometheus_address: str | None = None
-    peering_name: str | None = None  # kopf peering: only the leading replica reconciles
-    priority: int = 0
+    leases: leases.Config | None = None  # shards on Leases (teal.leases); None: this replica acts everywhere
     identity: str = ""
     api_workers: int = 32  # threads for Kubernetes calls
     routers: tuple[str, ...] = ROUTER_KINDS  # traffic routers this operator may use (and watch the routes of)
@@ -85,7 +83,7 @@ class Loop:
 
     async def run(self) -> None:
         while True:
-            await self.controller.leading.wait()  # a standby replica never acts
+            await self.controller.gate.wait_owned(self.namespace)  # only the holder of its shard acts
             self.poke.clear()
             try:
                 delay = await self.controller.reconcile(self)
@@ -148,12 +146,12 @@ class Controller:
         self.providers = analysis.ProviderCache()  # Prometheus connection pools, kept across reconciles
         from . import notify  # release notifications: an outbox in status, sent in the background
 
-        self.notifier = notify.Notifier(self.kube, self.call, self.settings.notifications_config, lambda ns: self.leading.is_set())
+        self.notifier = notify.Notifier(self.kube, self.call, self.settings.notifications_config, self.owns)
         self.loops: dict[tuple[str, str], Loop] = {}
         self.api_pool = concurrent.futures.ThreadPoolExecutor(self.settings.api_workers, thread_name_prefix="teal-api")
-        self.leading = asyncio.Event()
+        self.leading = asyncio.Event()  # set while this replica holds a shard (with one shard: leads)
         self.leading.set()
-        self.gate: asyncio.Task | None = None
+        self.gate: leases.LeaseGate | leases.AlwaysOwner = leases.AlwaysOwner()
 
     async def call(self, fn, *args, **kwargs):
         loop = asyncio.get_running_loop()
@@ -197,46 +195,39 @@ class Controller:
             ),
         )
 
-    def start_peering_gate(self, interval: float = 1.0) -> None:
-        """With peering, reconcile only while this replica leads (see teal.peering)."""
-        from . import peering
+    def owns(self, namespace: str | None) -> bool:
+        """May this replica act for `namespace` now ('' or None: cluster-scoped objects)?"""
+        return self.gate.owns(namespace)
 
-        settings = self.settings
+    def start_leases(self, config: leases.Config) -> None:
+        """Act only for the namespaces of the shards this replica holds (see teal.leases)."""
+        from .client import Client
 
-        async def watch_peers() -> None:
-            decided = False
-            while True:
-                try:
-                    peers = await self.call(peering.read_peers, self.kube.client, settings.peering_name, settings.namespaces)
-                    now = dt.datetime.now(dt.UTC)
-                    lead = all(peering.leads(p, settings.identity, settings.priority, now) for p in peers)
-                except Exception as e:  # keep the last verdict; kopf's own peering goes on
-                    log.warning("peering: cannot read peers: %s", e)
-                    lead = self.leading.is_set()
-                if lead and (not decided or not self.leading.is_set()):
-                    log.info("peering: this replica (%s) leads; reconciling", settings.identity)
-                    self.leading.set()
-                    for loop in self.loops.values():
-                        loop.poke.set()
-                elif not lead and (not decided or self.leading.is_set()):
-                    log.warning(
-                        "peering: a peer with a higher or equal priority is alive; this replica (%s) stands by", settings.identity
-                    )
-                    self.leading.clear()
-                decided = True
-                await asyncio.sleep(interval)
+        api = Client(self.kube.client.configuration, timeout=(2.0, 2.0), retries=1, pool_size=2)
+        self.gate = gate = leases.LeaseGate(api, config)
+        gate.on_change = self._shards_changed
+        self.leading.clear()  # stand by until a shard is held
+        gate.start()
 
-        self.leading.clear()  # stand by until the first look at the peers
-        self.gate = asyncio.create_task(watch_peers(), name="teal:peering-gate")
+    def _shards_changed(self, gained: set[int], lost: set[int]) -> None:
+        """A lost shard's loops stop at once (a reconcile in flight is cancelled at its next
+        await); a gained shard's loops start and look at their Rollouts."""
+        for (ns, name), loop in list(self.loops.items()):
+            shard = self.gate.shard_of(ns)
+            if shard in lost and loop.task is not None:
+                loop.task.cancel()
+            elif shard in gained:
+                self.wake(ns, name)
+        self.leading.set() if self.gate.held() else self.leading.clear()
+        metrics.shards_held(self.gate.held(), self.gate.shards)
 
     async def stop(self) -> None:
-        if self.gate:
-            self.gate.cancel()
         for loop in list(self.loops.values()):
             if loop.task:
                 loop.task.cancel()
         await asyncio.gather(*(lp.task for lp in self.loops.values() if lp.task), return_exceptions=True)
         self.loops.clear()
+        await self.gate.stop()  # no loop acts any more: hand the Leases back
         await self.providers.aclose()
         await self.notifier.aclose()
         self.api_pool.shutdown(wait=False, cancel_futures=True)
@@ -366,6 +357,8 @@ class Controller:
         await self.notifier.record(old, new, body)  # release events' notifications, in this same write
         patch = merge_patch(old, new)
         if patch:
+            meta = body["metadata"]
+            log_writes.debug("%s/%s: status write by %s", meta["namespace"], meta["name"], self.settings.identity)
             await self.call(self.kube.patch_status, body, patch)
         self.notifier.offer(body, new)  # sent in the background, removed from status once delivered
 
@@ -519,9 +512,8 @@ def _register_lifecycle(reg: kopf.OperatorRegistry, ctl: Controller) -> None:
         # With a fixed list of namespaces there is nothing to discover at run time, and the
         # namespaced RBAC grants no cluster-wide list of namespaces or CRDs.
         settings.scanning.disabled = bool(ctl.settings.namespaces)
-        if ctl.settings.peering_name:
-            settings.peering.lifetime = int(os.environ.get("TEAL_PEERING_LIFETIME", "60"))
-            ctl.start_peering_gate()
+        if ctl.settings.leases is not None:
+            ctl.start_leases(ctl.settings.leases)
 
     @kopf.on.cleanup(registry=reg)
     async def _cleanup(**_: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import kopf
 
+    from . import leases
     from .controller import Controller, Settings
 
 
@@ -35,14 +35,8 @@ def _routers(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _default_priority() -> int:
-    """kopf freezes every replica whose priority equals another's: derive distinct ones."""
-    if os.environ.get("TEAL_PRIORITY"):
-        return int(os.environ["TEAL_PRIORITY"])
-    pod = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or ""
-    if not pod:
-        return 0
-    return 1 + int(hashlib.sha256(pod.encode()).hexdigest()[:6], 16)
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class _JsonFormatter(logging.Formatter):
@@ -81,15 +75,7 @@ def parser() -> argparse.ArgumentParser:
         "--log-level", default=os.environ.get("TEAL_LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"]
     )
     run.add_argument("--log-format", default=os.environ.get("TEAL_LOG_FORMAT", "text"), choices=["text", "json"])
-    run.add_argument(
-        "--peering", default=os.environ.get("TEAL_PEERING"), help="kopf peering name: several replicas elect one active operator"
-    )
-    run.add_argument(
-        "--priority",
-        type=int,
-        default=_default_priority(),
-        help="peering priority; default: TEAL_PRIORITY, else derived from POD_NAME so replicas differ",
-    )
+    _lease_arguments(run)
     run.add_argument("--liveness-port", type=int, default=int(os.environ.get("TEAL_LIVENESS_PORT", "8080")))
     run.add_argument(
         "--metrics-port",
@@ -115,6 +101,8 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in _env_list("TEAL_DEBUG_LOGGERS"):  # e.g. teal.writes, teal.leases
+        logging.getLogger(name).setLevel(logging.DEBUG)
     if level != "debug":
         logging.getLogger("kopf").setLevel(logging.WARNING)
         logging.getLogger("urllib3").setLevel(logging.WARNING)
@@ -123,17 +111,73 @@ def setup_logging(level: str, fmt: str) -> None:
 def settings_from(args: argparse.Namespace) -> Settings:
     """The operator's settings, from the command line (and the environment defaults it read)."""
     from .controller import Settings
-    from .peering import own_identity
 
+    namespaces = [] if args.all_namespaces else list(dict.fromkeys(args.namespace))
     return Settings(
-        namespaces=[] if args.all_namespaces else list(dict.fromkeys(args.namespace)),
+        namespaces=namespaces,
         prometheus_address=args.prometheus_address,
-        peering_name=args.peering,
-        priority=args.priority,
-        identity=own_identity(),
+        leases=lease_config(args, namespaces),
+        identity=args.identity,
         routers=args.routers,
         notifications_config=args.notifications_config,
     )
+
+
+def lease_config(args: argparse.Namespace, namespaces: list[str]) -> leases.Config | None:
+    """Leases when --leader-elect or --shards > 1 (or the deprecated --peering) asks for them."""
+    from . import leases
+
+    log = logging.getLogger("teal")
+    if args.peering:
+        log.warning(
+            "--peering/TEAL_PEERING is deprecated (kopf peering is gone): using --leader-elect --lease-name %s", args.peering
+        )
+    if args.priority is not None:
+        log.warning("--priority/TEAL_PRIORITY is deprecated and ignored: Lease holders are not chosen by priority")
+    if args.shards < 1:
+        raise SystemExit("teal run: --shards must be at least 1")
+    if not (args.leader_elect or args.peering or args.shards > 1):
+        return None
+    namespace = args.lease_namespace or os.environ.get("POD_NAMESPACE") or (namespaces[0] if len(namespaces) == 1 else "default")
+    timing = leases.Timing(args.lease_duration, args.renew_deadline, args.retry_period)
+    return leases.Config(args.peering or args.lease_name, namespace, args.identity, args.shards, timing)
+
+
+def _lease_arguments(run: argparse.ArgumentParser) -> None:
+    from .leases import Timing, own_identity
+
+    env = os.environ.get
+    run.add_argument(
+        "--leader-elect",
+        action="store_true",
+        default=_env_flag("TEAL_LEADER_ELECT"),
+        help="several replicas: only the holder of a Lease acts (implied by --shards > 1); default: TEAL_LEADER_ELECT",
+    )
+    run.add_argument(
+        "--shards",
+        type=int,
+        default=int(env("TEAL_SHARDS", "1")),
+        help="split namespaces into this many shards, each held by one replica through its own Lease; default: TEAL_SHARDS, else 1",
+    )
+    run.add_argument("--lease-name", default=env("TEAL_LEASE_NAME", "teal"), help="Leases <name>-<shard>; default: teal")
+    run.add_argument(
+        "--lease-namespace",
+        default=env("TEAL_LEASE_NAMESPACE"),
+        help="namespace of the Leases; default: POD_NAMESPACE, else the one watched namespace, else default",
+    )
+    run.add_argument(
+        "--identity", default=own_identity(), help="this replica's holder identity; default: POD_ID, else user@host/pid"
+    )
+    t = Timing()
+    run.add_argument(
+        "--lease-duration", type=float, default=t.lease_duration, help="seconds before an unrenewed Lease is taken over"
+    )
+    run.add_argument(
+        "--renew-deadline", type=float, default=t.renew_deadline, help="seconds a holder acts without a successful renew"
+    )
+    run.add_argument("--retry-period", type=float, default=t.retry_period, help="seconds between renews and attempts to acquire")
+    run.add_argument("--peering", default=env("TEAL_PEERING"), help=argparse.SUPPRESS)  # deprecated: --leader-elect --lease-name
+    run.add_argument("--priority", type=int, default=env("TEAL_PRIORITY") or None, help=argparse.SUPPRESS)  # deprecated, ignored
 
 
 def build(settings: Settings) -> tuple[Controller, kopf.OperatorRegistry]:
@@ -168,10 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         registry=reg,
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
-        standalone=args.peering is None,
-        peering_name=args.peering,
-        priority=args.priority,
-        identity=settings.identity,  # type: ignore[arg-type]  # kopf.Identity (a NewType of str) is not exported
+        standalone=True,  # no kopf peering: Teal's Leases decide who acts (teal.leases)
         liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None,
     )
     return 0

@@ -39,6 +39,8 @@ class Operator(Protocol):
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any: ...
 
+    def owns(self, namespace: str | None) -> bool: ...
+
 
 log = logging.getLogger("teal")
 
@@ -317,6 +319,8 @@ def _selection(ctl: Operator, key: PolicyKey) -> bool | None:
 
 async def write_status(ctl: Operator, key: PolicyKey, body: Mapping[str, Any], selects: bool | None) -> None:
     plural, namespace, name = key
+    if not ctl.owns(namespace):  # the replica that holds the namespace's shard (shard 0: cluster policies) writes
+        return
     new_status = _status_patch(plural, body, ctl.policies.readable.get(key, True), selects)
     if new_status is not None:
         try:
