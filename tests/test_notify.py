@@ -216,7 +216,7 @@ def message(event: str = "reverted") -> notify.Message:
         "event": event,
         "revision": "3",
         "at": "2026-12-01T20:00:00.000000Z",
-        "n": 0,
+        "seq": 0,
         "targets": ["t"],
         "message": "revision 3 aborted: postPromotion analysis failed: error-rate 0.2918 > max 0.05 <b>",
         "images": ["registry.example.com/checkout:1.4.3"],

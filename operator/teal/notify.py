@@ -254,7 +254,7 @@ def outbox(
             "event": notice.event,
             "revision": notice.revision,
             "at": iso(now),
-            "n": i,
+            "seq": i,
             "targets": targets,
             "message": notice.message[:1000],
             "images": images(body),
@@ -272,7 +272,7 @@ def outbox(
 
 def _order(entry: Mapping[str, Any]) -> tuple[str, int]:
     try:
-        return str(entry.get("at") or ""), int(entry.get("n") or 0)
+        return str(entry.get("at") or ""), int(entry.get("seq") or 0)
     except (TypeError, ValueError):
         return str(entry.get("at") or ""), 0
 
