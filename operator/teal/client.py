@@ -33,13 +33,14 @@ Rules (the same for every caller):
 from __future__ import annotations
 
 import builtins
+import collections
 import dataclasses
 import json
 import logging
 import ssl
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import urllib3
@@ -250,6 +251,9 @@ class Client:
         self.impersonate_groups = tuple(impersonate_groups)
         self.user_agent = user_agent
         self.pool = _pool_manager(configuration, pool_size)
+        # Requests sent, by (verb, resource) as the apiserver's audit log names them (a retry
+        # counts again): what teal_api_requests_total exports and the request tests count.
+        self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
 
     # -- construction
     @classmethod
@@ -467,6 +471,10 @@ class Client:
         stream: bool = False,
     ) -> urllib3.BaseHTTPResponse:
         params = {k: v for k, v in (query or {}).items() if v is not None}
+        verb_resource = request_kind(method, path, stream)
+        self.requests[verb_resource] += 1
+        for observer in REQUEST_OBSERVERS:
+            observer(*verb_resource)
         url = self.host + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
         data = None if body is None else json.dumps(body).encode()
         headers = self.headers(content_type if body is not None else None)
@@ -507,6 +515,26 @@ class Client:
         for group in self.impersonate_groups:
             h.add("Impersonate-Group", group)
         return h
+
+
+# Called with (verb, resource) for every request any Client sends (teal.metrics counts them).
+REQUEST_OBSERVERS: list[Callable[[str, str], None]] = []
+_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def request_kind(method: str, path: str, watch: bool = False) -> tuple[str, str]:
+    """(verb, resource) of a request: ("get", "services"), ("list", "deployments"), ("watch", ...),
+    ("patch", "rollouts/status"), ... as the apiserver's audit log and metrics name them."""
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]  # /api/v1/... or /apis/group/version/...
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        rest = rest[2:]
+    resource, named, sub = (rest[0] if rest else ""), len(rest) > 1, (rest[2] if len(rest) > 2 else None)
+    if method == "GET":
+        verb = "watch" if watch else "get" if named else "list"
+    else:
+        verb = _VERBS.get(method, method.lower())
+    return verb, f"{resource}/{sub}" if sub else resource
 
 
 def _pool_manager(cfg: k8s_client.Configuration, size: int | None = None) -> urllib3.PoolManager:

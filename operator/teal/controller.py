@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import dataclasses
+import datetime as dt
 import logging
 import time
 from collections.abc import Mapping
@@ -40,7 +42,8 @@ from .api import (
     parse_spec,
     steered_objects,
 )
-from .client import DEPLOYMENTS, ApiError, Conflict
+from .client import DEPLOYMENTS, ApiError, Conflict, Resource
+from .informer import READS, Informers
 from .kube import REFUSALS, Kube, api_message, deployment_name, merge_patch, owner_reference
 
 log = logging.getLogger("teal")
@@ -49,6 +52,9 @@ log_writes = logging.getLogger("teal.writes")  # TEAL_DEBUG_LOGGERS=teal.writes:
 RESYNC_SECONDS = 30.0
 ROUTE_RESYNC_SECONDS = 5.0
 MIN_REQUEUE = 0.05
+# With informers, a Rollout whose last decision changed nothing is decided again when one of the
+# objects it read changes (a watch event), when the core's next timer is due, or after this long.
+IDLE_RESYNC_SECONDS = 600.0
 
 
 @dataclasses.dataclass
@@ -77,6 +83,9 @@ class Loop:
         self.pending_events: list[core.Event] = []
         self.services: frozenset[str] = frozenset()  # the active and preview Services it points at
         self.rejection: core.Rejection | None = None  # a refused Deployment, until status records it
+        # (what the last decision read -> resourceVersion, policies version, when its timer is due),
+        # kept when that decision wrote and did nothing: the inputs of a wake-up that may skip deciding
+        self.quiet: tuple[dict[tuple[str, str, str], str | None], int, Any] | None = None
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name=f"teal:{self.namespace}/{self.name}")
@@ -152,10 +161,19 @@ class Controller:
         self.leading = asyncio.Event()  # set while this replica holds a shard (with one shard: leads)
         self.leading.set()
         self.gate: leases.LeaseGate | leases.AlwaysOwner = leases.AlwaysOwner()
+        # The informers behind kube's CachingClient (teal.informer), if any: reads come from
+        # memory and their events wake the loops; loops wait for their first sync (`ready`).
+        self.informers: Informers | None = getattr(self.kube.client, "informers", None)
+        self.ready = asyncio.Event()
+        if self.informers is None:
+            self.ready.set()
+        self.background: set[asyncio.Task] = set()
 
     async def call(self, fn, *args, **kwargs):
+        """fn in the API thread pool, in this task's context (teal.informer.READS records its reads)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.api_pool, lambda: fn(*args, **kwargs))
+        ctx = contextvars.copy_context()
+        return await loop.run_in_executor(self.api_pool, lambda: ctx.run(fn, *args, **kwargs))
 
     # -- loops
     def wake(self, namespace: str, name: str) -> None:
@@ -221,7 +239,53 @@ class Controller:
         self.leading.set() if self.gate.held() else self.leading.clear()
         metrics.shards_held(self.gate.held(), self.gate.shards)
 
+    async def start_informers(self, timeout: float = 120.0) -> None:
+        """Start the informers (their events wake the loops on this event loop) and let the
+        loops reconcile once every cache has listed (a kind that is missing does not hold them)."""
+        assert self.informers is not None
+        await self.call(policy_kube.load_policies, self)  # no Rollout decides before the policies are known
+        self.informers.start(asyncio.get_running_loop(), self.on_change)
+        if not await asyncio.to_thread(self.informers.wait_synced, timeout):
+            log.warning("informers: not all caches listed within %.0fs; reading the rest through the apiserver", timeout)
+        self.ready.set()
+
+    def on_change(self, res: Resource, typ: str, obj: Mapping[str, Any]) -> None:
+        """An informer's event (on the event loop): wake the Rollout(s) it concerns."""
+        meta = obj.get("metadata") or {}
+        ns, name = meta.get("namespace") or "", meta.get("name") or ""
+        plural = res.plural
+        if plural == PLURAL:
+            if typ != "DELETED":
+                self.wake(ns, name)
+            elif (ns, name) in self.loops or meta.get("uid"):
+                task = asyncio.ensure_future(self._rollout_deleted(ns, name, obj))
+                self.background.add(task)
+                task.add_done_callback(self.background.discard)
+        elif plural == "deployments":
+            owner = (meta.get("labels") or {}).get(LABEL_ROLLOUT)
+            loop = self.loops.get((ns, owner)) if owner else None
+            if loop is not None:
+                loop.poke.set()
+            elif not owner:
+                self.wake_by_workload(ns, name)
+        elif plural == "services":
+            self.wake_by_service(ns, name)
+        elif plural in ROUTE_PLURALS:
+            self.wake_by_route(ns, ROUTE_PLURALS[plural], name)
+        elif plural != "controllerrevisions":  # templates, namespaces: loops that did not read them skip at once
+            for (lns, _), loop in list(self.loops.items()):
+                if not ns or lns == ns or plural == "namespaces" and lns == name:
+                    loop.poke.set()
+
+    async def _rollout_deleted(self, ns: str, name: str, obj: Mapping[str, Any]) -> None:
+        self.forget(ns, name)
+        await policy_kube.report_selection(self)
+        if (obj.get("metadata") or {}).get("uid"):
+            await self.release_claims(obj)
+
     async def stop(self) -> None:
+        if self.informers is not None:
+            self.informers.stop()
         for loop in list(self.loops.values()):
             if loop.task:
                 loop.task.cancel()
@@ -234,6 +298,38 @@ class Controller:
 
     # -- one reconcile
     async def reconcile(self, loop: Loop) -> float | None:
+        """One look at the Rollout. With informers, a wake-up (a resync, an event of an object it
+        did not read) that finds every input of its last quiet decision unchanged (the
+        resourceVersions of all it read, the release policies) before the core's next timer is
+        due decides nothing and sends nothing: an idle Rollout costs no API request and no decide()."""
+        await self.ready.wait()
+        if loop.quiet is not None:
+            left = self._quiet_left(loop)
+            if left is not None:
+                return left
+        loop.quiet = None
+        READS.set({} if self.informers is not None else None)  # this loop's task only
+        return await self._reconcile(loop)
+
+    def _quiet_left(self, loop: Loop) -> float | None:
+        """Seconds until the last quiet decision's timer is due, if nothing it read changed; else None."""
+        assert loop.quiet is not None and self.informers is not None
+        reads, version, due = loop.quiet
+        if loop.pending_events or loop.rejection or version != self.policies.version:
+            return None
+        left = (due - policy_kube.now()).total_seconds()
+        if left <= 0 or not self.informers.unchanged(reads):
+            return None
+        return min(left, RESYNC_SECONDS)
+
+    def _remember_quiet(self, loop: Loop, requeue_after: float | None, now) -> None:
+        reads = READS.get()
+        if reads is None or self.informers is None:
+            return
+        wait = requeue_after if requeue_after is not None else IDLE_RESYNC_SECONDS
+        loop.quiet = (reads, self.policies.version, now + dt.timedelta(seconds=wait))
+
+    async def _reconcile(self, loop: Loop) -> float | None:
         started = time.monotonic()
         body = await self.call(self.kube.get_rollout, loop.namespace, loop.name)
         if body is None or body["metadata"].get("deletionTimestamp"):
@@ -291,6 +387,8 @@ class Controller:
         metrics.observe_reconcile(time.monotonic() - started, body, status, plan.status)
         if plan.actions or loop.rejection:
             return MIN_REQUEUE  # look again at once: read back what we changed
+        if not plan.events and not events and not merge_patch(status, plan.status):
+            self._remember_quiet(loop, plan.requeue_after, now)
         requeue = plan.requeue_after if plan.requeue_after is not None else RESYNC_SECONDS
         if router is not None and plan.status.get("release"):
             # Mid-release, a route someone else edits gets Teal's weights back even if its
@@ -484,6 +582,15 @@ ROUTE_RESOURCES = {
     "nginx": ("networking.k8s.io", "v1", "ingresses"),
     "istio": ("networking.istio.io", "v1", "virtualservices"),
 }
+ROUTE_PLURALS = {plural: kind for kind, (_, _, plural) in ROUTE_RESOURCES.items()}
+
+
+def informers_for(client: Any, settings: Settings) -> Informers:
+    """The informers an operator with `settings` reads from (see teal.informer)."""
+    from .analysis.kube import TEMPLATE_RESOURCES
+
+    routes = [Resource(*ROUTE_RESOURCES[kind]) for kind in settings.routers]
+    return Informers(client, settings.namespaces, routes=routes, templates=TEMPLATE_RESOURCES.values())
 
 
 def registry(ctl: Controller, reg: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
@@ -491,11 +598,20 @@ def registry(ctl: Controller, reg: kopf.OperatorRegistry | None = None) -> kopf.
     e.g. kopf.login_via_client). The routes of the routers in ctl.settings.routers are watched."""
     reg = reg if reg is not None else kopf.OperatorRegistry()
     _register_lifecycle(reg, ctl)
-    _register_watches(reg, ctl)
-    for kind in ctl.settings.routers:
-        _register_route_watch(reg, ctl, kind)
+    if ctl.informers is not None:  # Teal's own list+watch informers wake the loops (teal.informer)
+        _register_informers(reg, ctl)
+    else:  # a Controller on a plain client (the fault tests' fake API): kopf's watches wake them
+        _register_watches(reg, ctl)
+        for kind in ctl.settings.routers:
+            _register_route_watch(reg, ctl, kind)
     policy_kube.register(reg, ctl)
     return reg
+
+
+def _register_informers(reg: kopf.OperatorRegistry, ctl: Controller) -> None:
+    @kopf.on.startup(registry=reg)
+    async def _start_informers(**_: Any) -> None:
+        await ctl.start_informers()
 
 
 def _register_lifecycle(reg: kopf.OperatorRegistry, ctl: Controller) -> None:

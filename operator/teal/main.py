@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import kopf
 
     from . import leases
+    from .client import Client
     from .controller import Controller, Settings
 
 
@@ -180,16 +181,22 @@ def _lease_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--priority", type=int, default=env("TEAL_PRIORITY") or None, help=argparse.SUPPRESS)  # deprecated, ignored
 
 
-def build(settings: Settings) -> tuple[Controller, kopf.OperatorRegistry]:
+def build(settings: Settings, client: Client | None = None) -> tuple[Controller, kopf.OperatorRegistry]:
     """The Controller on its own Kubernetes client (in-cluster credentials, else the kubeconfig),
     and a kopf registry with its handlers; kopf logs in through the kubernetes package too."""
     import kopf
 
-    from .client import Client
-    from .controller import Controller, registry
+    from . import metrics
+    from .client import REQUEST_OBSERVERS, Client
+    from .controller import Controller, informers_for, registry
+    from .informer import CachingClient
     from .kube import TIMEOUT, Kube
 
-    ctl = Controller(Kube(Client.auto(timeout=TIMEOUT, pool_size=settings.api_workers)), settings)
+    client = client or Client.auto(timeout=TIMEOUT, pool_size=settings.api_workers)
+    if metrics.count_request not in REQUEST_OBSERVERS:
+        REQUEST_OBSERVERS.append(metrics.count_request)  # teal_api_requests_total{verb,resource}
+    # Reads come from Teal's informers (teal.informer), writes go to the apiserver through them.
+    ctl = Controller(Kube(CachingClient(client, informers_for(client, settings))), settings)
     reg = registry(ctl)
     kopf.on.login(registry=reg)(kopf.login_via_client)
     return ctl, reg

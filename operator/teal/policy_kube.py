@@ -121,10 +121,12 @@ class Policies:
         self.reported: dict[PolicyKey, bool] = {}  # what its status says: selects a Rollout or not
         self.readable: dict[PolicyKey, bool] = {}  # could the operator read Namespaces when it last looked
         self.pending: set[PolicyKey] = set()  # policies whose selection changed: their status is due
+        self.version = 0  # bumped whenever a policy is seen or deleted (a quiet Rollout decides again)
 
     def seen(self, plural: str, namespace: str | None, name: str, body: Mapping[str, Any] | None) -> None:
         """Remember a policy as last seen (None: deleted)."""
         key = (plural, namespace or "", name)
+        self.version += 1
         if body is None:
             self.bodies.pop(key, None)
             self.selected.pop(key, None)
@@ -366,6 +368,24 @@ def register(registry: kopf.OperatorRegistry, ctl: Operator) -> None:
     for plural in RESOURCES:
         kopf.on.event(GROUP, VERSION, plural, registry=registry)(_on_policy(ctl, plural))
     kopf.on.startup(registry=registry)(_warn_dev_clock)
+
+
+def load_policies(ctl: Operator) -> None:
+    """List the policies once before any Rollout is decided (kopf's watches, which keep them
+    current, may deliver them after the informers' first sync). Best effort: a policy that can't
+    be listed now comes with its watch event, as before."""
+    settings = getattr(ctl, "settings", None)
+    scopes: list[str | None] = list(settings.namespaces) if settings is not None and settings.namespaces else [None]
+    for plural, res in RESOURCES.items():
+        for ns in [None] if not res.namespaced else scopes:
+            try:
+                items = ctl.kube.client.items(res, ns)
+            except ApiError as e:
+                log.info("%s: not listed at start-up (%s); their watch brings them", plural, e.quoted(200))
+                continue
+            for body in items:
+                meta = body.get("metadata") or {}
+                ctl.policies.seen(plural, meta.get("namespace"), meta["name"], body)
 
 
 def namespace_labels(api: Client) -> Callable[[str], Mapping[str, str] | None]:
