@@ -801,7 +801,12 @@ def dashboard_command(**params: Any) -> int:
     cluster = connect(args)
     explicit = args.namespace is not None and not args.all_namespaces
     namespace = cluster.namespace if explicit else None
-    return int(cli_dashboard.serve(cluster.client, namespace, args.address, args.port, args.allow_actions, args.open_browser))
+    actions = {"promote": cmd_promote, "abort": cmd_abort}  # the page's buttons run these (with --allow-actions)
+    return int(
+        cli_dashboard.serve(
+            cluster.client, namespace, args.address, args.port, args.allow_actions, args.open_browser, actions=actions
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
