@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import types
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -296,8 +297,19 @@ async def test_read_only_serves_the_bundle_and_json_and_refuses_actions():
         assert rebinding.status == 421
 
 
-async def test_actions_need_the_pages_token_and_its_origin():
-    dashboard = dash.Dashboard(None, filled_model(), allow_actions=True)  # type: ignore[arg-type]
+async def test_actions_need_the_pages_token_and_its_origin_then_run_the_plugins_command():
+    ran: list[tuple[str, str, str]] = []
+
+    def promote(cluster: Any, args: Any) -> int:  # what teal.cli hands in: cmd_promote(cluster, args)
+        ran.append((cluster.namespace, args.name, "promote"))
+        print(f"rollout {args.name} revision 7 promoted past step 2")
+        return 0
+
+    def abort(cluster: Any, args: Any) -> int:
+        raise dash.CliError(f"rollout {args.name} has no release in progress to abort", dash.EXIT_REFUSED)
+
+    api = types.SimpleNamespace(timeout=types.SimpleNamespace(read=5.0))  # the commands here reach no cluster
+    dashboard = dash.Dashboard(api, filled_model(), allow_actions=True, actions={"promote": promote, "abort": abort})  # type: ignore[arg-type]
     async with served(dashboard) as http:
         html = await (await http.get("/")).text()
         token = re.search(r'<meta name="teal-token" content="([^"]+)">', html)
@@ -307,7 +319,17 @@ async def test_actions_need_the_pages_token_and_its_origin():
         assert (await http.post(url, headers={dash.TOKEN_HEADER: "guess"})).status == 403
         other_origin = {dash.TOKEN_HEADER: dashboard.token, "Origin": "http://evil.example"}
         assert (await http.post(url, headers=other_origin)).status == 403
-        assert (await http.post("/api/rollouts/shop/checkout/delete", headers={dash.TOKEN_HEADER: dashboard.token})).status == 404
+        assert ran == []
+        own = {dash.TOKEN_HEADER: dashboard.token, "Origin": f"http://127.0.0.1:{http.port}"}
+        done = await http.post(url, headers=own)
+        assert done.status == 200 and await done.json() == {
+            "ok": True,
+            "message": "rollout checkout revision 7 promoted past step 2",
+        }
+        assert ran == [("shop", "checkout", "promote")]
+        refused = await http.post("/api/rollouts/shop/checkout/abort", headers=own)
+        assert refused.status == 409 and "no release in progress" in (await refused.json())["message"]
+        assert (await http.post("/api/rollouts/shop/checkout/delete", headers=own)).status == 404
 
 
 async def test_server_sent_events_start_with_a_snapshot_then_send_each_change():

@@ -18,7 +18,8 @@ unit-tested without a cluster. Endpoints:
     POST /api/rollouts/{ns}/{name}/abort    in the X-Teal-Token header (a same-origin guard)
 
 Read-only by default. With `allow_actions`, promote and abort make the same status writes as
-`kubectl teal promote` / `abort` (teal.cli's commands run on a Cluster of the Rollout's namespace).
+`kubectl teal promote` / `abort`: teal.cli hands its commands in (`actions`; this module does not
+import teal.cli, which imports it), and they run on a Cluster of the Rollout's namespace.
 On a loopback address, requests for any other Host are refused (DNS rebinding).
 """
 
@@ -54,7 +55,6 @@ EVENTS_KEPT = 20  # per Rollout, newest last
 WEIGHT_POINTS = 500  # per Rollout: the weights over time since the dashboard started
 WATCH_SECONDS = 60  # each watch request; the stream then starts again from the last resourceVersion
 KEEPALIVE_S = 15.0
-ACTIONS = ("promote", "abort")
 TOKEN_HEADER = "X-Teal-Token"
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -502,13 +502,12 @@ def start_watches(api: kube.Client, namespace: str | None, model: Model, stop: t
 
 
 _STDOUT = threading.Lock()
+Command = Callable[[Cluster, argparse.Namespace], int]  # a kubectl-teal command: teal.cli.cmd_promote, cmd_abort
 
 
-def run_action(api: kube.Client, namespace: str, name: str, action: str) -> tuple[int, str]:
-    """`kubectl teal promote|abort NAME -n NAMESPACE`: its exit code and what it said."""
-    from . import cli
-
-    command = {"promote": cli.cmd_promote, "abort": cli.cmd_abort}[action]
+def run_action(api: kube.Client, command: Command, namespace: str, name: str) -> tuple[int, str]:
+    """`kubectl teal promote|abort NAME -n NAMESPACE` (the command teal.cli runs): its exit code
+    and what it said."""
     args = argparse.Namespace(name=name, namespace=namespace, full=False, message="from the dashboard")
     said = io.StringIO()
     with _STDOUT, contextlib.redirect_stdout(said):
@@ -544,8 +543,16 @@ class Subscriber:
 class Dashboard:
     """The aiohttp application over a Model."""
 
-    def __init__(self, api: kube.Client, model: Model, allow_actions: bool = False, token: str | None = None) -> None:
+    def __init__(
+        self,
+        api: kube.Client,
+        model: Model,
+        allow_actions: bool = False,
+        token: str | None = None,
+        actions: Mapping[str, Command] | None = None,
+    ) -> None:
         self.api, self.model, self.allow_actions = api, model, allow_actions
+        self.actions = dict(actions or {})
         self.token = token or secrets.token_urlsafe(32)
         self.subscribers: set[Subscriber] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -649,9 +656,10 @@ class Dashboard:
         if not secrets.compare_digest(given, self.token) or (origin and origin != f"{request.scheme}://{request.host}"):
             return web.json_response({"error": "refused: not from the dashboard's own page"}, status=403)
         ns, name, action = request.match_info["ns"], request.match_info["name"], request.match_info["action"]
-        if action not in ACTIONS:
+        command = self.actions.get(action)
+        if command is None:
             return web.json_response({"error": f"unknown action {action!r}"}, status=404)
-        code, said = await asyncio.get_running_loop().run_in_executor(None, run_action, self.api, ns, name, action)
+        code, said = await asyncio.get_running_loop().run_in_executor(None, run_action, self.api, command, ns, name)
         status = {EXIT_OK: 200, EXIT_NOT_FOUND: 404, EXIT_REFUSED: 409}.get(code, 502)
         log.info("%s %s/%s from the dashboard: %s", action, ns, name, said)
         return web.json_response({"ok": code == EXIT_OK, "message": said}, status=status)
@@ -687,10 +695,15 @@ def serve(
     port: int = 3100,
     allow_actions: bool = False,
     open_browser: bool = False,
+    actions: Mapping[str, Command] | None = None,
 ) -> int:
-    """Serve the dashboard until Ctrl-C (exit 0): all namespaces, or `namespace`'s Rollouts."""
+    """Serve the dashboard until Ctrl-C (exit 0): all namespaces, or `namespace`'s Rollouts.
+    `actions` are the commands behind the page's buttons ({"promote": ..., "abort": ...}: the
+    plugin hands in its own, teal.cli.cmd_promote and cmd_abort); used with `allow_actions` only."""
     stop = threading.Event()
-    dashboard = Dashboard(client, Model(), allow_actions=allow_actions)
+    if allow_actions and not actions:
+        raise ValueError("allow_actions needs the promote and abort commands (actions=)")
+    dashboard = Dashboard(client, Model(), allow_actions=allow_actions, actions=actions)
     dashboard.model.on_change = dashboard.changed
     start_watches(client, namespace, dashboard.model, stop)
     deadline = time.monotonic() + 5.0  # the first listing, so the page does not open empty
