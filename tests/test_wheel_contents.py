@@ -82,3 +82,11 @@ def test_the_wheel_still_ships_the_crds(wheel: zipfile.ZipFile) -> None:
     kinds = {(d["kind"], d["metadata"]["name"]) for text in shipped.values() for d in yaml.safe_load_all(text) if d}
     assert ("CustomResourceDefinition", "rollouts.teal.dev") in kinds
     assert ("CustomResourceDefinition", "analysistemplates.teal.dev") in kinds
+
+
+def test_the_wheel_ships_the_dashboards_bundle(wheel: zipfile.ZipFile) -> None:
+    """`kubectl teal dashboard` serves teal/dashboard/ from the installed package (the image installs this wheel too)."""
+    shipped = {n.rsplit("/", 1)[1]: wheel.read(n) for n in wheel.namelist() if n.startswith("teal/dashboard/")}
+    source = {p.name: p.read_bytes() for p in (ROOT / "operator" / "teal" / "dashboard").iterdir() if p.is_file()}
+    assert sorted(shipped) == ["app.css", "app.js", "index.html"] and shipped == source
+    assert "teal/cli_dashboard.py" in wheel.namelist()
