@@ -411,7 +411,9 @@ class Controller:
 
     async def release_claims(self, body) -> None:
         """Best effort, on the Rollout's deletion (a claim by a Rollout that is gone is taken
-        over anyway, so a missed event costs nothing)."""
+        over anyway, so a missed event costs nothing). Only the holder of its namespace's shard."""
+        if not self.owns(body["metadata"].get("namespace")):
+            return
         objects = sorted(set(steered_objects(body.get("spec"))) | set((body.get("status") or {}).get("claims") or []))
         try:
             await self.call(self.kube.release_claims, body, objects)
