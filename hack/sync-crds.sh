@@ -3,7 +3,6 @@
 #   operator/teal/crds/        - package data of the Python package (teal.crds)
 #   charts/teal/files/crds/    - the Helm chart: templates/crds.yaml renders them (crds.install),
 #                                so `helm upgrade` updates them
-# kopf's peering CRDs live in the chart's kopf-peering subchart (charts/teal/charts/kopf-peering/crds/).
 # tests/test_api_schema.py fails when a copy differs from crds/. Run after editing a CRD.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -52,7 +52,7 @@ CLUSTER_MODE_ONLY: dict[tuple[str, str], set[str]] = {
     ("", "namespaces"): {"list", "watch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
 }
-PEERING_VERBS = {"get", "list", "watch", "patch"}
+LEASE_VERBS = {"get", "list", "watch", "create", "update", "delete"}  # shard and membership Leases (teal.leases)
 
 
 def template(
@@ -92,7 +92,7 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     [
         [],
         ["rbac.scope=namespaced", "watchNamespaces={shop,payments}"],
-        ["replicas=3", "peering.enabled=true", "podDisruptionBudget.enabled=true", "metrics.serviceMonitor.enabled=true"],
+        ["replicas=3", "leaderElection.enabled=true", "podDisruptionBudget.enabled=true", "metrics.serviceMonitor.enabled=true"],
     ],
     ids=["cluster", "namespaced", "ha"],
 )
@@ -110,8 +110,8 @@ def test_helm_lint_strict(helm, sets):
         (["rbac.scope=everything"], "value must be one of 'cluster', 'namespaced'"),
         (["replicas=-1"], "/replicas"),
         (["rbac.scope=namespaced"], "/watchNamespaces"),
-        (["replicas=2"], "/peering/enabled"),
-        (["replicas=2", "peering.enabled=true", "peering.priority=10"], "/peering/priority"),
+        (["replicas=2"], "/leaderElection/enabled"),
+        (["leaderElection.shards=0"], "/leaderElection/shards"),
         (["podDisruptionBudget.enabled=true"], "/replicas"),
         (["metrics.enabled=false", "metrics.serviceMonitor.enabled=true"], "/metrics/enabled"),
         (["operator.logLevel=verbose"], "/operator/logLevel"),
@@ -163,13 +163,14 @@ def test_deployment_is_hardened(helm, chart_dir):
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
     assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
-    assert dep["spec"]["strategy"]["type"] == "Recreate"  # one replica, no peering: never two at once
+    assert dep["spec"]["strategy"]["type"] == "Recreate"  # one replica, no Leases: never two at once
     (sa,) = by_kind(docs, "ServiceAccount")
     assert pod["serviceAccountName"] == sa["metadata"]["name"]
     (svc,) = by_kind(docs, "Service")
     assert svc["spec"]["ports"][0]["port"] == 9090
     assert not by_kind(docs, "ServiceMonitor") and not by_kind(docs, "PodDisruptionBudget")
-    assert not by_kind(docs, "ClusterKopfPeering") and not by_kind(docs, "KopfPeering")
+    assert not any(d["metadata"]["name"].endswith("-leases") for d in by_kind(docs, "Role"))
+    assert not any(a.startswith(("--leader-elect", "--shards", "--peering")) for a in c["args"])
 
 
 def test_operator_settings_become_flags(helm, chart_dir):
@@ -217,7 +218,7 @@ def test_namespaced_rbac_is_per_namespace(helm, chart_dir):
 
 
 def test_no_wildcards_anywhere(helm, chart_dir):
-    for sets in ([], ["rbac.scope=namespaced", "watchNamespaces={a}"], ["peering.enabled=true", "replicas=2"]):
+    for sets in ([], ["rbac.scope=namespaced", "watchNamespaces={a}"], ["leaderElection.enabled=true", "replicas=2"]):
         docs = template(helm, chart_dir, *sets)
         for d in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
             for rule in d["rules"]:
@@ -245,40 +246,41 @@ def test_router_and_secret_permissions_can_be_turned_off(helm, chart_dir):
         assert gone not in rules
 
 
-def test_peering_in_both_modes(helm, chart_dir):
-    docs = template(helm, chart_dir, "replicas=2", "peering.enabled=true")
-    (dep,) = by_kind(docs, "Deployment")
-    (c,) = dep["spec"]["template"]["spec"]["containers"]
-    assert "--peering=teal" in c["args"]
-    assert dep["spec"]["replicas"] == 2
-    assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
-    env = {e["name"]: e for e in c["env"]}
-    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert "TEAL_PRIORITY" not in env  # each replica derives a distinct priority from its pod name
-    (peering,) = by_kind(docs, "ClusterKopfPeering")
-    assert peering["metadata"]["name"] == "teal"
-    rules = rules_of(docs, "ClusterRole")
-    assert rules[("kopf.dev", "clusterkopfpeerings")] == PEERING_VERBS
-    assert ("kopf.dev", "kopfpeerings") not in rules
+def test_leases_in_both_modes(helm, chart_dir):
+    for mode in ([], ["rbac.scope=namespaced", "watchNamespaces={shop,payments}"]):
+        docs = template(helm, chart_dir, "replicas=3", "leaderElection.enabled=true", "leaderElection.shards=3", *mode)
+        (dep,) = by_kind(docs, "Deployment")
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        assert {"--leader-elect", "--lease-name=teal", "--lease-namespace=teal-system", "--shards=3"} <= set(c["args"])
+        assert {"--lease-duration=8", "--renew-deadline=5", "--retry-period=1"} <= set(c["args"])
+        assert dep["spec"]["replicas"] == 3
+        assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
+        env = {e["name"]: e for e in c["env"]}
+        assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"  # the holder identity
+        # the Leases live in the release's namespace, whatever the operator watches
+        assert rules_of(docs, "Role", "teal-system") == {("coordination.k8s.io", "leases"): LEASE_VERBS}
+        (rb,) = [d for d in by_kind(docs, "RoleBinding") if d["metadata"]["name"] == "teal-leases"]
+        assert rb["metadata"]["namespace"] == "teal-system" and rb["roleRef"]["name"] == "teal-leases"
+        assert ("coordination.k8s.io", "leases") not in rules_of(docs, "ClusterRole")
+        assert not [d for d in docs if d["apiVersion"].startswith("kopf.dev")]
 
-    docs = template(
-        helm, chart_dir, "replicas=2", "peering.enabled=true", "rbac.scope=namespaced", "watchNamespaces={shop,payments}"
-    )
-    assert sorted(p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")) == ["payments", "shop"]
-    assert not by_kind(docs, "ClusterKopfPeering")
-    assert rules_of(docs, "Role", "shop")[("kopf.dev", "kopfpeerings")] == PEERING_VERBS
-    assert ("kopf.dev", "clusterkopfpeerings") not in rules_of(docs, "ClusterRole")
-
-    one = template(helm, chart_dir, "peering.enabled=true", "peering.priority=100")
-    env = {e["name"]: e for e in by_kind(one, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["TEAL_PRIORITY"]["value"] == "100"
+    # more than one shard turns Leases on by itself; the deprecated peering values still work
+    sharded = template(helm, chart_dir, "leaderElection.shards=4")
+    (c,) = by_kind(sharded, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert "--leader-elect" in c["args"] and "--shards=4" in c["args"]
+    old = template(helm, chart_dir, "replicas=2", "peering.enabled=true", "peering.name=legacy")
+    (c,) = by_kind(old, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert "--leader-elect" in c["args"] and "--lease-name=legacy" in c["args"]
+    assert "TEAL_PRIORITY" not in {e["name"] for e in c["env"]}
+    bad = run([helm, "template", "t", str(chart_dir), "--set", "leaderElection.renewDeadline=10"], check=False)
+    assert bad.returncode != 0 and "leaseDuration > renewDeadline > retryPeriod" in bad.stderr, bad.stderr
 
 
 def test_crds_ship_with_the_chart(helm, chart_dir):
     out = run([helm, "template", "t", str(chart_dir), "--include-crds"]).stdout
     names = {d["metadata"]["name"] for d in yaml.safe_load_all(out) if d and d["kind"] == "CustomResourceDefinition"}
-    # Teal's own, and kopf's peering CRDs (always, so peering can be turned on by an upgrade)
-    assert {"rollouts.teal.dev", "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"} <= names
+    # Teal's own only (replicas meet on coordination.k8s.io Leases, not on kopf's peering CRDs)
+    assert "rollouts.teal.dev" in names and not [n for n in names if n.endswith(".kopf.dev")]
 
 
 def test_servicemonitor_and_pdb(helm, chart_dir):
@@ -286,7 +288,7 @@ def test_servicemonitor_and_pdb(helm, chart_dir):
         helm,
         chart_dir,
         "replicas=2",
-        "peering.enabled=true",
+        "leaderElection.enabled=true",
         "podDisruptionBudget.enabled=true",
         "metrics.serviceMonitor.enabled=true",
         "metrics.serviceMonitor.labels.release=prom",
@@ -358,15 +360,15 @@ def _delete_namespaces(k8s, *names: str) -> None:
 
 
 @pytest.mark.cluster
-@pytest.mark.parametrize("mode", ["cluster", "namespaced", "namespaced-peering", "cluster-peering"])
+@pytest.mark.parametrize("mode", ["cluster", "namespaced", "namespaced-leases", "cluster-leases"])
 def test_template_applies_with_server_dry_run(helm, kubectl, chart_dir, cluster, k8s, namespace, mode):
     watched = [f"{namespace}-a", f"{namespace}-b"]
     sets = []
     if mode.startswith("namespaced"):
         sets += ["rbac.scope=namespaced", f"watchNamespaces={{{','.join(watched)}}}"]
         _ensure_namespaces(k8s, *watched)
-    if mode.endswith("peering"):
-        sets += ["replicas=2", "peering.enabled=true", "podDisruptionBudget.enabled=true"]
+    if mode.endswith("leases"):
+        sets += ["replicas=2", "leaderElection.enabled=true", "leaderElection.shards=2", "podDisruptionBudget.enabled=true"]
     try:
         args = [helm, "template", release_name(), str(chart_dir), "--namespace", namespace, "--include-crds"]
         for s in sets:
@@ -411,7 +413,7 @@ def test_template_applies_with_server_dry_run(helm, kubectl, chart_dir, cluster,
         assert all("(server dry run)" in line for line in proc.stdout.splitlines())
         if mode.startswith("namespaced"):
             roles = [line for line in proc.stdout.splitlines() if line.startswith("role.rbac.authorization.k8s.io/")]
-            assert len(roles) == 2, proc.stdout
+            assert len(roles) == (3 if mode.endswith("leases") else 2), proc.stdout  # + the Leases' Role
     finally:
         if mode.startswith("namespaced"):
             _delete_namespaces(k8s, *watched)
@@ -455,7 +457,7 @@ def test_helm_install_upgrade_uninstall(helm, kubectl, chart_dir, cluster, k8s, 
         roles = client.RbacAuthorizationV1Api(k8s).list_namespaced_role(watched).items
         assert [r.metadata.name for r in roles] == [dep.metadata.name]
 
-        # upgrade to two replicas with peering (its CRDs came with the install)
+        # upgrade to two replicas sharing two shards through Leases (in the release's namespace)
         proc = run(
             [
                 helm,
@@ -471,7 +473,9 @@ def test_helm_install_upgrade_uninstall(helm, kubectl, chart_dir, cluster, k8s, 
                 "--set",
                 "replicas=2",
                 "--set",
-                "peering.enabled=true",
+                "leaderElection.enabled=true",
+                "--set",
+                "leaderElection.shards=2",
             ],
             env=env,
             timeout=180,
@@ -482,8 +486,8 @@ def test_helm_install_upgrade_uninstall(helm, kubectl, chart_dir, cluster, k8s, 
             timeout=60,
             what="2 ready operator replicas",
         )
-        peerings = client.CustomObjectsApi(k8s).list_namespaced_custom_object("kopf.dev", "v1", watched, "kopfpeerings")["items"]
-        assert [p["metadata"]["name"] for p in peerings] == ["teal"]
+        lease_roles = client.RbacAuthorizationV1Api(k8s).list_namespaced_role(namespace).items
+        assert [r.metadata.name for r in lease_roles] == [f"{dep.metadata.name}-leases"]
     finally:
         run([helm, "uninstall", name, "--namespace", namespace, "--wait", "--timeout", "60s"], env=env, check=False)
         _delete_namespaces(k8s, watched)

@@ -33,7 +33,6 @@ TEAL_CRDS = [
     "releasepolicies.teal.dev",
     "clusterreleasepolicies.teal.dev",
 ]
-PEERING_CRDS = ["kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"]
 KEEP = "helm.sh/resource-policy"
 
 
@@ -59,7 +58,7 @@ def test_rendered_crds_are_the_repository_crds(helm, chart_dir):
         if d and d["kind"] == "CustomResourceDefinition"
     }
     rendered = crds_of(render(helm, chart_dir))
-    assert set(source) == set(TEAL_CRDS) and set(rendered) == set(TEAL_CRDS + PEERING_CRDS)
+    assert set(source) == set(TEAL_CRDS) and set(rendered) == set(TEAL_CRDS)  # no kopf peering CRDs any more
     for name, crd in source.items():
         got = rendered[name]
         assert got["metadata"].pop("annotations") == {KEEP: "keep"}  # crds.keep defaults to true
@@ -68,10 +67,8 @@ def test_rendered_crds_are_the_repository_crds(helm, chart_dir):
     rendered = crds_of(render(helm, chart_dir, "crds.keep=false", "crds.annotations.example\\.com/team=platform"))
     for name in TEAL_CRDS:
         assert rendered[name]["metadata"]["annotations"] == {"example.com/team": "platform"}
-    for name in PEERING_CRDS:  # kopf's, never deleted by Helm anyway (crds/ of the subchart)
-        assert "annotations" not in rendered[name]["metadata"]
 
-    assert not crds_of(render(helm, chart_dir, "crds.install=false"))  # neither Teal's nor kopf's
+    assert not crds_of(render(helm, chart_dir, "crds.install=false"))
 
 
 # ---------------------------------------------------------------- on a cluster of our own
@@ -267,7 +264,7 @@ def test_keep_on_uninstall_and_delete_without_keep(h, chart_dir):
     ros = Rollouts(api, _namespace(h.cluster, "shop-keep"))
     ros.create(rollout_manifest("checkout"))
     out = h("uninstall", "kept", "--namespace", "teal-keep", "--wait").stdout
-    assert all(h.crd(name) for name in TEAL_CRDS + PEERING_CRDS), out
+    assert all(h.crd(name) for name in TEAL_CRDS), out
     assert ros.get("checkout")["spec"]["replicas"] == 2  # the Rollouts stay with them
 
     # the same release again adopts its kept CRDs; with crds.keep=false they go with it
@@ -277,7 +274,6 @@ def test_keep_on_uninstall_and_delete_without_keep(h, chart_dir):
     assert len(crds) == len(TEAL_CRDS) and not any(KEEP in (d["metadata"].get("annotations") or {}) for d in crds)
     h("uninstall", "kept", "--namespace", "teal-keep", "--wait")
     wait_for(lambda: not any(h.crd(name) for name in TEAL_CRDS), timeout=60, what="Teal's CRDs to be deleted")
-    assert all(h.crd(name) for name in PEERING_CRDS)  # kopf's (the subchart's crds/) are never deleted
     api.close()
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from cli_helpers import installed_chart, teal
-from test_helm_chart import CLUSTER_MODE_ONLY, CLUSTER_NEEDS, NAMESPACED_NEEDS, PEERING_VERBS
+from test_helm_chart import CLUSTER_MODE_ONLY, CLUSTER_NEEDS, LEASE_VERBS, NAMESPACED_NEEDS
 
 pytestmark = pytest.mark.cluster
 
@@ -84,7 +84,7 @@ def installed(request, helm, chart_dir, cluster, k8s) -> Iterator[Installed]:
     op = _namespace(core, f"rbac-{mode[:3]}-op-{tag}")
     watched = [_namespace(core, f"rbac-{mode[:3]}-w{i}-{tag}") for i in (1, 2)]
     other = _namespace(core, f"rbac-{mode[:3]}-other-{tag}")
-    sets = ["peering.enabled=true"]
+    sets = ["leaderElection.enabled=true", "leaderElection.shards=2"]
     if mode == "namespaced":
         sets += ["rbac.scope=namespaced", f"watchNamespaces={{{','.join(watched)}}}"]
     try:
@@ -119,11 +119,6 @@ def test_every_verb_the_operator_uses_is_allowed(installed):
             for verb in sorted(verbs):
                 if not installed.review(verb, group, resource, ns):
                     missing.append((ns, group, resource, verb))
-        peering = "kopfpeerings" if installed.mode == "namespaced" else None
-        if peering:
-            for verb in PEERING_VERBS:
-                if not installed.review(verb, "kopf.dev", peering, ns):
-                    missing.append((ns, "kopf.dev", peering, verb))
     for (group, resource), verbs in CLUSTER_NEEDS.items():
         for verb in verbs:
             if not installed.review(verb, group, resource):
@@ -135,9 +130,9 @@ def test_every_verb_the_operator_uses_is_allowed(installed):
             # kopf watches Rollouts across all namespaces
             if not installed.review(verb, "teal.dev", "rollouts"):
                 missing.append(("<all namespaces>", "teal.dev", "rollouts", verb))
-        for verb in PEERING_VERBS:
-            if not installed.review(verb, "kopf.dev", "clusterkopfpeerings"):
-                missing.append(("<cluster>", "kopf.dev", "clusterkopfpeerings", verb))
+    for verb in LEASE_VERBS:  # the replicas' Leases, in the operator's own namespace (both modes)
+        if not installed.review(verb, "coordination.k8s.io", "leases", installed.operator_ns):
+            missing.append((installed.operator_ns, "coordination.k8s.io", "leases", verb))
     assert not missing, missing
 
 
@@ -182,27 +177,13 @@ def test_real_calls_succeed_where_they_should(installed, k8s):
             "type": "Normal",
         },
     )
-    peering = (
-        custom.patch_namespaced_custom_object(
-            "kopf.dev",
-            "v1",
-            ns,
-            "kopfpeerings",
-            "teal",
-            {"status": {"probe": {"priority": 1}}},
-            _content_type="application/merge-patch+json",
-        )
-        if installed.mode == "namespaced"
-        else custom.patch_cluster_custom_object(
-            "kopf.dev",
-            "v1",
-            "clusterkopfpeerings",
-            "teal",
-            {"status": {"probe": {"priority": 1}}},
-            _content_type="application/merge-patch+json",
-        )
-    )
-    assert peering["status"]["probe"] == {"priority": 1}
+    leases = client.CoordinationV1Api(installed.client)
+    op_ns = installed.operator_ns
+    lease = leases.create_namespaced_lease(op_ns, {"metadata": {"name": "probe-0"}, "spec": {"holderIdentity": "probe"}})
+    lease.spec.holder_identity = "probe-2"
+    assert leases.replace_namespaced_lease("probe-0", op_ns, lease).spec.holder_identity == "probe-2"
+    assert [x.metadata.name for x in leases.list_namespaced_lease(op_ns).items if x.metadata.name == "probe-0"] == ["probe-0"]
+    leases.delete_namespaced_lease("probe-0", op_ns)
 
 
 def _forbidden(call) -> bool:
@@ -239,8 +220,8 @@ def test_what_the_operator_must_not_do_is_refused(installed, k8s):
         ("update", "apps", "deployments/status", ns),
         ("delete", "", "namespaces", None),
         ("create", "apiextensions.k8s.io", "customresourcedefinitions", None),
-        ("create", "kopf.dev", "clusterkopfpeerings", None),
-        ("delete", "kopf.dev", "kopfpeerings", ns),
+        ("create", "coordination.k8s.io", "leases", ns),  # Leases only in the operator's namespace
+        ("update", "coordination.k8s.io", "leases", None),
     ]
     if installed.mode == "namespaced":
         refused += [
@@ -251,7 +232,7 @@ def test_what_the_operator_must_not_do_is_refused(installed, k8s):
             ("patch", "", "services", installed.other),
             ("get", "", "secrets", installed.operator_ns),
             ("list", "", "namespaces", None),
-            ("patch", "kopf.dev", "clusterkopfpeerings", None),
+            ("create", "coordination.k8s.io", "leases", installed.other),
         ]
     allowed = [r for r in refused if installed.review(r[0], r[1], r[2], r[3])]
     assert not allowed, allowed
@@ -273,11 +254,8 @@ def test_what_the_operator_must_not_do_is_refused(installed, k8s):
 
 def test_nothing_beyond_the_needs(installed):
     expected_ns = {**NAMESPACED_NEEDS, **CLUSTER_NEEDS, **BASELINE}
-    if installed.mode == "namespaced":
-        expected_ns[("kopf.dev", "kopfpeerings")] = PEERING_VERBS
-    else:
+    if installed.mode != "namespaced":
         expected_ns.update(CLUSTER_MODE_ONLY)
-        expected_ns[("kopf.dev", "clusterkopfpeerings")] = PEERING_VERBS
     for ns in installed.watched:
         rules = installed.rules(ns)
         extra = {k: v - expected_ns.get(k, set()) for k, v in rules.items() if v - expected_ns.get(k, set())}

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from cli_helpers import ROOT, run
-from test_helm_crds import PEERING_CRDS, TEAL_CRDS, Helm, own_cluster  # noqa: F401 (a fixture)
+from test_helm_crds import TEAL_CRDS, Helm, own_cluster  # noqa: F401 (a fixture)
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]
@@ -61,7 +61,7 @@ def test_dist_has_what_a_release_ships(dist):
         docs = docs_of(dist / variant)
         assert (docs[0]["kind"], docs[0]["metadata"]["name"]) == ("Namespace", "teal-system")
         crds = {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"}
-        assert crds == set(TEAL_CRDS + PEERING_CRDS), crds
+        assert crds == set(TEAL_CRDS), crds
         for d in docs:
             if d["kind"] in ("Deployment", "ServiceAccount", "Service", "Role", "RoleBinding"):
                 assert d["metadata"]["namespace"] == "teal-system", d["metadata"]
@@ -82,7 +82,7 @@ def test_the_chart_readme_renders_other_namespaces(helm):
     proc = subprocess.run([helm, *argv[1:]], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60)
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
     assert sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "Role") == ["payments", "shop"]
-    assert {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"} == set(TEAL_CRDS + PEERING_CRDS)
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"} == set(TEAL_CRDS)
 
 
 @pytest.mark.cluster

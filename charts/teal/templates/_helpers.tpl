@@ -56,17 +56,34 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
+"true" when the replicas use Leases (teal run --leader-elect): leaderElection.enabled, more than
+one shard, or the deprecated peering.enabled.
+*/}}
+{{- define "teal.leases" -}}
+{{- $peering := .Values.peering | default dict }}
+{{- if or .Values.leaderElection.enabled (gt (int .Values.leaderElection.shards) 1) (get $peering "enabled") }}true{{ end }}
+{{- end }}
+
+{{/* The Lease name: leaderElection.leaseName, or the deprecated peering.name when peering.enabled. */}}
+{{- define "teal.leaseName" -}}
+{{- $peering := .Values.peering | default dict }}
+{{- if and (get $peering "enabled") (get $peering "name") }}{{ get $peering "name" }}{{ else }}{{ .Values.leaderElection.leaseName }}{{ end }}
+{{- end }}
+
+{{/*
 Validations the JSON schema cannot express (it sees values, not the release).
 */}}
 {{- define "teal.validate" -}}
-{{- if and (gt (int .Values.replicas) 1) (not .Values.peering.enabled) }}
-{{- fail "replicas > 1 needs peering.enabled=true (kopf peering elects the active replica)" }}
+{{- if and (gt (int .Values.replicas) 1) (not (include "teal.leases" .)) }}
+{{- fail "replicas > 1 needs leaderElection.enabled=true (the replicas share the work through Leases)" }}
+{{- end }}
+{{- with .Values.leaderElection }}
+{{- if not (and (gt (float64 .leaseDuration) (float64 .renewDeadline)) (gt (float64 .renewDeadline) (float64 .retryPeriod))) }}
+{{- fail "leaderElection needs leaseDuration > renewDeadline > retryPeriod" }}
+{{- end }}
 {{- end }}
 {{- if and (eq .Values.rbac.scope "namespaced") (eq (len .Values.watchNamespaces) 0) }}
 {{- fail "rbac.scope=namespaced needs watchNamespaces (a list of namespaces to watch)" }}
-{{- end }}
-{{- if and (gt (int .Values.replicas) 1) (not (kindIs "invalid" .Values.peering.priority)) }}
-{{- fail "peering.priority gives every replica the same priority (kopf then pauses them all); leave it null with replicas > 1" }}
 {{- end }}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled" }}

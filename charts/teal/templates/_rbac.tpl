@@ -68,12 +68,6 @@ ClusterRole, in namespaced mode into a Role in each watched namespace.
   resources: ["virtualservices"]
   verbs: ["get", "list", "watch", "update", "patch"]
 {{- end }}
-{{- if and .Values.peering.enabled (include "teal.namespaced" .) }}
-# kopf peering of a namespaced operator: one KopfPeering per watched namespace.
-- apiGroups: ["kopf.dev"]
-  resources: ["kopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
-{{- end }}
 {{- end }}
 
 {{/* Cluster-scoped permissions, needed in both modes. */}}
@@ -93,11 +87,5 @@ ClusterRole, in namespaced mode into a Role in each watched namespace.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
-{{- end }}
-{{- if and .Values.peering.enabled (not (include "teal.namespaced" .)) }}
-# kopf peering of a cluster-wide operator: one ClusterKopfPeering.
-- apiGroups: ["kopf.dev"]
-  resources: ["clusterkopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
 {{- end }}
 {{- end }}
