@@ -360,7 +360,9 @@ function metricChart(m) {
   const chart = svg("svg", { class: "chart metric-chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `${m.metric} against its thresholds` });
   axis(chart, [[y(lo), fmtNumber(lo)], [y(hi), fmtNumber(hi)]], null, t0, t1);
   for (const n of lines) {
-    chart.append(svg("line", { x1: PAD.l, x2: W - PAD.r, y1: y(n), y2: y(n), class: "threshold" }, svg("title", {}, `threshold ${fmtNumber(n)}`)));
+    const which = n === Number(t.max) ? "max" : "min";
+    chart.append(svg("line", { x1: PAD.l, x2: W - PAD.r, y1: y(n), y2: y(n), class: "threshold" }, svg("title", {}, `${which} ${fmtNumber(n)}`)));
+    chart.append(svg("text", { x: W - PAD.r, y: y(n) - 3, class: "threshold-label", "text-anchor": "end" }, `${which} ${fmtNumber(n)}`));
   }
   if (pts.length > 1) chart.append(svg("polyline", { class: "series", points: pts.map((p) => `${x(Date.parse(p.at))},${y(Number(p.value))}`).join(" ") }));
   for (const p of m.points) {
