@@ -778,15 +778,17 @@ def completion_command(shell: str, **_: Any) -> int:
 
 @app.command(
     name="stats",
-    help="Release statistics of Rollouts (durations, outcomes, rollbacks).",
-    context_settings={"ignore_unknown_options": True},
+    help="Release statistics of a Rollout, a namespace or all (-A) from their status.history: releases per day, "
+    "change-failure rate, time to restore, lead time, time in analysis.",
 )
 @_name(required=False, metavar="[ROLLOUT]")
-@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+@click.option("--since", default="30d", show_default=True, help="the window: 30d, 12h, 2w, ...")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--prometheus", metavar="URL", default=None, help="also the operator's metrics there (they reach back further)")
 def stats_command(**params: Any) -> int:
-    from . import cli_stats  # type: ignore[attr-defined]  # issue 13 (built beside this)
+    from .cli_stats import cmd_stats
 
-    return _run(cli_stats.run, params)  # type: ignore[no-any-return]
+    return _run(cmd_stats, params)
 
 
 @app.command(name="dashboard", help="Serve a local, read-only web view of Rollouts (promote/abort only with --allow-actions).")
