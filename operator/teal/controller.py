@@ -86,6 +86,7 @@ class Loop:
         # (what the last decision read -> resourceVersion, policies version, when its timer is due),
         # kept when that decision wrote and did nothing: the inputs of a wake-up that may skip deciding
         self.quiet: tuple[dict[tuple[str, str, str], str | None], int, Any] | None = None
+        self.acting = 0  # decisions in a row that acted
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name=f"teal:{self.namespace}/{self.name}")
@@ -174,6 +175,13 @@ class Controller:
         loop = asyncio.get_running_loop()
         ctx = contextvars.copy_context()
         return await loop.run_in_executor(self.api_pool, lambda: ctx.run(fn, *args, **kwargs))
+
+    async def read(self, fn, *args):
+        """fn on the event loop when it reads only from listed caches (no request, no thread hop on
+        the switch path), else in the API thread pool as call() does."""
+        if self.informers is not None and self.informers.core_usable():
+            return fn(*args)
+        return await self.call(fn, *args)
 
     # -- loops
     def wake(self, namespace: str, name: str) -> None:
@@ -331,7 +339,7 @@ class Controller:
 
     async def _reconcile(self, loop: Loop) -> float | None:
         started = time.monotonic()
-        body = await self.call(self.kube.get_rollout, loop.namespace, loop.name)
+        body = await self.read(self.kube.get_rollout, loop.namespace, loop.name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.forget(loop.namespace, loop.name)
             return None
@@ -349,8 +357,8 @@ class Controller:
             [spec.blue_green.preview_service] if spec.blue_green.preview_service else []
         )
         held, refused = await self._claim(body, status)
-        observed = await self.call(self.kube.observe, body, spec)
-        gates = await self.call(self.policies.gates_for, body, policy_kube.namespace_labels(self.kube.client))
+        observed = await self.read(self.kube.observe, body, spec)
+        gates = await self.read(self.policies.gates_for, body, policy_kube.namespace_labels(self.kube.client))
         if self.policies.pending:  # this Rollout made a policy select something, or nothing any more
             await policy_kube.report_selection(self)
         observed = dataclasses.replace(observed, rejected=loop.rejection, claimed=refused, gates=gates)
@@ -374,6 +382,15 @@ class Controller:
             metrics.reconcile_error(metrics.error_kind(e, default="decide"))
             return await self._cannot_decide(loop, body, status, f"cannot decide: {type(e).__name__}: {e}", "ReconcileError", now)
         _set_claims(plan.status, held)
+        # The order of the switch (a Deployment event -> this one decision -> these writes) is the
+        # minimum that stays safe across a crash at any point: 1. the status, which records the
+        # switch (activeColor, the release's stage) and is guarded by resourceVersion, so a
+        # decision on stale data writes nothing; 2. the Service selectors (actions), only to a
+        # colour decide() saw with ready pods; 3. the Events, last, never before the selector
+        # write. A crash after 1 leaves a status that names the new colour while a Service still
+        # selects the old one: the next decision (from the cache the status write's answer updated)
+        # writes the selector again. A crash before 1 wrote nothing: the stable colour, recorded in
+        # status, keeps all traffic, and an abort always has it to go back to.
         await self._write(body, status, plan.status)
         loop.rejection = None  # recorded in status (or no longer relevant)
         # The decision is recorded; its Events are posted once the actions are done, so
@@ -386,7 +403,11 @@ class Controller:
         await self._post(body, events)
         metrics.observe_reconcile(time.monotonic() - started, body, status, plan.status)
         if plan.actions or loop.rejection:
-            return MIN_REQUEUE  # look again at once: read back what we changed
+            # look again at once: read back what we changed (from the cache, which holds the writes'
+            # answers); a decision that keeps acting (someone undoes it) looks again every MIN_REQUEUE
+            loop.acting += 1
+            return 0.0 if self.informers is not None and loop.acting <= 3 else MIN_REQUEUE
+        loop.acting = 0
         if not plan.events and not events and not merge_patch(status, plan.status):
             self._remember_quiet(loop, plan.requeue_after, now)
         requeue = plan.requeue_after if plan.requeue_after is not None else RESYNC_SECONDS
@@ -498,7 +519,12 @@ class Controller:
         revision, no release. Never during a release (the stable colour is what an abort falls back to)."""
         want = (body["metadata"].get("annotations") or {}).get(ANNOTATION_RESTART_AT)
         color = status.get("stableColor")
-        if not want or color not in COLORS or status.get("release") or status.get("currentRevision") != status.get("stableRevision"):
+        if (
+            not want
+            or color not in COLORS
+            or status.get("release")
+            or status.get("currentRevision") != status.get("stableRevision")
+        ):
             return
         ns, name = body["metadata"]["namespace"], deployment_name(body["metadata"]["name"], color)
         dep = await self.call(self.kube.client.get, DEPLOYMENTS, ns, name)

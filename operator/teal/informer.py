@@ -43,7 +43,9 @@ from .client import (
     NAMESPACES,
     SECRETS,
     SERVICES,
+    ApiError,
     Client,
+    Conflict,
     Forbidden,
     Gone,
     NotFound,
@@ -120,8 +122,10 @@ class Informer:
         field_selector: str | None = None,
         on_change: Handler | None = None,
         watch_seconds: int = WATCH_SECONDS,
+        retry_missing: bool = True,
     ) -> None:
         self.client, self.res, self.namespace = client, res, namespace
+        self.retry_missing = retry_missing  # False: a kind it may not list is read through the apiserver for good
         self.label_selector, self.field_selector = label_selector, field_selector
         self.on_change = on_change
         self.watch_seconds = watch_seconds
@@ -203,6 +207,8 @@ class Informer:
                     )
                 self.missing = True
                 self.settled.set()
+                if not self.retry_missing:
+                    return
                 self.stopping.wait(MISSING_RETRY_SECONDS)
             except Exception as e:  # Transient, a cut stream, anything: back off, list again
                 failures += 1
@@ -305,6 +311,7 @@ class Informers:
         if watch_namespaces if watch_namespaces is not None else not self.namespaces:
             self._add(NAMESPACES, None, cluster=True)
         self.plurals = {res.plural: res for res in self.by_res}
+        self.core = {self.rollouts, DEPLOYMENTS, SERVICES, CONTROLLER_REVISIONS, NAMESPACES}
 
     def _add(self, res: Resource, label: str | None, cluster: bool = False) -> None:
         scopes: list[str | None] = [None] if cluster or not self.namespaces else list(self.namespaces)
@@ -360,13 +367,15 @@ class Informers:
         key = (namespace, name)
         with self.secrets_lock:
             inf = self.secrets.get(key)
-            if inf is None or inf.stopping.is_set():
+            if inf is None:  # RBAC without list/watch of Secrets: GET as before (retry_missing=False)
                 inf = self.secrets[key] = Informer(
                     self.client,
                     SECRETS,
                     namespace,
                     field_selector=f"metadata.name={name}",
                     watch_seconds=self.watch_seconds,
+                    retry_missing=False,
+                    on_change=self._changed,
                 ).start()
             for other_key, other in builtins.list(self.secrets.items()):  # nobody names it any more
                 if other_key != key and time.monotonic() - other.last_read > SECRET_IDLE_SECONDS:
@@ -407,6 +416,24 @@ class Informers:
         ):
             return
         inf.put(obj, notify=False)
+
+    def scaled(self, res: Resource, namespace: str | None, name: str, scale: JSON) -> None:
+        """A /scale write's answer (a Scale with the object's new resourceVersion): the stored
+        object with that replica count and a new generation, until its watch event brings it whole."""
+        inf = self.informer(res, namespace)
+        held = inf.get(namespace, name) if inf is not None else None
+        rv, replicas = _rv(scale), (scale.get("spec") or {}).get("replicas")
+        if inf is None or held is None or replicas is None or not newer(rv, _rv(held)):
+            return
+        meta = dict(held["metadata"], resourceVersion=rv)
+        if (held.get("spec") or {}).get("replicas") != replicas:
+            meta["generation"] = int(meta.get("generation") or 0) + 1
+        inf.put({**held, "metadata": meta, "spec": {**(held.get("spec") or {}), "replicas": replicas}}, notify=False)
+
+    def core_usable(self) -> bool:
+        """Are the caches of what every reconcile reads (Rollouts, Deployments, Services, Teal's
+        ControllerRevisions, Namespaces when watched) listed? Then those reads never block."""
+        return all(inf.usable for res, scoped in self.by_res.items() if res in self.core for inf in scoped.values())
 
     def forget(self, res: Resource, namespace: str | None, name: str) -> None:
         inf = self.informer(res, namespace)
@@ -472,6 +499,29 @@ class CachingClient(Client):
         return {"items": items, "metadata": {}}
 
     # -- writing: to the apiserver, then the answer into the store
+    def _refresh(self, res: Resource, namespace: str | None, name: str) -> None:
+        """After a 409: the cache held an older object than the apiserver (its watch event is on
+        the way); read it once so the next decision does not send the same stale write again."""
+        try:
+            fresh = super().get(res, namespace, name)
+        except ApiError:
+            return
+        if fresh is not None:
+            self.informers.observe(res, fresh)
+
+    def _wrote(self, res: Resource, namespace: str | None, name: str, sub: str | None, write: Callable[[], JSON]) -> JSON:
+        try:
+            out = write()
+        except Conflict:
+            if self.informers.informer(res, namespace) is not None:
+                self._refresh(res, namespace, name)
+            raise
+        if sub in (None, "status"):
+            self.informers.observe(res, out)
+        elif sub == "scale":
+            self.informers.scaled(res, namespace, name, out)
+        return out
+
     def create(self, res: Resource, namespace: str | None, body: Mapping[str, Any], **query: Any) -> JSON:
         out = super().create(res, namespace, body, **query)
         self.informers.observe(res, out)
@@ -480,18 +530,16 @@ class CachingClient(Client):
     def replace(
         self, res: Resource, namespace: str | None, name: str, body: Mapping[str, Any], sub: str | None = None, **query: Any
     ) -> JSON:
-        out = super().replace(res, namespace, name, body, sub, **query)
-        if sub in (None, "status"):
-            self.informers.observe(res, out)
-        return out
+        return self._wrote(
+            res, namespace, name, sub, lambda: super(CachingClient, self).replace(res, namespace, name, body, sub, **query)
+        )
 
     def merge_patch(
         self, res: Resource, namespace: str | None, name: str, patch: Mapping[str, Any], sub: str | None = None, **query: Any
     ) -> JSON:
-        out = super().merge_patch(res, namespace, name, patch, sub, **query)
-        if sub in (None, "status"):
-            self.informers.observe(res, out)
-        return out
+        return self._wrote(
+            res, namespace, name, sub, lambda: super(CachingClient, self).merge_patch(res, namespace, name, patch, sub, **query)
+        )
 
     def json_patch(
         self,
@@ -502,10 +550,9 @@ class CachingClient(Client):
         sub: str | None = None,
         **query: Any,
     ) -> JSON:
-        out = super().json_patch(res, namespace, name, ops, sub, **query)
-        if sub in (None, "status"):
-            self.informers.observe(res, out)
-        return out
+        return self._wrote(
+            res, namespace, name, sub, lambda: super(CachingClient, self).json_patch(res, namespace, name, ops, sub, **query)
+        )
 
     def apply(
         self,
@@ -517,10 +564,13 @@ class CachingClient(Client):
         force: bool = True,
         sub: str | None = None,
     ) -> JSON:
-        out = super().apply(res, namespace, name, body, field_manager, force, sub)
-        if sub in (None, "status"):
-            self.informers.observe(res, out)
-        return out
+        return self._wrote(
+            res,
+            namespace,
+            name,
+            sub,
+            lambda: super(CachingClient, self).apply(res, namespace, name, body, field_manager, force, sub),
+        )
 
     def delete(
         self, res: Resource, namespace: str | None, name: str, *, uid: str | None = None, propagation: str | None = None

@@ -16,6 +16,7 @@ changed them: that is *drift*, reported by ``set_weights()`` returning True and 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -286,7 +287,8 @@ class Raw:
     def read(self, res: Resource, ns: str, name: str, kind: str) -> dict[str, Any] | None:
         """An object as plain JSON; None when it does not exist."""
         try:
-            return self.client.get(res, ns, name)
+            # a copy: the routers edit what they read, and a caching client returns its stored object
+            return copy.deepcopy(self.client.get(res, ns, name))
         except NotFound as exc:  # the resource type itself is missing
             raise RouterError(
                 f"the {kind} API ({res.group or 'core'}/{res.version}) is not served by this cluster; are its CRDs installed?",
