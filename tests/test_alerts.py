@@ -116,3 +116,22 @@ def test_values_set_thresholds_labels_and_the_operator_selector(helm, promtool, 
 def test_schema_rejects_bad_alert_values(helm, bad, message):
     proc = run([helm, "template", "t", str(CHART), "--set", "prometheusRule.enabled=true", "--set", bad], check=False)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+def test_the_chart_readme_example_renders_valid_rules(helm, promtool, tmp_path):
+    """The values that charts/teal/README.md ("Alerts and dashboard") shows."""
+    readme = (CHART / "README.md").read_text()
+    section = readme[readme.index("## Alerts and dashboard") :]
+    example = section[section.index("```yaml\n") + 8 : section.index("```", section.index("```yaml\n") + 8)]
+    values = tmp_path / "example.yaml"
+    values.write_text(example)
+    docs = render(helm, values=values)
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    assert "SUCCESS" in run([promtool, "check", "rules", str(rules)]).stdout
+    assert alerts_of(rules)["TealOperatorAbsent"]["expr"] == 'absent(teal_build_info{job="teal-metrics"})'
+    (service,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "teal-metrics"]  # the job's name
+    assert [d["metadata"]["namespace"] for d in docs if d["kind"] == "ConfigMap" and "dashboard" in d["metadata"]["name"]] == [
+        "monitoring"
+    ]

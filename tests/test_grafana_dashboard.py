@@ -12,16 +12,19 @@ import datetime as dt
 import json
 import re
 import socket
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from cli_helpers import CHART, run
 from operator_helpers import Env, OperatorProcess, pod_template, rollout
 from teal_devenv.fakeapp import run_fakeapp
 from teal_devenv.traffic import ClusterTraffic
+from teal_devenv.wait import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus, pytest.mark.timeout(300)]
 
@@ -129,6 +132,21 @@ def test_every_panel_query_returns_series_after_real_releases(cluster, k8s, name
             result = prometheus.query(expr)
             assert result or "Progressing|Paused" in expr, expr
         check_values(prometheus, namespace)
+        # a deleted Rollout's series leave the operator's endpoint
+        assert rollout_series(port, namespace)
+        env.custom.delete_namespaced_custom_object("teal.dev", "v1alpha1", namespace, "rollouts", "app")
+        wait_for(lambda: not rollout_series(port, namespace), timeout=30, what="the deleted Rollout's series removed")
+
+
+def rollout_series(port: int, ns: str) -> list[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return [
+        f"{s.name}{s.labels}"
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.labels.get("namespace") == ns and "rollout" in s.labels
+    ]
 
 
 def release_sequence(env: Env, prometheus, apps) -> None:
