@@ -4,7 +4,8 @@ control plane, delivered to a local HTTP receiver (aiohttp, on loopback).
 One scenario checks: targets from a ConfigMap (a URL from a Secret), subscriptions on the
 Namespace and on the Rollout; every release event arrives once and in order; a receiver that
 fails twice then accepts gets it on the third try, counted in teal_notifications_total; a
-target that refuses (404) is given up at once, counted and said in an Event; the operator killed
+target that refuses (404) is given up at once and one the configuration lacks is dropped, each
+counted and said in an Event; the operator killed
 while the receiver fails (the events recorded, nothing sent) delivers them after its restart;
 the operator killed while a request is in flight (received, not answered) sends it again after
 its restart with the same idempotency key, so the receiver keeps it once.
@@ -183,6 +184,7 @@ def test_notifications_arrive_once_in_order_with_retries_and_across_kills(
         body["metadata"]["annotations"] = {
             notify.ANNOTATION_PREFIX + "promoted": "hook,slack",
             notify.ANNOTATION_PREFIX + "started": "hook,broken",
+            notify.ANNOTATION_PREFIX + "switched": "hook,nosuch",  # a target the ConfigMap lacks
         }
         env.create_rollout(body)
         env.wait_phase("Healthy", stableRevision="1")
@@ -204,7 +206,9 @@ def test_notifications_arrive_once_in_order_with_retries_and_across_kills(
         assert metric(metrics_port, "teal_notifications_total", target="hook", result="sent") == 5
         assert metric(metrics_port, "teal_notifications_total", target="slack", result="sent") == 2
         assert metric(metrics_port, "teal_notifications_total", target="broken", result="failed") == 2
+        assert metric(metrics_port, "teal_notifications_total", target="nosuch", result="dropped") == 1
         wait_for(lambda: env.events().count("NotificationFailed") == 2, timeout=20, what="the give-ups said in Events")
+        assert env.events().count("NotificationDropped") == 1
 
         # revision 3: the receiver is down; the operator is killed with the events recorded, unsent
         receiver.mode["hook"] = "fail"
