@@ -418,6 +418,7 @@ def test_one_shard_is_leader_election_and_a_stopped_leader_hands_over(cluster, k
     try:
         wait_for(lambda: holder(coord, namespace, f"{lease}-0") == "leader-a", timeout=30, what="leader-a leads")
         b = Replica(cluster, tmp_path, "leader-b", args)
+        wait_for(lambda: any("competes for 1 shard" in x for x in b.lines()), timeout=30, what="leader-b standing by")
         e = Env(k8s, namespace)
         e.create_service("app")
         e.create_service("app-preview")

@@ -212,6 +212,7 @@ class LeaseGate:
         self.seen: dict[str, Seen] = {}
         self.member: JSON | None = None
         self.members = 1
+        self.stopping = False
         self.on_change: Changed = lambda gained, lost: None
         self.announced: set[int] = set()
         self._owned_events: dict[int, asyncio.Event] = {}
@@ -228,7 +229,7 @@ class LeaseGate:
 
     def valid(self, shard: int) -> bool:
         held = self.holding.get(shard)
-        return held is not None and self.clock() < held.valid_until
+        return held is not None and not self.stopping and self.clock() < held.valid_until
 
     def owns(self, namespace: str | None) -> bool:
         """May this replica act for `namespace` now ('' or None: cluster-scoped objects)?"""
@@ -421,7 +422,7 @@ class LeaseGate:
 
     def announce(self) -> None:
         """On the event loop: tell the controller what changed, and arm the deadline timer."""
-        now_held = {s for s in self.holding if self.valid(s)}
+        now_held = {s for s in list(self.holding) if self.valid(s)}  # list(): the step's thread may change it
         gained, lost = now_held - self.announced, self.announced - now_held
         self.announced = now_held
         for shard in sorted(lost):
@@ -434,10 +435,13 @@ class LeaseGate:
             event = self._owned_events.setdefault(shard, asyncio.Event())
             event.set() if shard in now_held else event.clear()
         if gained or lost:
-            self.on_change(gained, lost)
+            try:
+                self.on_change(gained, lost)
+            except Exception:  # the Leases go on (and the deadline timer below is armed all the same)
+                log.exception("leases: the controller failed to take a change of shards")
         if self._timer is not None:
             self._timer.cancel()
-        deadlines = [self.holding[s].valid_until for s in now_held if s in self.holding]
+        deadlines = [h.valid_until for h in (self.holding.get(s) for s in now_held) if h is not None]
         if deadlines:
             delay = max(0.0, min(deadlines) - self.clock())
             self._timer = asyncio.get_running_loop().call_later(delay + 0.001, self.announce)
@@ -447,11 +451,10 @@ class LeaseGate:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self.stopping = True  # nothing is valid any more; _leave hands it all back
+        self.announce()
         if self._timer is not None:
             self._timer.cancel()
-        self.releasing.update({s: h.body for s, h in self.holding.items()})
-        self.holding.clear()
-        self.announce()
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(loop.run_in_executor(self._pool, self._leave), timeout=self.timing.renew_deadline)
@@ -460,6 +463,9 @@ class LeaseGate:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _leave(self) -> None:
+        """In the leases' thread, after any step in flight: hand back all, then leave."""
+        self.releasing.update({s: h.body for s, h in self.holding.items()})
+        self.holding.clear()
         self._hand_back()
         if self.member is not None:
             try:
