@@ -363,3 +363,66 @@ async def test_delivery_fails_twice_then_is_accepted_on_the_third_try():
     assert out.result == "abandoned" and out.attempts == 1  # this replica stopped leading: the next leader sends it
     await poster.aclose()
     await asyncio.sleep(0)
+
+
+class FakeKube:
+    """Just what the sender asks of teal.kube.Kube here: the ConfigMap, status patches, Events
+    (the real ones are in tests/test_notify_e2e.py)."""
+
+    def __init__(self, config: str):
+        self.config = config
+        self.patches: list[dict] = []
+        self.events: list[core.Event] = []
+        self.client = self
+
+    def get(self, res, namespace, name):
+        return {"data": {notify.CONFIG_KEY: self.config}}
+
+    def items(self, res, **kw):
+        return []
+
+    def patch_status(self, res, namespace, name, patch):
+        self.patches.append(patch)
+        return {}
+
+    def post_event(self, body, event):
+        self.events.append(event)
+
+
+async def test_a_replica_that_stops_acting_leaves_the_entries_for_the_next_one():
+    async def call(fn, *a, **kw):
+        return fn(*a, **kw)
+
+    acting = {"shop": True}
+    receiver = Receiver([503] * 3)
+    async with receiver as url:
+        kube = FakeKube(
+            json.dumps({"targets": [{"name": "hook", "url": url}], "retry": {"attempts": 10, "initialDelaySeconds": 0.05}})
+        )
+        sender = notify.Notifier(kube, call, "teal-system/notify", lambda ns: acting[ns])
+        w = healthy()
+        entries = {k: e for k, e in w.delivered}  # revision 1's started and promoted, as recorded
+        status = {**w.status, "notifications": {"pending": entries}}
+        sender.offer(BODY, status)
+        await asyncio.sleep(0.08)  # the first try failed
+        acting["shop"] = False  # another replica acts for the namespace now
+        for _ in range(100):
+            if not sender.jobs:
+                break
+            await asyncio.sleep(0.02)
+        assert not sender.jobs and not kube.patches  # nothing removed from status: the other replica sends
+        acting["shop"] = True
+        receiver.script.clear()
+        sender.offer(BODY, status)  # offered again (this replica acts again, its reconcile reads the status)
+        for _ in range(200):
+            if kube.patches:
+                break
+            await asyncio.sleep(0.02)
+        await sender.aclose()
+    kept = [r for r in receiver.requests if r[2] == 200]
+    assert [json.loads(b)["event"] for _, b, _ in kept] == ["started", "promoted"]  # in order, once each
+    removed = {k for p in kube.patches for k in p["status"]["notifications"]["pending"]}
+    assert removed == set(entries) and all(
+        v is None for p in kube.patches for v in p["status"]["notifications"]["pending"].values()
+    )
+    assert not kube.events

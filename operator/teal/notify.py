@@ -477,7 +477,7 @@ def slack(msg: Message, text: str) -> dict[str, Any]:
     f = msg.fields()
     context = f"revision {f['revision']}" + (f" · {f['image']}" if f["image"] else "") + f" · {msg.key}"
     return {
-        "text": text,
+        "text": _mrkdwn(text),
         "blocks": [
             {"type": "section", "text": {"type": "mrkdwn", "text": _mrkdwn(text)}},
             {"type": "context", "elements": [{"type": "mrkdwn", "text": _mrkdwn(context)}]},
@@ -726,8 +726,9 @@ class Notifier:
                 except Exception as e:  # a bug must not stop the queue: the entry is counted as failed
                     log.exception("notification %s to %s", job.key, target)
                     outcome = Outcome("failed", 0, f"{type(e).__name__}: {e}")
-                if outcome.result == "abandoned":
-                    self._abandon(job)
+                if outcome.result == "abandoned":  # the queue's jobs wait for the replica that acts now
+                    for key in queue:
+                        self.jobs.pop(key, None)
                     queue.clear()
                     break
                 await self._settled(job, target, outcome)
@@ -767,10 +768,6 @@ class Notifier:
             await self.call(self.kube.post_event, job.body, Event("Warning", reason, text))
         except Exception as e:
             log.info("event not posted: %s", e)
-
-    def _abandon(self, job: _Job) -> None:
-        """This replica stopped leading: forget the job, the next leader's reconcile offers it."""
-        self.jobs.pop(job.key, None)
 
     def _finished(self, job: _Job) -> None:
         self.jobs.pop(job.key, None)
