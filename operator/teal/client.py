@@ -1,6 +1,6 @@
 """The one Kubernetes client of Teal: JSON dicts in and out, one error taxonomy, every call bounded.
 
-The operator (controller, routers, analysis, peering, policies) and kubectl-teal all talk to the
+The operator (controller, routers, analysis, leases, policies) and kubectl-teal all talk to the
 apiserver through `Client`. It speaks JSON over urllib3 and takes its connection settings
 (host, TLS, credentials) from a `kubernetes.client.Configuration` filled by the kubernetes
 package's public config API (`load_kube_config`, `load_incluster_config`); nothing of the generated
