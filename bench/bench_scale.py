@@ -458,6 +458,8 @@ class Bench:
         self.pool = concurrent.futures.ThreadPoolExecutor(opts.workers)
         self.result: dict[str, Any] = {"rollouts": opts.rollouts, "namespaces": opts.namespaces}
         self.marks: dict[str, float] = {}  # wall-clock marks for the audit windows
+        self.released: set[str] = set()
+        self.available_at: dict[str, float] = {}
 
     # helpers
     def parallel(self, fn: Callable[..., Any], items: Iterable[tuple]) -> None:
@@ -683,6 +685,9 @@ class Bench:
         r["switch_latency_ms"]["n"] = len(latencies)
         r["releases_operator_cpu_seconds"] = round(cpu_seconds(pid) - cpu0, 2)
         self.released = {app for _, app, _ in chosen}
+        # wall-clock time each new colour was seen available, for the audit log's Service PATCHes
+        wall = self.marks["release_start"] - t0
+        self.available_at = {k.split("/", 1)[1]: t + wall for k, t in avail.items()}
 
     def audit(self) -> None:
         entries = read_audit(self.cluster.audit_log)
@@ -709,6 +714,19 @@ class Bench:
         r["requests_per_release_net_of_idle"] = round((win["requests"] - idle * win["seconds"] / 60) / n, 1)
         r["requests_per_release_naming_its_objects"] = round(len(named) / n, 1)
         r["requests_per_release_naming_its_objects_by_verb"] = dict(Counter(f"{e.verb} {e.resource}" for e in named))
+        # the operator's share of the switch: available (this process's watch) -> its Service PATCH received
+        # (the only Service write of a release; below 0 would mean this process's watch lagged)
+        patched: dict[str, float] = {}
+        for e in named:
+            if e.verb == "patch" and e.resource == "services" and e.name in self.available_at:
+                patched.setdefault(e.name, e.t)
+        lat = [patched[a] - self.available_at[a] for a in patched]
+        if lat:
+            r["switch_available_to_service_patch_ms"] = {
+                **{p: round(pct(lat, q) * 1000, 1) for p, q in (("p50", 50), ("p90", 90), ("p99", 99))},
+                "max": round(max(lat) * 1000, 1),
+                "n": len(lat),
+            }
 
     def run(self) -> dict[str, Any]:
         r = self.result
@@ -762,6 +780,17 @@ def run(cluster: LocalCluster, opts: Options, workdir: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------ output
 
 
+def net_of_idle(r: dict[str, Any]) -> str:
+    """Below 0 when the operator was saturated: the idle loops then yield to the releases."""
+    v = r.get("requests_per_release_net_of_idle")
+    return "n/a (saturated)" if v is None or v < 0 else str(v)
+
+
+def patch_latency(r: dict[str, Any]) -> str:
+    w = r.get("switch_available_to_service_patch_ms")
+    return f"{w['p50']} / {w['p99']} ms (audit log, n={w['n']})" if w else "n/a (no audit log)"
+
+
 def table(r: dict[str, Any]) -> str:
     def req(w: dict | None, per_minute: bool = False) -> str:
         if not w:
@@ -795,10 +824,11 @@ def table(r: dict[str, Any]) -> str:
                 f"{r['releases_all_switched_seconds']} s (done incl. scale-down {r['releases_done_seconds']} s)",
             ),
             ("  switch latency p50/p90/p99/max", f"{sw.get('p50')} / {sw.get('p90')} / {sw.get('p99')} / {sw.get('max')} ms"),
+            ("  of which: available -> operator's Service PATCH p50/p99", patch_latency(r)),
             ("  end to end (patch -> switched) p50", f"{r['releases_end_to_end_p50_ms']} ms"),
             (
                 "  API requests per release",
-                f"{r.get('requests_per_release')} (net of idle {r.get('requests_per_release_net_of_idle')}; naming its objects {r.get('requests_per_release_naming_its_objects')})",
+                f"{r.get('requests_per_release')} (net of idle {net_of_idle(r)}; naming its objects {r.get('requests_per_release_naming_its_objects')})",
             ),
         ]
     rows.append(("load average start / end", f"{r['load_average_start']} / {r['load_average_end']}"))
