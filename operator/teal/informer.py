@@ -126,6 +126,9 @@ class Informer:
     ) -> None:
         self.client, self.res, self.namespace = client, res, namespace
         self.retry_missing = retry_missing  # False: a kind it may not list is read through the apiserver for good
+        # the first list's objects are news only for the kind whose objects start loops (Rollouts):
+        # the rest is read by those loops' first reconciles anyway
+        self.notify_initial = False
         self.label_selector, self.field_selector = label_selector, field_selector
         self.on_change = on_change
         self.watch_seconds = watch_seconds
@@ -224,6 +227,7 @@ class Informer:
             self.res, self.namespace, label_selector=self.label_selector, field_selector=self.field_selector
         )
         fresh = {_key(o): o for o in answer.get("items") or []}
+        first = not self.synced.is_set()
         kind = self.res.plural
         changed: builtins.list[tuple[str, JSON]] = []
         with self.lock:
@@ -243,7 +247,7 @@ class Informer:
         self.synced.set()
         self.settled.set()
         log.debug("%s: listed %d", kind, len(fresh))
-        if self.on_change:
+        if self.on_change and (not first or self.notify_initial):
             for typ, obj in changed:
                 self.on_change(self.res, typ, obj)
         return str((answer.get("metadata") or {}).get("resourceVersion") or "")
@@ -305,6 +309,8 @@ class Informers:
         ]
         for res, label in kinds:
             self._add(res, label)
+        for inf in self.by_res[self.rollouts].values():
+            inf.notify_initial = True
         for res in templates:
             if not res.namespaced:
                 self._add(res, None, cluster=True)
