@@ -561,7 +561,9 @@ def test_a_release_live_in_chromium_read_only_then_promoted_from_the_page(world,
         act.wait('[data-color="green"] .ready')
         assert page.text('[data-color="green"] .roles') == "active · stable"
         assert page.page.locator(".weights-chart rect.fill-green").count() >= 1  # the switch in the weights chart
-        assert int(page.text('[data-stat="promoted"]')) >= 2
+        history = '[data-card="Release history"] tr[data-revision="2"]'  # status.history, newest first
+        page.wait(history, timeout=30)
+        assert page.text(f"{history} .outcome") == "Promoted" and "example.com/app:v2" in page.text(history)
         act.page.locator('button[data-action="abort"]').wait_for(state="attached")
         assert act.page.locator('button[data-action="abort"]').is_disabled()  # nothing to abort any more
         page.page.screenshot(path=str(shots / "3-promoted.png"), full_page=True)
