@@ -38,11 +38,13 @@ def run(
     since: str = "30d",
     output: str = "table",
     prometheus: str | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     color: bool | None = None,
     now: dt.datetime | None = None,
 ) -> int:
-    """Print the statistics; the exit code (0, or 3 when the Rollout or the API is missing, ...)."""
+    """Print the statistics to `out` (sys.stdout as it is at the call); the exit code (0, or 3
+    when the Rollout or the API is missing, ...)."""
+    out = out if out is not None else sys.stdout
     try:
         window = st.parse_window(since)
     except ValueError as exc:
