@@ -436,3 +436,23 @@ def test_one_shard_is_leader_election_and_a_stopped_leader_hands_over(cluster, k
         for r in (a, b):
             if r:
                 r.op.stop()
+
+
+def test_flags(monkeypatch):
+    from teal.main import lease_config, parser
+
+    def config(*argv: str) -> leases.Config | None:
+        return lease_config(parser().parse_args(["run", *argv]), [])
+
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    assert config() is None  # one operator on a workstation: no Leases, acts everywhere
+    one = config("--leader-elect", "--identity", "me")
+    assert one is not None and (one.name, one.namespace, one.shards, one.identity) == ("teal", "default", 1, "me")
+    monkeypatch.setenv("POD_NAMESPACE", "teal-system")
+    three = config("--shards", "3", "--lease-duration", "12", "--renew-deadline", "9", "--retry-period", "2")
+    assert three is not None and three.shards == 3 and three.namespace == "teal-system"  # --shards > 1 implies Leases
+    assert three.timing == leases.Timing(12, 9, 2)
+    legacy = config("--peering", "old", "--priority", "5")  # deprecated: leader election on the Lease old-0
+    assert legacy is not None and legacy.name == "old" and legacy.shards == 1
+    with pytest.raises(SystemExit):
+        config("--shards", "0")
