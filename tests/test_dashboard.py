@@ -252,6 +252,68 @@ def test_the_model_follows_listings_and_watch_events_and_records_weights_on_chan
     assert model.keys() == [("shop", "other")] and key not in model.weights
 
 
+class ScriptedApi:
+    """teal.client.Client's list/watch, answering from a script (a real apiserver does not
+    answer 410 Gone or lack the CRD on cue)."""
+
+    def __init__(self, lists: list[Any], watches: list[list[Any]], stop: Any):
+        self.lists, self.watches, self.stop = lists, watches, stop
+        self.watched_from: list[str | None] = []
+
+    def list(self, res: Any, namespace: Any, **selectors: Any) -> dict[str, Any]:
+        answer = self.lists.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def watch(self, res: Any, namespace: Any, resource_version: str | None = None, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        self.watched_from.append(resource_version)
+        if not self.watches:
+            self.stop.set()
+            return
+        for item in self.watches.pop(0):
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+
+def test_a_watch_lists_then_watches_from_the_lists_version_and_lists_again_on_gone():
+    import threading
+
+    from teal import client as kube
+
+    stop = threading.Event()
+    errors: list[list[str]] = []
+    model = dash.Model()
+    model.on_change = lambda keys: errors.append(model.state()["errors"]) if dash.STATUS_KEY in keys else None
+    missing = kube.NotFound(404, "NotFound", "the server could not find the requested resource", {"kind": "Status"})
+    first, second = rollout_obj(name="first", phase="Healthy"), rollout_obj(name="second", phase="Healthy")
+    moved = {**first, "metadata": {**first["metadata"], "resourceVersion": "8"}, "status": {"phase": "Paused"}}
+    api = ScriptedApi(
+        lists=[
+            missing,  # the CRD is not installed yet: said on the page, tried again
+            {"metadata": {"resourceVersion": "5"}, "items": [first]},
+            {"metadata": {"resourceVersion": "20"}, "items": [second]},
+        ],
+        watches=[
+            [
+                {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "7"}}},
+                {"type": "MODIFIED", "object": moved},
+                kube.Gone(410, "Expired", "too old resource version"),
+            ],
+        ],
+        stop=stop,
+    )
+    watch = dash.Watch(api, "rollouts", dash.ROLLOUTS, None, model, stop)  # type: ignore[arg-type]
+    watch.start()
+    watch.join(timeout=20)
+    assert not watch.is_alive()
+    assert errors[0] == ["rollouts: the Rollout API (rollouts.teal.dev) is not installed in this cluster"]
+    assert errors[-1] == [] and model.state()["synced"] is True
+    assert api.watched_from == ["5", "20"]  # from each listing; Gone -> a new listing
+    assert model.keys() == [("shop", "second")]  # what the new listing lacks is gone from the page
+
+
 # ---------------------------------------------------------------- the server, in-process
 
 
@@ -570,6 +632,10 @@ def test_a_release_live_in_chromium_read_only_then_promoted_from_the_page(world,
         act.page.screenshot(path=str(shots / "4-promoted-actions.png"), full_page=True)
         if os.environ.get("TEAL_UPDATE_DOCS_IMAGES"):
             shutil.copy(shots / "2-awaiting-promotion.png", ROOT / "docs" / "images" / "dashboard.png")
+        # 4. a deleted Rollout leaves both pages
+        env.custom.delete_namespaced_custom_object("teal.dev", "v1alpha1", env.ns, "rollouts", "app")
+        for p in (act, page):
+            p.page.locator(row).wait_for(state="detached", timeout=30_000)
         act.close()
         page.close()
     finally:
