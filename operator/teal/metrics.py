@@ -135,6 +135,11 @@ PER_ROLLOUT = (
     ANALYSIS_THRESHOLD,
 )
 
+# What was last exported per Rollout for the series that the spec decides (so that a changed
+# spec drops the old ones without a scan of every Rollout's series on each reconcile).
+_INFO_LABELS: dict[tuple[str, str], tuple[str, str, str, str]] = {}
+_THRESHOLDS: dict[tuple[str, str], dict[tuple[str, ...], float]] = {}
+
 _OUTCOMES = {
     "releases": "started",
     "promoted": "promoted",
@@ -192,10 +197,12 @@ def _info(ns: str, name: str, spec: Mapping[str, Any]) -> None:
     routing = ((spec.get("strategy") or {}).get("blueGreen") or {}).get("trafficRouting") or {}
     router = next((k for k in sorted(routing) if isinstance(routing[k], Mapping)), "service")
     labels = (ns, name, strategies[0], router)
-    for key in _series(INFO, ns, name):
-        if key != labels:  # the spec changed its router: one info series per Rollout
-            INFO.remove(*key)
-    INFO.labels(*labels).set(1)
+    old = _INFO_LABELS.get((ns, name))
+    if old != labels:
+        if old is not None:  # the spec changed its router: one info series per Rollout
+            INFO.remove(*old)
+        INFO.labels(*labels).set(1)
+        _INFO_LABELS[(ns, name)] = labels
 
 
 def _traffic(ns: str, name: str, new: Mapping[str, Any]) -> None:
@@ -282,11 +289,14 @@ def _thresholds(ns: str, name: str, spec: Mapping[str, Any]) -> None:
             value = bounds.get(bound) if isinstance(bounds, Mapping) else None
             if isinstance(value, int | float) and not isinstance(value, bool):
                 want[(ns, name, str(m["name"]), bound)] = float(value)
-    for key in _series(ANALYSIS_THRESHOLD, ns, name):
+    if _THRESHOLDS.get((ns, name)) == want:
+        return
+    for key in _THRESHOLDS.get((ns, name), {}):
         if key not in want:
             ANALYSIS_THRESHOLD.remove(*key)
     for key, value in want.items():
         ANALYSIS_THRESHOLD.labels(*key).set(value)
+    _THRESHOLDS[(ns, name)] = want
 
 
 def _series(collector: Any, ns: str, name: str) -> list[tuple[str, ...]]:
@@ -300,6 +310,8 @@ def _series(collector: Any, ns: str, name: str) -> list[tuple[str, ...]]:
 def forget_rollout(namespace: str, name: str) -> None:
     """Remove every series of a deleted Rollout (its counters too: a Rollout created again
     under the same name starts from zero, which rate() and increase() read as a reset)."""
+    _INFO_LABELS.pop((namespace, name), None)
+    _THRESHOLDS.pop((namespace, name), None)
     for collector in PER_ROLLOUT:
         for key in _series(collector, namespace, name):
             try:
