@@ -32,3 +32,8 @@ def test_sandbox_runs_a_good_and_a_bad_release(tmp_path):
     assert "the bad release was aborted; all traffic on green" in out
     assert "Failed (error-rate" in out
     assert "summary: releases 3, promoted 2, aborted 1" in out
+    # it ends with kubectl teal stats (piped: ASCII), read from the Rollout's status.history
+    assert "$ kubectl teal stats -n demo --since 1d" in out
+    assert "Promoted 2, Aborted 1, Reverted 0, Superseded 0, RolledBack 0" in out
+    assert "Change failure rate  0.0% (0 reverted of 2 that reached users)" in out
+    assert "Lead time            median 20m" in out  # the sandbox's source-time: 20 minutes before each release

@@ -146,9 +146,14 @@ class Sandbox:
         )
 
     def release(self, image: str) -> None:
-        """A new version: the Rollout's template gets another image."""
+        """A new version: the Rollout's template gets another image, and the commit time CI
+        would stamp (teal.dev/source-time; here: as if committed 20 minutes earlier)."""
+        committed = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=20)
         template = {
-            "metadata": {"labels": {"app": NAME}},
+            "metadata": {
+                "labels": {"app": NAME},
+                "annotations": {"teal.dev/source-time": committed.isoformat(timespec="seconds")},
+            },
             "spec": {"containers": [{"name": "app", "image": f"registry.example.com/checkout:{image}"}]},
         }
         self.custom.patch_namespaced_custom_object("teal.dev", "v1alpha1", NS, "rollouts", NAME, {"spec": {"template": template}})
@@ -221,6 +226,20 @@ def bad_release(sb: Sandbox, active: str) -> bool:
     return True
 
 
+def print_stats(sb: Sandbox) -> None:
+    """What `kubectl teal stats -n demo` prints now (teal.cli_stats, read from status.history)."""
+    from teal import cli_stats
+    from teal.client import Client
+
+    _say(f"$ kubectl teal stats -n {NS} --since 1d")
+    api = Client.from_kubeconfig(sb.kubeconfig)
+    try:
+        cli_stats.run(api, NS, False, None, since="1d", out=sys.stdout)
+    finally:
+        api.close()
+    sys.stdout.flush()
+
+
 def run(args: argparse.Namespace) -> int:
     workdir = Path(args.dir).resolve()
     if workdir.exists():
@@ -245,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
             f"summary: releases {stats.get('releases', 0)}, promoted {stats.get('promoted', 0)}, "
             f"aborted {stats.get('aborted', 0)}; requests sent {sum(totals.values())} {dict(totals)}"
         )
+        print_stats(sb)
         _say(f"done in {time.monotonic() - t0:.0f}s")
         if args.keep:
             _say(f"everything keeps running: export KUBECONFIG={sb.kubeconfig}; Ctrl-C stops it")
