@@ -47,7 +47,10 @@ def _spec() -> dict[str, Any]:
         "selector": {"matchLabels": {"app": "checkout"}},
         "template": {},
         "strategy": {"blueGreen": {"activeServices": ["checkout"], "previewService": "checkout-preview"}},
-        "analysis": {"postPromotion": ["error-rate"], "metrics": [{"name": "error-rate", "query": "x", "thresholdRange": {"max": 0.01}}]},
+        "analysis": {
+            "postPromotion": ["error-rate"],
+            "metrics": [{"name": "error-rate", "query": "x", "thresholdRange": {"max": 0.01}}],
+        },
     }
 
 
