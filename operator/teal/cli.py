@@ -48,6 +48,7 @@ from .cli_cluster import (  # noqa: F401  (re-exported: the commands' shared nam
     EXIT_TIMEOUT,
     EXIT_USAGE,
     FIELD_MANAGER,
+    GLOBAL_KEYS,
     PROG,
     ROLLOUTS,
     TEAL_FIELD_MANAGER,
@@ -57,7 +58,6 @@ from .cli_cluster import (  # noqa: F401  (re-exported: the commands' shared nam
     _err,
     _out,
     connect,
-    GLOBAL_KEYS,
     global_options,
     in_release,
     namespace_args,
@@ -122,35 +122,14 @@ def cmd_get(cluster: Cluster, args: argparse.Namespace) -> int:
             _out(yaml.safe_dump(ro, sort_keys=False).rstrip())
         return EXIT_OK
 
-    def render() -> str:
-        ro = cluster.get_rollout(args.name)
-        deployments, services = gather(cluster, ro)
-        return rollout_tree(ro, deployments, services, measurements=args.measurements)
+    if args.watch:
+        from .cli_watch import watch
 
-    text = render()
-    _out(text)
-    if not args.watch:
-        return EXIT_OK
-    last = text
-    try:
-        while True:
-            time.sleep(args.interval)
-            try:
-                text = render()
-            except CliError as exc:
-                if exc.code == EXIT_NOT_FOUND:
-                    _out(f"\n[{dt.datetime.now():%H:%M:%S}] {exc.message}")
-                    return EXIT_NOT_FOUND
-                if not transient(exc):
-                    raise
-                print(f"[{dt.datetime.now():%H:%M:%S}] warning: {exc.message} (retrying)", file=sys.stderr, flush=True)
-                continue
-            if text != last:
-                _out(f"\n[{dt.datetime.now():%H:%M:%S}]")
-                _out(text)
-                last = text
-    except KeyboardInterrupt:
-        return EXIT_OK
+        return watch(cluster, args, end_process=True)
+    ro = cluster.get_rollout(args.name)
+    deployments, services = gather(cluster, ro)
+    _out(rollout_tree(ro, deployments, services, measurements=args.measurements))
+    return EXIT_OK
 
 
 def cmd_list(cluster: Cluster, args: argparse.Namespace) -> int:

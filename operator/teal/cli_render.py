@@ -7,7 +7,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .api import ANNOTATION_REVISION, COLORS
+from .api import ANNOTATION_REVISION, COLORS, LABEL_COLOR
 
 
 def _utf8() -> bool:
@@ -19,8 +19,10 @@ class Glyphs:
     def __init__(self, unicode: bool):
         if unicode:
             self.tee, self.last, self.pipe, self.space, self.arrow, self.dot = "├─ ", "└─ ", "│  ", "   ", "→", "·"
+            self.ok, self.wait, self.bad, self.le, self.ge = "✔", "◌", "✖", "≤", "≥"
         else:
             self.tee, self.last, self.pipe, self.space, self.arrow, self.dot = "|- ", "`- ", "|  ", "   ", "->", "-"
+            self.ok, self.wait, self.bad, self.le, self.ge = "+", ".", "x", "<=", ">="
 
 
 def parse_time(value: Any) -> dt.datetime | None:
@@ -152,7 +154,8 @@ def _router_text(bg: Mapping[str, Any]) -> str:
     return "atomic switch of Service selectors"
 
 
-Section = tuple[str, list[str]]  # (title line, child lines)
+Child = str | tuple[str, list[str]]  # a line, or a line with lines under it (a colour and its pods)
+Section = tuple[str, list[Child]]  # (title line, children)
 
 
 def _held_text(st: Mapping[str, Any], now: dt.datetime | None) -> str:
@@ -170,20 +173,29 @@ def rollout_tree(
     measurements: int = 5,
     now: dt.datetime | None = None,
     unicode: bool | None = None,
+    pods: Sequence[Mapping[str, Any]] | None = None,
+    events: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
-    """The readable tree of `kubectl teal get`."""
+    """The readable tree of `kubectl teal get`; with `pods`, each colour lists its pods and their
+    readiness, and with `events`, the last Events of the Rollout close it (the --watch view)."""
     g = Glyphs(_utf8() if unicode is None else unicode)
     meta, spec, st = ro.get("metadata") or {}, ro.get("spec") or {}, ro.get("status") or {}
     bg = (spec.get("strategy") or {}).get("blueGreen") or {}
     sections = [_phase_section(meta, spec, st), _revision_section(st, g)]
     sections += _strategy_sections(spec, bg, st, g)
-    sections.append(_colour_section(meta.get("name", "?"), st, deployments))
+    sections.append(_colour_section(meta.get("name", "?"), st, deployments, pods, g, now))
     sections += _service_sections(bg, services, g)
-    sections += _analysis_sections(st, measurements)
+    sections += _analysis_sections(st, measurements, thresholds(spec), g)
     sections += _request_sections(st)
     sections += _held_sections(st, now)
     sections += _condition_sections(st, now)
+    if events is not None:
+        sections += _event_sections(events, now)
     return _draw(f"Rollout {meta.get('namespace', '?')}/{meta.get('name', '?')}", sections, g)
+
+
+def _lines(text: str) -> list[Child]:
+    return list(text.splitlines())
 
 
 def _draw(head: str, sections: Sequence[Section], g: Glyphs) -> str:
@@ -191,10 +203,18 @@ def _draw(head: str, sections: Sequence[Section], g: Glyphs) -> str:
     for i, (title, children) in enumerate(sections):
         last = i == len(sections) - 1
         lines.append((g.last if last else g.tee) + title)
-        prefix = g.space if last else g.pipe
-        for j, child in enumerate(children):
-            lines.append(prefix + (g.last if j == len(children) - 1 else g.tee) + child)
+        lines += _draw_children(g.space if last else g.pipe, children, g)
     return "\n".join(lines)
+
+
+def _draw_children(prefix: str, children: Sequence[Child], g: Glyphs) -> list[str]:
+    lines = []
+    for j, child in enumerate(children):
+        last = j == len(children) - 1
+        text, grandchildren = (child, []) if isinstance(child, str) else child
+        lines.append(prefix + (g.last if last else g.tee) + text)
+        lines += _draw_children(prefix + (g.space if last else g.pipe), grandchildren, g)
+    return lines
 
 
 def _phase_section(meta: Mapping[str, Any], spec: Mapping[str, Any], st: Mapping[str, Any]) -> Section:
@@ -251,7 +271,61 @@ def _roles(st: Mapping[str, Any], c: str) -> list[str]:
     return roles
 
 
-def _colour_section(name: str, st: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any] | None]) -> Section:
+def _colour_section(
+    name: str,
+    st: Mapping[str, Any],
+    deployments: Mapping[str, Mapping[str, Any] | None],
+    pods: Sequence[Mapping[str, Any]] | None = None,
+    g: Glyphs | None = None,
+    now: dt.datetime | None = None,
+) -> Section:
+    rows = _colour_rows(name, st, deployments)
+    lines = table(rows).splitlines()
+    if pods is None:
+        return ("Colours", _lines(table(rows)))
+    g = g or Glyphs(False)
+    children: list[Child] = []
+    for c, line in zip(COLORS, lines, strict=True):
+        mine = sorted((p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(LABEL_COLOR) == c), key=_pod_key)
+        children.append((line, table([pod_row(p, g, now) for p in mine]).splitlines() if mine else ["no pods"]))
+    return ("Colours", children)
+
+
+def _pod_key(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("name", ""))
+
+
+def pod_state(pod: Mapping[str, Any]) -> tuple[str, bool]:
+    """(what kubectl get pods says in STATUS, ready)."""
+    meta, st = pod.get("metadata") or {}, pod.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
+    if meta.get("deletionTimestamp"):
+        return "Terminating", False
+    for cs in st.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason"):
+            return str(waiting["reason"]), ready
+    return str(st.get("phase") or "Pending"), ready
+
+
+def pod_row(pod: Mapping[str, Any], g: Glyphs, now: dt.datetime | None = None) -> list[str]:
+    meta, spec, st = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    state, ready = pod_state(pod)
+    statuses = st.get("containerStatuses") or []
+    n_ready = sum(1 for cs in statuses if cs.get("ready"))
+    restarts = sum(int(cs.get("restartCount") or 0) for cs in statuses)
+    bad = state in ("Failed", "Terminating") or state.startswith(("Err", "CrashLoop", "ImagePull", "Invalid"))
+    icon = g.ok if ready else (g.bad if bad else g.wait)
+    return [
+        f"{icon} {meta.get('name', '?')}",
+        state,
+        f"{n_ready}/{len(spec.get('containers') or statuses)} ready",
+        f"{restarts} restarts",
+        age(meta.get("creationTimestamp"), now),
+    ]
+
+
+def _colour_rows(name: str, st: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any] | None]) -> list[list[str]]:
     rows = []
     for c in COLORS:
         dep = deployments.get(c)
@@ -267,7 +341,7 @@ def _colour_section(name: str, st: Mapping[str, Any], deployments: Mapping[str, 
                 _images(dep) if dep else "",
             ]
         )
-    return ("Colours", table(rows).splitlines())
+    return rows
 
 
 def _service_sections(bg: Mapping[str, Any], services: Mapping[str, Mapping[str, Any] | None], g: Glyphs) -> list[Section]:
@@ -281,14 +355,38 @@ def _service_sections(bg: Mapping[str, Any], services: Mapping[str, Mapping[str,
                 continue
             sel = ((svc.get("spec") or {}).get("selector") or {}).get("teal.dev/color")
             rows.append([s, role, f"{g.arrow} {sel}" if sel else f"{g.arrow} (no teal.dev/color yet)"])
-    return [("Services", table(rows).splitlines())] if rows else []
+    return [("Services", _lines(table(rows)))] if rows else []
 
 
-def _measurement_row(m: Mapping[str, Any]) -> list[str]:
+def thresholds(spec: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """metric name -> its thresholdRange, for the metrics the spec defines inline."""
+    metrics = ((spec.get("analysis") or {}).get("metrics")) or []
+    return {
+        str(m["name"]): m["thresholdRange"]
+        for m in metrics
+        if isinstance(m, Mapping) and m.get("name") and m.get("thresholdRange")
+    }
+
+
+def _against(bounds: Mapping[str, Any] | None, g: Glyphs) -> str:
+    if not bounds:
+        return ""
+    parts = []
+    if bounds.get("min") is not None:
+        parts.append(f"{g.ge} {fmt_number(bounds['min'])}")
+    if bounds.get("max") is not None:
+        parts.append(f"{g.le} {fmt_number(bounds['max'])}")
+    return f" (want {' and '.join(parts)})" if parts else ""
+
+
+def _measurement_row(
+    m: Mapping[str, Any], bounds: Mapping[str, Mapping[str, Any]] | None = None, g: Glyphs | None = None
+) -> list[str]:
     t = parse_time(m.get("at"))
     value = fmt_number(m.get("value"))
     if m.get("baseline") is not None:
         value += f" (baseline {fmt_number(m.get('baseline'))})"
+    value += _against((bounds or {}).get(str(m.get("metric"))), g or Glyphs(False))
     return [
         t.strftime("%H:%M:%S") if t else "-",
         str(m.get("metric", "?")),
@@ -300,14 +398,16 @@ def _measurement_row(m: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _analysis_sections(st: Mapping[str, Any], measurements: int) -> list[Section]:
+def _analysis_sections(
+    st: Mapping[str, Any], measurements: int, bounds: Mapping[str, Mapping[str, Any]] | None = None, g: Glyphs | None = None
+) -> list[Section]:
     out: list[Section] = []
     analysis = st.get("analysis") or []
     if analysis:
         shown = list(analysis)[-measurements:] if measurements > 0 else []
-        rows = [_measurement_row(m) for m in shown]
+        rows = [_measurement_row(m, bounds, g) for m in shown]
         title = f"Analysis   last {len(shown)} of {len(analysis)} measurements"
-        out.append((title, table(rows).splitlines() if rows else []))
+        out.append((title, _lines(table(rows)) if rows else []))
     run = st.get("analysisRun")
     if isinstance(run, Mapping) and run:
         desc = ", ".join(f"{k}={v}" for k, v in run.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool))
@@ -332,7 +432,7 @@ def _request_sections(st: Mapping[str, Any]) -> list[Section]:
 def _held_sections(st: Mapping[str, Any], now: dt.datetime | None) -> list[Section]:
     """Held: which policy, window or freeze holds the release, when it opens, since when."""
     release = st.get("release") or {}
-    children = []
+    children: list[Child] = []
     if st.get("reason") == "HeldByPolicy":
         msg = str(st.get("message") or "")
         why = msg.split(": ", 1)[1] if ": " in msg else msg  # after "revision 2 on green waits before promotion"
@@ -360,4 +460,25 @@ def _condition_sections(st: Mapping[str, Any], now: dt.datetime | None) -> list[
         ]
         for c in conds
     ]
-    return [("Conditions", table(rows).splitlines())]
+    return [("Conditions", _lines(table(rows)))]
+
+
+def event_time(ev: Mapping[str, Any]) -> str:
+    return str(ev.get("lastTimestamp") or ev.get("eventTime") or (ev.get("metadata") or {}).get("creationTimestamp") or "")
+
+
+def _event_sections(events: Sequence[Mapping[str, Any]], now: dt.datetime | None, last: int = 5) -> list[Section]:
+    """The Rollout's last Events, oldest first, like the end of `kubectl describe`."""
+    if not events:
+        return [("Events     none yet", [])]
+    shown = sorted(events, key=event_time)[-last:]
+    rows = [
+        [
+            age(event_time(e), now),
+            str(e.get("type") or ""),
+            str(e.get("reason") or ""),
+            " ".join(str(e.get("message") or "").split()),
+        ]
+        for e in shown
+    ]
+    return [(f"Events     last {len(shown)} of {len(events)}", _lines(table(rows)))]
