@@ -34,6 +34,8 @@ command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || apt_install etcd "etc
 command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || apt_install prometheus "prometheus"
 # headless Chromium for the dashboard's browser test (tests/test_dashboard.py drives it with playwright)
 [ -x /usr/bin/chromium ] || apt_install chromium "chromium"
+# a real terminal for `kubectl teal get --watch` (tests/test_cli_watch.py captures its pane)
+[ -x /usr/bin/tmux ] || apt_install tmux "tmux"
 # actionlint runs shellcheck on the workflows' run: blocks when it is installed (optional)
 command -v shellcheck >/dev/null 2>&1 || ( apt_install shellcheck shellcheck ) \
   || log "shellcheck could not be installed: actionlint checks the workflows without it"
