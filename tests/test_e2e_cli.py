@@ -51,3 +51,33 @@ def test_undo_rolls_back_to_the_warm_colour(env):
     st = env.wait_phase("Healthy", activeColor="blue", timeout=30)
     assert st["stats"]["rollbacks"] == 1  # the warm colour took the traffic back at once
     assert "FastRollback" in env.events()
+
+
+def test_restart_replaces_the_stable_pods_without_a_release(env):
+    before = env.wait_phase("Healthy", activeColor="blue")
+    dep = env.apps.read_namespaced_deployment("app-blue", env.ns)
+    old_pods = {p.metadata.name for p in env.core.list_namespaced_pod(env.ns, label_selector="teal.dev/color=blue").items}
+    r = teal("restart", "app", "-n", env.ns)
+    assert r.code == 0, r
+    from teal_devenv.wait import wait_for
+
+    def stamped():
+        tmpl = env.apps.read_namespaced_deployment("app-blue", env.ns).spec.template
+        return (tmpl.metadata.annotations or {}).get("teal.dev/restart-at")
+
+    assert wait_for(stamped, timeout=60, what="the restart stamped on app-blue") in r.out
+    wait_for(
+        lambda: (
+            not old_pods
+            & {p.metadata.name for p in env.core.list_namespaced_pod(env.ns, label_selector="teal.dev/color=blue").items}
+        ),
+        timeout=90,
+        what="new pods for blue",
+    )
+    after = env.wait_phase("Healthy", activeColor="blue", timeout=60)
+    assert after["currentRevision"] == before["currentRevision"] == after["stableRevision"]  # no release
+    assert (
+        env.apps.read_namespaced_deployment("app-blue", env.ns).metadata.annotations["teal.dev/template-hash"]
+        == (dep.metadata.annotations["teal.dev/template-hash"])
+    )
+    assert "Restarted" in env.events()
