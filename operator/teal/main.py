@@ -192,7 +192,11 @@ def build(settings: Settings, client: Client | None = None) -> tuple[Controller,
     from .informer import CachingClient
     from .kube import TIMEOUT, Kube
 
-    client = client or Client.auto(timeout=TIMEOUT, pool_size=settings.api_workers)
+    # The informers' watch streams hold a connection each for as long as they run (about ten kinds per
+    # watched namespace, Secrets one by one): room for them beside the workers' requests, or urllib3
+    # opens (and throws away after one request) a new TLS connection whenever the pool is full.
+    watches = 10 * max(1, len(settings.namespaces)) + 8
+    client = client or Client.auto(timeout=TIMEOUT, pool_size=settings.api_workers + watches)
     if metrics.count_request not in REQUEST_OBSERVERS:
         REQUEST_OBSERVERS.append(metrics.count_request)  # teal_api_requests_total{verb,resource}
     # Reads come from Teal's informers (teal.informer), writes go to the apiserver through them.
