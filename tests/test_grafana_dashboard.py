@@ -20,7 +20,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from cli_helpers import CHART, run
+from cli_helpers import CHART, run, teal
 from operator_helpers import Env, OperatorProcess, pod_template, rollout
 from teal_devenv.fakeapp import run_fakeapp
 from teal_devenv.traffic import ClusterTraffic
@@ -132,6 +132,7 @@ def test_every_panel_query_returns_series_after_real_releases(cluster, k8s, name
             result = prometheus.query(expr)
             assert result or "Progressing|Paused" in expr, expr
         check_values(prometheus, namespace)
+        check_stats_prometheus(prometheus, namespace)
         # a deleted Rollout's series leave the operator's endpoint
         assert rollout_series(port, namespace)
         env.custom.delete_namespaced_custom_object("teal.dev", "v1alpha1", namespace, "rollouts", "app")
@@ -202,3 +203,30 @@ def check_values(prometheus, ns: str) -> None:
     lead = prometheus.query_value(f'teal_lead_time_seconds_count{{namespace="{ns}"}}')
     assert lead is not None and lead >= 2  # revisions 2 and 3 reached users 30 min after their commit
     assert prometheus.query_value(f'sum(teal_lead_time_seconds_bucket{{namespace="{ns}",le="900.0"}})') == 0
+
+
+def check_stats_prometheus(prometheus, ns: str) -> None:
+    """`kubectl teal stats -A --prometheus URL` counts the releases the operator's metrics saw:
+    every series here was born inside the window (the Reverted one at 1 and never grew after),
+    which a bare increase() would miss. Only this test's operator is scraped, so the Prometheus
+    figures are this namespace's; the cluster's other Rollouts add to the history figures only."""
+    shown = teal("stats", "-A", "--prometheus", prometheus.url, "-o", "json")
+    assert shown.code == 0, shown
+    doc = json.loads(shown.out)
+    prom = doc["prometheus"]
+    assert prom["outcomes"] == {"Promoted": 2, "Aborted": 0, "Reverted": 1, "Superseded": 0, "RolledBack": 0}, prom
+    assert prom["releases"] == 3 and prom["reachedUsers"] == 3 and prom["changeFailureRate"] == round(1 / 3, 4)
+    assert prom["source"] == f"Prometheus at {prometheus.url}" and doc["source"] == "status.history"
+    # the histograms: one restore within seconds; three lead times (each revision reached users)
+    # of 30 minutes and a little more, all in the bucket (1800, 3600]: histogram_quantile
+    # interpolates inside it, the median halfway (2700) and the p90 at 90% (3420)
+    ttr, lead = prom["timeToRestoreSeconds"], prom["leadTimeSeconds"]
+    assert ttr["count"] == 1 and 0 < ttr["median"] <= 120, ttr
+    assert lead == {"count": 3, "median": 2700.0, "p90": 3420.0}, lead
+    # the status.history figures agree for this namespace's Rollout
+    (mine,) = [x for x in doc["perRollout"] if x["namespace"] == ns]
+    assert (mine["releases"], mine["reachedUsers"], mine["reverted"]) == (3, 3, 1), mine
+    table = teal("stats", "-A", "--prometheus", prometheus.url)
+    assert table.code == 0 and table.out.isascii(), table
+    assert "From Prometheus" in table.out and "3 releases: Promoted 2, Aborted 0, Reverted 1" in table.out, table.out
+    assert "change failure rate 33.3% (of 3 that reached users)" in table.out, table.out

@@ -70,6 +70,7 @@ def run(
     if output == "json":
         doc = result.as_json()
         doc["scope"] = _scope(namespace, all_namespaces, rollout)
+        doc["source"] = "status.history"
         if prometheus:
             doc["prometheus"] = prom if prom is not None else {"error": prom_error}
         out.write(json.dumps(doc, indent=2) + "\n")
@@ -144,7 +145,7 @@ def table(r: st.Stats, scope: str, since: str, plain: bool, prom: dict[str, Any]
     days = f"{r.per_day[0][0].isoformat()} .. {r.per_day[-1][0].isoformat()}" if r.per_day else ""
     outcomes = ", ".join(f"{k} {v}" for k, v in r.outcomes.items())
     rows = [
-        ("Scope", f"{scope}: {r.rollouts} Rollout{'s' if r.rollouts != 1 else ''}, last {since} ({days})"),
+        ("Scope", f"{scope}: {r.rollouts} Rollout{'s' if r.rollouts != 1 else ''}, last {since} ({days}), from status.history"),
         ("Releases", f"{r.releases} ({r.per_day_mean:.2f}/day" + (f"; busiest {busiest[0]}: {busiest[1]})" if busiest else ")")),
         ("Outcomes", outcomes),
         ("Change failure rate", _rate(r)),
@@ -200,6 +201,26 @@ def _value(series: list[dict[str, Any]]) -> float | None:
     return None if math.isnan(v) else v
 
 
+def window_count(series: str, win: str) -> str:
+    """PromQL for how much the counter `series` (a selector) grew over the window `win`, a
+    series born inside the window counted whole: increase() sees no growth in a series whose
+    first sample is already 1 (the operator creates a series at its first increment), so a
+    series absent `win` ago counts its highest value in the window (max_over_time rather than
+    its value now, so a series removed since, with its Rollout, still counts); the others
+    their increase. The pattern of docs/metrics.md, `(X unless X offset W) or increase(X[W])`."""
+    return f"((max_over_time({series}[{win}]) unless {series} offset {win}) or increase({series}[{win}]))"
+
+
+SOURCES = {
+    "releases": "teal_release_outcomes_total",
+    "outcomes": "teal_release_outcomes_total",
+    "reachedUsers": "teal_releases_reached_users_total",
+    "changeFailureRate": "teal_release_outcomes_total{outcome=Reverted} / teal_releases_reached_users_total",
+    "timeToRestoreSeconds": "histogram_quantile over teal_time_to_restore_seconds_bucket",
+    "leadTimeSeconds": "histogram_quantile over teal_lead_time_seconds_bucket",
+}
+
+
 def from_prometheus(
     base: str, namespace: str | None, rollout: str | None, start: dt.datetime, end: dt.datetime
 ) -> dict[str, Any]:
@@ -207,12 +228,11 @@ def from_prometheus(
     sel = ",".join(f'{k}="{v}"' for k, v in (("namespace", namespace), ("rollout", rollout)) if v)
     ns_sel = f'namespace="{namespace}"' if namespace else ""
     win = f"{max(1, round((end - start).total_seconds()))}s"
-    outcomes = {
-        str(s["metric"].get("outcome", "")): round(float(s["value"][1]))
-        for s in _query(base, f"sum by (outcome) (increase(teal_release_outcomes_total{{{sel}}}[{win}]))", end)
-    }
-    reached = _value(_query(base, f"sum(increase(teal_releases_reached_users_total{{{sel}}}[{win}]))", end))
+    grown = _query(base, f"sum by (outcome) {window_count(f'teal_release_outcomes_total{{{sel}}}', win)}", end)
+    outcomes = {str(s["metric"].get("outcome", "")): round(float(s["value"][1])) for s in grown}
+    reached = _value(_query(base, f"sum {window_count(f'teal_releases_reached_users_total{{{sel}}}', win)}", end))
     out: dict[str, Any] = {
+        "source": f"Prometheus at {base}",
         "releases": sum(outcomes.values()),
         "outcomes": {k: outcomes.get(k, 0) for k in OUTCOMES},
         "reachedUsers": round(reached) if reached is not None else None,
@@ -220,26 +240,34 @@ def from_prometheus(
     reverted = outcomes.get(Outcome.REVERTED.value, 0)
     out["changeFailureRate"] = round(reverted / out["reachedUsers"], 4) if out["reachedUsers"] else None
     for key, metric in (("timeToRestoreSeconds", "teal_time_to_restore_seconds"), ("leadTimeSeconds", "teal_lead_time_seconds")):
-        quantiles = {}
+        buckets = f"sum by (le) {window_count(f'{metric}_bucket{{{ns_sel}}}', win)}"
+        quantiles: dict[str, Any] = {"count": _count(base, f"sum {window_count(f'{metric}_count{{{ns_sel}}}', win)}", end)}
         for name, q in (("median", 0.5), ("p90", 0.9)):
-            promql = f"histogram_quantile({q}, sum by (le) (increase({metric}_bucket{{{ns_sel}}}[{win}])))"
-            v = _value(_query(base, promql, end))
+            v = _value(_query(base, f"histogram_quantile({q}, {buckets})", end))
             quantiles[name] = round(v, 3) if v is not None else None
         out[key] = quantiles
+    out["sources"] = SOURCES
     if rollout:
         out["note"] = "time to restore and lead time are per namespace (the histograms have no rollout label)"
     return out
 
 
+def _count(base: str, promql: str, at: dt.datetime) -> int:
+    v = _value(_query(base, promql, at))
+    return round(v) if v is not None else 0
+
+
 def _prometheus_lines(prom: dict[str, Any], bold: Any) -> str:
     outcomes = ", ".join(f"{k} {v}" for k, v in prom["outcomes"].items())
-    cfr = prom.get("changeFailureRate")
+    cfr, reached = prom.get("changeFailureRate"), prom.get("reachedUsers")
     ttr, lead = prom["timeToRestoreSeconds"], prom["leadTimeSeconds"]
     rows = [
-        f"{bold('From Prometheus')}  {prom['releases']} releases: {outcomes}",
-        f"  change failure rate {'-' if cfr is None else f'{cfr * 100:.1f}%'}; "
-        f"time to restore median {duration(ttr['median'])}, p90 {duration(ttr['p90'])}; "
-        f"lead time median {duration(lead['median'])}, p90 {duration(lead['p90'])}",
+        f"{bold('From Prometheus')}  {prom['source']} (teal_release_outcomes_total, teal_releases_reached_users_total,"
+        " and the histograms teal_time_to_restore_seconds, teal_lead_time_seconds: quantiles estimated from their buckets)",
+        f"  {prom['releases']} releases: {outcomes}",
+        f"  change failure rate {'-' if cfr is None else f'{cfr * 100:.1f}%'} (of {reached or 0} that reached users); "
+        f"time to restore median {duration(ttr['median'])}, p90 {duration(ttr['p90'])} ({ttr.get('count', 0)} restores); "
+        f"lead time median {duration(lead['median'])}, p90 {duration(lead['p90'])} ({lead.get('count', 0)} with source time)",
     ]
     if prom.get("note"):
         rows.append(f"  ({prom['note']})")
