@@ -6,7 +6,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/env.sh"
 cd "$REPO"
 bash hack/fetch-router-crds.sh >/dev/null
-for b in bench_cluster bench_operator bench_revert bench_analysis bench_routers bench_bulkhead bench_chaos bench_scale bench_notify bench_failover; do
+for b in bench_cluster bench_operator bench_revert bench_analysis bench_routers bench_bulkhead bench_chaos bench_scale bench_notify bench_failover bench_history; do
   echo "== bench/$b.py"
   python "bench/$b.py"
 done
