@@ -176,7 +176,7 @@ cat <<EOF
 
 Done. Things to try next (docs/kind-quickstart.md, docs/kubectl-teal.md):
   kubectl teal --context $ctx -n $DEMO_NS get hello --watch
-  kubectl teal --context $ctx -n $DEMO_NS undo hello            # back to revision 1
+  kubectl teal --context $ctx -n $DEMO_NS undo hello --yes      # back to revision 1
   kubectl teal --context $ctx -n $DEMO_NS abort hello           # during a release
   kubectl teal lint -f examples/                                 # offline checks for CI
   hack/kind-quickstart.sh --delete                                # remove the cluster
