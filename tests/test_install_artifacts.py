@@ -214,7 +214,8 @@ def check_plugin(kubectl: str, env: dict[str, str], bin_dir: Path) -> None:
     plugins = run([kubectl, "plugin", "list"], env=env).stdout
     assert str(bin_dir / "kubectl-teal") in plugins, plugins
     out = run([kubectl, "teal", "--help"], env=env).stdout
-    assert out.startswith("usage: kubectl teal") and "promote" in out, out
+    assert out.startswith("Usage: kubectl teal") and "promote" in out, out
+    assert (bin_dir / "kubectl_complete-teal").exists(), "kubectl's plugin completion helper is installed beside it"
     run([kubectl, "teal", "lint", "-f", str(ROOT / "examples" / "minimal.yaml")], env=env)  # exit 0: valid
 
 
