@@ -39,8 +39,8 @@ from typing import Any
 
 import yaml
 
-from . import metrics
-from .client import NAMESPACES, SECRETS, ApiError, NotFound, Resource
+from . import metrics, policy_kube
+from .client import SECRETS, NotFound, Resource
 from .core import Event
 from .kube import ROLLOUTS
 from .status import Release, Status, iso, parse_time
@@ -678,11 +678,9 @@ class Notifier:
 
     def _namespace_annotations(self, ns: str) -> Mapping[str, str] | None:
         def read() -> Mapping[str, str] | None:
-            try:
-                items = self.kube.client.items(NAMESPACES, field_selector=f"metadata.name={ns}")
-            except ApiError:
-                return None  # a namespaced operator may not list Namespaces: Rollout annotations only
-            return ((items[0].get("metadata") or {}).get("annotations") or {}) if items else None
+            # None when a namespaced operator may not list Namespaces: Rollout annotations only
+            meta = policy_kube.namespace_metadata(self.kube.client, ns)
+            return (meta.get("annotations") or {}) if meta is not None else None
 
         return self.cache.get(("ns", ns), read)  # type: ignore[no-any-return]
 

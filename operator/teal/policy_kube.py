@@ -395,13 +395,20 @@ def namespace_labels(api: Client) -> Callable[[str], Mapping[str, str] | None]:
 
     @functools.cache
     def read(ns: str) -> Mapping[str, str] | None:
-        try:
-            items = api.items(NAMESPACES, field_selector=f"metadata.name={ns}")
-        except ApiError:
-            return None
-        return ((items[0].get("metadata") or {}).get("labels") or {}) if items else None
+        meta = namespace_metadata(api, ns)
+        return (meta.get("labels") or {}) if meta is not None else None
 
     return read
+
+
+def namespace_metadata(api: Client, ns: str) -> Mapping[str, Any] | None:
+    """A namespace's metadata through a list with a field selector (the list verb a cluster-wide
+    operator has; the informers answer it from memory); None when it cannot be read or is gone."""
+    try:
+        items = api.items(NAMESPACES, field_selector=f"metadata.name={ns}")
+    except ApiError:
+        return None
+    return (items[0].get("metadata") or {}) if items else None
 
 
 def can_read_namespaces(api: Client) -> bool:
