@@ -124,10 +124,7 @@ class Loop:
             if delay is None:
                 return  # the Rollout is gone
             try:
-                # A quiet Rollout is woken by the informers' events for everything it read (and
-                # by its own timer, which `delay` already is): no periodic look until IDLE_RESYNC.
-                cap = IDLE_RESYNC_SECONDS if self.quiet is not None else RESYNC_SECONDS
-                await asyncio.wait_for(self.poke.wait(), timeout=min(max(delay, 0.0), cap))
+                await asyncio.wait_for(self.poke.wait(), timeout=min(max(delay, 0.0), RESYNC_SECONDS))
             except TimeoutError:
                 pass
 
@@ -331,7 +328,7 @@ class Controller:
         left = (due - policy_kube.now()).total_seconds()
         if left <= 0 or not self.informers.unchanged(reads):
             return None
-        return left
+        return min(left, RESYNC_SECONDS)
 
     def _remember_quiet(self, loop: Loop, requeue_after: float | None, now) -> None:
         reads = READS.get()
