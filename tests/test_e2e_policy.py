@@ -109,7 +109,9 @@ def test_held_outside_a_window_and_promoted_when_it_opens(new_env, clock):
     held = listed[1].split()[listed[0].split().index("HELD")]
     assert held != "-", listed
     clock_file.write_text(str((start - dt.datetime.now(dt.UTC)).total_seconds() + 5))
-    env.patch_spec({"minReadySeconds": 0})  # any event wakes it; the requeue would too, at the opening
+    # Wake it with an event: the timer it set before the clock moved fires at the real opening,
+    # 2 h on. (A patch that changes nothing, like a field the schema prunes, sends no event.)
+    env.custom.patch_namespaced_custom_object(G, V, env.ns, "rollouts", "app", {"metadata": {"annotations": {"test/poke": "1"}}})
     done = env.wait_phase("Healthy", activeColor="green", stableRevision="2", timeout=60)
     assert env.events().count("HeldByPolicy") == 1
     held_s = done["stats"]["heldSeconds"]  # the moved clock: about 2 h held, none of it release time
