@@ -5,8 +5,9 @@ Watches (no polling) wake a Rollout's loop within milliseconds:
 - every event of a Deployment Teal owns (label teal.dev/rollout), and of a Deployment
   named by a workloadRef.
 A loop also wakes when the core asks for it (a timer is due) and at least every
-RESYNC_SECONDS, to repair drift of objects it does not watch (a Service selector edited
-by hand).
+RESYNC_SECONDS; with informers (which watch every object a decision reads, a Service selector
+edited by hand included), a Rollout whose last decision changed nothing waits for an event or
+its timer, and replays its decision every IDLE_RESYNC_SECONDS.
 
 One loop per Rollout means reconciles of one Rollout never overlap, and a slow call
 (Prometheus, a router) only delays its own Rollout. The loops are plain asyncio tasks
@@ -124,7 +125,10 @@ class Loop:
             if delay is None:
                 return  # the Rollout is gone
             try:
-                await asyncio.wait_for(self.poke.wait(), timeout=min(max(delay, 0.0), RESYNC_SECONDS))
+                # A quiet Rollout is woken by the informers' events for everything it read (and
+                # by its own timer, which `delay` already is): no periodic look until IDLE_RESYNC.
+                cap = IDLE_RESYNC_SECONDS if self.quiet is not None else RESYNC_SECONDS
+                await asyncio.wait_for(self.poke.wait(), timeout=min(max(delay, 0.0), cap))
             except TimeoutError:
                 pass
 
@@ -328,7 +332,7 @@ class Controller:
         left = (due - policy_kube.now()).total_seconds()
         if left <= 0 or not self.informers.unchanged(reads):
             return None
-        return min(left, RESYNC_SECONDS)
+        return left
 
     def _remember_quiet(self, loop: Loop, requeue_after: float | None, now) -> None:
         reads = READS.get()
