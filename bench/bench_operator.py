@@ -133,9 +133,19 @@ def main() -> int:
 
             svc_watch.wait(lambda o: selector(o) == "blue")
             switch, revert = [], []
+
+            def settled() -> dict:
+                """The status once it records where traffic is (the selector moves before status does)."""
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    st = custom.get_namespaced_custom_object("teal.dev", "v1alpha1", NS, "rollouts", "app").get("status") or {}
+                    if st.get("stableColor") and st.get("phase") in ("Healthy", "Aborted"):
+                        return st
+                    time.sleep(0.05)
+                raise TimeoutError(f"the Rollout did not settle: {st}")
+
             for i in range(1, args.releases + 1):
-                status = custom.get_namespaced_custom_object("teal.dev", "v1alpha1", NS, "rollouts", "app")["status"]
-                stable = status["stableColor"]
+                stable = settled()["stableColor"]
                 new = "green" if stable == "blue" else "blue"
                 custom.patch_namespaced_custom_object(
                     "teal.dev", "v1alpha1", NS, "rollouts", "app", {"spec": {"template": image(i)}}

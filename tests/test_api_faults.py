@@ -8,8 +8,8 @@ concurrency, and scripted faults (status codes, Retry-After, held requests, cut 
 
 The world every test seeds (`seed_release`): a Rollout whose revision 1 is live on blue,
 whose spec now asks for image v2, while green already runs v2 with every pod ready. One
-reconcile finishes that release: it writes the status (which records the switch), then
-points both Services at green. A fault in the middle of that shows what Teal does.
+reconcile finishes that release: it points both Services at green, then writes the status
+(which records the switch). A fault in the middle of that shows what Teal does.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ def retry_delays(caplog: pytest.LogCaptureFixture, name: str, status: int) -> li
 
 async def test_conflict_on_status_write_decides_again_on_fresh_data() -> None:
     """Someone reverts the template to the stable one between Teal's read and its status
-    write. The write is refused (stale resourceVersion), nothing is acted on, and the next
-    reconcile, at once, decides on the reverted spec: no release, the Services never move."""
+    write. The switch to green (ready pods) went out first; the status write is refused
+    (stale resourceVersion), and the next reconcile, at once, decides on the reverted spec:
+    no release, and every Service back on blue, where the fresh status says."""
     async with fake_api() as api:
         seed_release(api, NS, "app")
         status_writes = api[PATCH, ROLLOUTS, STATUS]
@@ -80,16 +81,21 @@ async def test_conflict_on_status_write_decides_again_on_fresh_data() -> None:
             assert isinstance(failure, Conflict) and failure.status == 409
             rereads = [r for r in api.requests(GET, ROLLOUTS) if r.id > status_writes[0].id]
             assert api.arrived(rereads[0]) - api.arrived(status_writes[0]) < 0.3, "a 409 is retried at once"
-            assert api.requests(PATCH, SERVICES) == [], "no Service may move on a decision that was not recorded"
+            moves = api.requests(PATCH, SERVICES)
+            there = [r for r in moves if r.data["spec"]["selector"] == {"teal.dev/color": "green"}]
+            back = [r for r in moves if r.data["spec"]["selector"] == {"teal.dev/color": "blue"}]
+            assert all(r.id < status_writes[0].id for r in there), "the stale decision moved first"
+            assert sorted(r.name for r in back) == ["app", "app-preview"], "the fresh decision moves both back"
+            assert api.arrived(back[-1]) - api.arrived(status_writes[0]) < 0.3, "back on blue at once"
             st = rollout_status(api, NS, "app")
             assert (st["phase"], st["stableColor"], st["activeColor"], st["currentRevision"]) == ("Healthy", "blue", "blue", "1")
             assert "release" not in st
             assert selector_color(api, NS, "app") == selector_color(api, NS, "app-preview") == "blue"
 
 
-async def test_conflict_with_an_unrelated_write_switches_once_after_the_status_write() -> None:
-    """Someone labels the Rollout in between: the status write gets 409, the retry decides
-    the same switch, records it, then patches each Service exactly once."""
+async def test_conflict_with_an_unrelated_write_switches_once_then_records_the_switch() -> None:
+    """Someone labels the Rollout in between: the Services switch, the status write gets 409,
+    the retry decides the same switch, finds it done and records it: each Service patched once."""
     async with fake_api() as api:
         seed_release(api, NS, "app")
         status_writes = api[PATCH, ROLLOUTS, STATUS]
@@ -102,9 +108,9 @@ async def test_conflict_with_an_unrelated_write_switches_once_after_the_status_w
             svc_patches = api.requests(PATCH, SERVICES)
             assert sorted(r.name for r in svc_patches) == ["app", "app-preview"], "each Service patched once"
             assert all(r.data["spec"]["selector"] == {"teal.dev/color": "green"} for r in svc_patches)
-            recorded = [r for r in status_writes if r.id < svc_patches[0].id and r not in api.conflicts]
-            assert recorded and recorded[-1].data["status"]["activeColor"] == "green", (
-                "the switch is in a successful status write before any Service moves"
+            recorded = [r for r in status_writes if r.id > svc_patches[-1].id and r not in api.conflicts]
+            assert recorded and recorded[0].data["status"]["activeColor"] == "green", (
+                "the switch is recorded by a successful status write after the Services moved"
             )
             assert api.stored(ROLLOUTS, NS, "app")["metadata"]["labels"] == {"team": "x"}
 
@@ -125,7 +131,7 @@ async def test_service_patch_500_retries_with_growing_backoff_until_the_switch(c
             assert retry_delays(caplog, "app", 500) == [0.4, 0.8, 1.6]
             gaps = [api.arrived(b) - api.arrived(a) for a, b in zip(attempts, attempts[1:], strict=False)]
             assert all(gap >= delay - 0.05 for gap, delay in zip(gaps, [0.4, 0.8, 1.6], strict=False)), gaps
-            # Until the Service really moved, no status write claimed the release was done.
+            # Until the Service really moved, status said traffic was moving, never that the release was done.
             before_switch = [r for r in api.requests(PATCH, ROLLOUTS, STATUS) if r.id < attempts[-1].id]
             assert before_switch
             assert all(r.data["status"].get("phase", "Progressing") != "Healthy" for r in before_switch)

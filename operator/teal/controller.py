@@ -56,6 +56,7 @@ MIN_REQUEUE = 0.05
 # With informers, a Rollout whose last decision changed nothing is decided again when one of the
 # objects it read changes (a watch event), when the core's next timer is due, or after this long.
 IDLE_RESYNC_SECONDS = 600.0
+TRAFFIC_ACTIONS = (core.SelectColor, core.SetWeights)  # what moves users' requests: done before status records it
 
 
 @dataclasses.dataclass
@@ -386,22 +387,34 @@ class Controller:
             metrics.reconcile_error(metrics.error_kind(e, default="decide"))
             return await self._cannot_decide(loop, body, status, f"cannot decide: {type(e).__name__}: {e}", "ReconcileError", now)
         _set_claims(plan.status, held)
-        # The order of the switch (a Deployment event -> this one decision -> these writes) is the
-        # minimum that stays safe across a crash at any point: 1. the status, which records the
-        # switch (activeColor, the release's stage) and is guarded by resourceVersion, so a
-        # decision on stale data writes nothing; 2. the Service selectors (actions), only to a
-        # colour decide() saw with ready pods; 3. the Events, last, never before the selector
-        # write. A crash after 1 leaves a status that names the new colour while a Service still
-        # selects the old one: the next decision (from the cache the status write's answer updated)
-        # writes the selector again. A crash before 1 wrote nothing: the stable colour, recorded in
-        # status, keeps all traffic, and an abort always has it to go back to.
+        # The switch (a Deployment event -> this one decision -> these writes) puts the one write
+        # that moves traffic first, as Argo Rollouts does: 1. the traffic actions (Service
+        # selectors, a router's weights), all at once, each only to a colour decide() saw with
+        # ready pods; 2. the status, guarded by resourceVersion, which records the move (activeColor,
+        # the release's stage); 3. the other actions (Deployments, scaling, revisions), which a
+        # status written first keeps safe; 4. the Events, last, never before what they report.
+        # A crash between 1 and 2 leaves the old status beside a selector that has moved: the next
+        # decision, on the same inputs, decides the same move and records it, or (the new colour
+        # lost its pods, an abort came) points every Service back where status says: the stable
+        # colour. A decision on data a few milliseconds stale (its status write then fails with
+        # 409) may move traffic to a colour that had ready pods when read; the decision that
+        # follows at once, on fresh data, puts it where the fresh status says. A move that fails
+        # is retried with backoff; the status is written all the same (it says traffic is being
+        # moved, never Healthy).
+        failed = None
+        try:
+            await self._act(loop, body, spec, [a for a in plan.actions if isinstance(a, TRAFFIC_ACTIONS)], router)
+        except ApiError as e:  # retried with backoff; status still tells what is under way (never Healthy)
+            failed = e
         await self._write(body, status, plan.status)
         loop.rejection = None  # recorded in status (or no longer relevant)
         # The decision is recorded; its Events are posted once the actions are done, so
         # they never claim what has not happened. If an action fails, they wait on the loop
         # (the next decision will not repeat them) and go out after the next success.
         loop.pending_events.extend(plan.events)
-        await self._act(loop, body, spec, plan, router)
+        if failed is not None:
+            raise failed
+        await self._act(loop, body, spec, [a for a in plan.actions if not isinstance(a, TRAFFIC_ACTIONS)], router)
         await self._restart(body, plan.status)
         events, loop.pending_events = loop.pending_events, []
         await self._post(body, events)
@@ -469,7 +482,7 @@ class Controller:
         _set_claims(plan.status, held)
         await self._write(body, status, plan.status)
         loop.pending_events.extend(plan.events)
-        await self._act(loop, body, None, plan, router)
+        await self._act(loop, body, None, plan.actions, router)
         events, loop.pending_events = loop.pending_events, []
         await self._post(body, events)
         if plan.actions:
@@ -492,29 +505,40 @@ class Controller:
             log.info("%s/%s: %s: %s", body["metadata"]["namespace"], body["metadata"]["name"], ev.reason, ev.message)
             await self.call(self.kube.post_event, body, ev)
 
-    async def _act(self, loop: Loop, body, spec, plan: core.Plan, router) -> None:
+    async def _act(self, loop: Loop, body, spec, actions: list[core.Action], router) -> None:
+        """Traffic actions run at once (several Services switch together); the others in order."""
+        moves = [a for a in actions if isinstance(a, TRAFFIC_ACTIONS)]
+        if len(moves) > 1:
+            done = await asyncio.gather(*(self._one(loop, body, spec, a, router) for a in moves), return_exceptions=True)
+            for outcome in done:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            actions = [a for a in actions if not isinstance(a, TRAFFIC_ACTIONS)]
+        for action in actions:
+            await self._one(loop, body, spec, action, router)
+
+    async def _one(self, loop: Loop, body, spec, action: core.Action, router) -> None:
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        for action in plan.actions:
-            if isinstance(action, core.DeployColor):
-                await self._deploy(loop, body, spec, action)
-            elif isinstance(action, core.ScaleColor):
-                await self.call(self.kube.scale, ns, name, action.color, action.replicas)
-            elif isinstance(action, core.SelectColor):
-                await self.call(self.kube.select_color, ns, action.service, action.color)
-            elif isinstance(action, core.RecordRevision):
-                await self.call(self.kube.record_revision, body, action, spec.revision_history_limit)
-            elif isinstance(action, core.SetWeights) and router is not None:
-                drifted = await self.call(router.set_weights, action.as_dict())
-                if drifted:
-                    await self.call(
-                        self.kube.post_event,
-                        body,
-                        core.Event(
-                            "Warning",
-                            "WeightsReapplied",
-                            f"{router.kind} {router.name}: {router.last_drift}; Teal's weights re-applied",
-                        ),
-                    )
+        if isinstance(action, core.DeployColor):
+            await self._deploy(loop, body, spec, action)
+        elif isinstance(action, core.ScaleColor):
+            await self.call(self.kube.scale, ns, name, action.color, action.replicas)
+        elif isinstance(action, core.SelectColor):
+            await self.call(self.kube.select_color, ns, action.service, action.color)
+        elif isinstance(action, core.RecordRevision):
+            await self.call(self.kube.record_revision, body, action, spec.revision_history_limit)
+        elif isinstance(action, core.SetWeights) and router is not None:
+            drifted = await self.call(router.set_weights, action.as_dict())
+            if drifted:
+                await self.call(
+                    self.kube.post_event,
+                    body,
+                    core.Event(
+                        "Warning",
+                        "WeightsReapplied",
+                        f"{router.kind} {router.name}: {router.last_drift}; Teal's weights re-applied",
+                    ),
+                )
 
     async def _restart(self, body, status: Mapping[str, Any]) -> None:
         """`kubectl teal restart`: when the Rollout's teal.dev/restart-at differs from the one on the

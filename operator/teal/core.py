@@ -1269,8 +1269,8 @@ def _enforce_traffic(t: _Tick) -> None:
 
 
 def _honest_phase(t: _Tick) -> None:
-    """Status is written before the actions run: never call a release Healthy while its
-    traffic is still being moved (the next reconcile, right after the actions, will)."""
+    """A decision that moves traffic never calls the release Healthy: its moves may fail (the
+    next reconcile, right after them, reads them back and will)."""
     moving = [
         a
         for a in t.actions
