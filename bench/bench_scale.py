@@ -4,8 +4,10 @@
 
 One run, in this order, on a fresh LocalCluster (kwok fake nodes) with the apiserver's audit log on:
 
-1. baseline: N plain Deployments (the same pod template, 1-2 replicas) created at once; the
-   time until all are available is the control plane's own pace. They are then deleted.
+1. baseline: N plain Deployments (the same pod template, 1-2 replicas) created at once, each
+   beside the same Service the Rollouts get (made before the clock starts; --bare-baseline:
+   none), so the control plane keeps the same endpoints up to date; the time until all are
+   available is the control plane's own pace for that workload. They are then deleted.
 2. N selector blue/green Rollouts (each with its active Service, made first) created at once
    across --namespaces namespaces: time until every Rollout is Healthy, and its ratio to (1).
 3. after --settle seconds, an idle window of --idle seconds: the operator's API requests per
@@ -85,6 +87,9 @@ class Options:
     # wait until the baseline's namespaces are gone before the Rollouts (their pods' deletion
     # would otherwise load the control plane while the Rollouts are measured)
     wait_baseline_gone: bool = True
+    # the baseline's Deployments get the same Services as the Rollouts (made before the clock
+    # starts, selecting the pods): the control plane's work for the same workload, endpoints included
+    baseline_services: bool = True
     timeout: float = 1800.0
     prefix: str = "sb"
     workers: int = 4
@@ -502,6 +507,9 @@ class Bench:
         deps = Tracker(available, lambda _k, v: bool(v))
         w = self.watch("/apis/apps/v1/deployments", self.base_ns, deps)
         items = [(self.base_ns[i % self.opts.namespaces], app_name(i), 1 + i % 2) for i in range(self.opts.rollouts)]
+        if self.opts.baseline_services:  # as create_rollouts() does before its clock starts
+            self.parallel(lambda ns, app, n: self.api.call("POST", f"/api/v1/namespaces/{ns}/services", service(app)), items)
+        self.result["baseline_services"] = self.opts.baseline_services
         t0 = time.monotonic()
         self.parallel(
             lambda ns, app, n: self.api.call("POST", f"/apis/apps/v1/namespaces/{ns}/deployments", deployment(app, n)), items
@@ -804,7 +812,12 @@ def table(r: dict[str, Any]) -> str:
     rows = [
         ("Rollouts / namespaces", f"{r['rollouts']} / {r['namespaces']}"),
         ("operator tree", r.get("operator_src")),
-        ("baseline: N Deployments create -> all available", f"{r['baseline_all_available_seconds']} s"),
+        (
+            "baseline: N Deployments "
+            + ("and Services" if r.get("baseline_services") else "(no Services)")
+            + " -> all available",
+            f"{r['baseline_all_available_seconds']} s",
+        ),
         ("create -> all Rollouts Healthy", f"{r['create_to_all_healthy_seconds']} s"),
         ("  ratio to baseline (target <= 1.1)", r.get("healthy_vs_baseline_ratio")),
         ("operator API requests until all Healthy", req(r.get("requests_until_healthy"))),
@@ -846,6 +859,9 @@ def main() -> int:
     ap.add_argument("--operator-src", type=Path, default=REPO / "operator", help="the tree's operator/ folder to run")
     ap.add_argument("--operator-arg", action="append", default=[], help="extra argument for `teal run` (repeat)")
     ap.add_argument("--timeout", type=float, default=1800.0)
+    ap.add_argument(
+        "--bare-baseline", action="store_true", help="baseline Deployments without their Services (no endpoints to keep)"
+    )
     ap.add_argument("--keep", type=Path, help="keep the cluster's logs, the audit log and the operator log here")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON after the table")
     args = ap.parse_args()
@@ -858,6 +874,7 @@ def main() -> int:
         operator_src=args.operator_src,
         operator_args=tuple(args.operator_arg),
         timeout=args.timeout,
+        baseline_services=not args.bare_baseline,
     )
     work = args.keep or Path(tempfile.mkdtemp(prefix="teal-bench-scale-"))
     work.mkdir(parents=True, exist_ok=True)
