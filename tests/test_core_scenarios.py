@@ -6,6 +6,7 @@ import datetime as dt
 
 from sim import World, rollout_spec
 from teal import core
+from teal.api import parse_spec
 
 
 def healthy_world(**bg) -> World:
@@ -265,3 +266,35 @@ def test_requeue_for_scale_down_timer():
     plan = w.until(lambda w: w.status["phase"] == "Healthy" and w.status["stableRevision"] == "2")
     assert plan.requeue_after is not None and 0 < plan.requeue_after <= 30
     assert isinstance(w.now, dt.datetime)
+
+
+def _moves_then_decide_again(w: World) -> core.Plan:
+    """As the controller does: a decision that moves traffic only moves it (its status is not
+    written); the next decision, on what it reads back, records the outcome."""
+    for _ in range(50):
+        w.now += dt.timedelta(seconds=1)
+        w.ticks += 1
+        w._settle()
+        plan = core.decide(parse_spec(w.spec), w.status, w.observe(), w.now, generation=1)
+        moves = [a for a in plan.actions if isinstance(a, core.SelectColor | core.SetWeights)]
+        if moves:
+            for a in moves:
+                w.apply(a)
+            return w.tick(0)
+        w.status = plan.status
+        for a in plan.actions:
+            w.apply(a)
+    raise AssertionError("no decision moved traffic")
+
+
+def test_a_move_recorded_by_the_next_decision_counts_the_release():
+    """The first release too: Services already on blue and no stable in status is no adoption
+    while status records a first release under way."""
+    w = World(rollout_spec())
+    _moves_then_decide_again(w)
+    assert (w.status["phase"], w.status["stableColor"], w.status["stats"]["promoted"]) == ("Healthy", "blue", 1)
+    assert [h["outcome"] for h in w.status["history"]] == ["Promoted"]
+    w.set_image("v2")
+    plan = _moves_then_decide_again(w)
+    assert (w.status["phase"], w.status["stableColor"], w.status["stats"]["promoted"]) == ("Healthy", "green", 2)
+    assert "Switched" in [e.reason for e in plan.events] and "Promoted" in [e.reason for e in plan.events]

@@ -558,8 +558,11 @@ def _service_names(spec: RolloutSpec) -> list[str]:
 
 def _adopt(t: _Tick, want: str) -> bool:
     """Adoption after a lost status: every active Service already selects a colour whose
-    Deployment runs the wanted template."""
+    Deployment runs the wanted template. Never during a first release that status records:
+    its move comes before the status that completes it (the first release completes it)."""
     st = t.st
+    if st.first_release_started_at is not None:
+        return False
     colors = {(t.obs.services.get(s) or ServiceObs()).color for s in t.spec.blue_green.active_services}
     if len(colors) != 1:
         return False
