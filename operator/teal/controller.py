@@ -56,6 +56,7 @@ MIN_REQUEUE = 0.05
 # With informers, a Rollout whose last decision changed nothing is decided again when one of the
 # objects it read changes (a watch event), when the core's next timer is due, or after this long.
 IDLE_RESYNC_SECONDS = 600.0
+SETTLE_SECONDS = 5.0  # with informers: after a decision that wrote, the look that finds it quiet
 TRAFFIC_ACTIONS = (core.SelectColor, core.SetWeights)  # what moves users' requests: done before status records it
 
 
@@ -132,6 +133,13 @@ class Loop:
                 await asyncio.wait_for(self.poke.wait(), timeout=min(max(delay, 0.0), cap))
             except TimeoutError:
                 pass
+
+
+async def _together(*calls) -> None:
+    """Await all; then raise the first failure, if any (none is left running)."""
+    for outcome in await asyncio.gather(*calls, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def _set_claims(status: dict[str, Any], held: list[str]) -> None:
@@ -387,33 +395,40 @@ class Controller:
             metrics.reconcile_error(metrics.error_kind(e, default="decide"))
             return await self._cannot_decide(loop, body, status, f"cannot decide: {type(e).__name__}: {e}", "ReconcileError", now)
         _set_claims(plan.status, held)
-        # The switch (a Deployment event -> this one decision -> these writes) puts the one write
-        # that moves traffic first, as Argo Rollouts does: 1. the traffic actions (Service
-        # selectors, a router's weights), all at once, each only to a colour decide() saw with
-        # ready pods; 2. the status, guarded by resourceVersion, which records the move (activeColor,
-        # the release's stage); 3. the other actions (Deployments, scaling, revisions), which a
-        # status written first keeps safe; 4. the Events, last, never before what they report.
-        # A crash between 1 and 2 leaves the old status beside a selector that has moved: the next
-        # decision, on the same inputs, decides the same move and records it, or (the new colour
-        # lost its pods, an abort came) points every Service back where status says: the stable
-        # colour. A decision on data a few milliseconds stale (its status write then fails with
-        # 409) may move traffic to a colour that had ready pods when read; the decision that
-        # follows at once, on fresh data, puts it where the fresh status says. A move that fails
-        # is retried with backoff; the status is written all the same (it says traffic is being
-        # moved, never Healthy).
-        failed = None
-        try:
-            await self._act(loop, body, spec, [a for a in plan.actions if isinstance(a, TRAFFIC_ACTIONS)], router)
-        except ApiError as e:  # retried with backoff; status still tells what is under way (never Healthy)
-            failed = e
+        # The switch (a Deployment event -> this one decision -> its writes) puts the one write that
+        # moves traffic first, as Argo Rollouts does. A decision that moves traffic (Service
+        # selectors, a router's weights; each only to a colour decide() saw with ready pods; all at
+        # once) does only that, and the loop decides again at once on what it reads back (the cache
+        # holds the writes' answers). That decision, with nothing left to move, records the whole
+        # outcome in one status write guarded by resourceVersion (Healthy, if the release is done),
+        # then runs the other actions (Deployments, scaling, revisions: a status written first keeps
+        # them safe), and posts the Events last, never before what they report. A move that is not
+        # found done (someone undoes it) is recorded at once the second time.
+        # Why this order is safe: a crash after a move leaves the old status beside a selector that
+        # has moved; the next decision, on the same inputs, decides the same move, finds it done and
+        # records it, or (the new colour lost its pods, an abort came) points every Service back
+        # where status says: the stable colour. A decision on data a few milliseconds stale may move
+        # traffic to a colour that had ready pods when read; the decision that follows at once, on
+        # fresh data (its status write fails with 409 if the Rollout changed meanwhile), puts it
+        # where the fresh status says. A move that fails is retried with backoff; the status is
+        # written all the same (it says traffic is being moved, never Healthy).
+        moves = [a for a in plan.actions if isinstance(a, TRAFFIC_ACTIONS)]
+        if moves:
+            try:
+                await self._act(loop, body, spec, moves, router)
+            except ApiError:
+                await self._write(body, status, plan.status)
+                loop.pending_events.extend(plan.events)  # they go out after the next success
+                raise
+            if loop.acting < 2:
+                loop.acting += 1
+                return 0.0
         await self._write(body, status, plan.status)
         loop.rejection = None  # recorded in status (or no longer relevant)
         # The decision is recorded; its Events are posted once the actions are done, so
         # they never claim what has not happened. If an action fails, they wait on the loop
         # (the next decision will not repeat them) and go out after the next success.
         loop.pending_events.extend(plan.events)
-        if failed is not None:
-            raise failed
         await self._act(loop, body, spec, [a for a in plan.actions if not isinstance(a, TRAFFIC_ACTIONS)], router)
         await self._restart(body, plan.status)
         events, loop.pending_events = loop.pending_events, []
@@ -428,6 +443,10 @@ class Controller:
         if not plan.events and not events and not merge_patch(status, plan.status):
             self._remember_quiet(loop, plan.requeue_after, now)
         requeue = plan.requeue_after if plan.requeue_after is not None else RESYNC_SECONDS
+        if self.informers is not None and plan.requeue_after is None:
+            # Quiet: only an event (or IDLE_RESYNC) wakes it. Else it wrote: look once more soon, on
+            # the cache, to find it quiet (an idle operator then decides nothing at all).
+            requeue = IDLE_RESYNC_SECONDS if loop.quiet is not None else SETTLE_SECONDS
         if router is not None and plan.status.get("release"):
             # Mid-release, a route someone else edits gets Teal's weights back even if its
             # watch event is missed (the route's CRD may have appeared after start-up).
@@ -506,14 +525,17 @@ class Controller:
             await self.call(self.kube.post_event, body, ev)
 
     async def _act(self, loop: Loop, body, spec, actions: list[core.Action], router) -> None:
-        """Traffic actions run at once (several Services switch together); the others in order."""
+        """Writes to different objects go out together: the traffic moves (several Services switch
+        at once), then the revision record beside the colour changes, which run in order."""
         moves = [a for a in actions if isinstance(a, TRAFFIC_ACTIONS)]
-        if len(moves) > 1:
-            done = await asyncio.gather(*(self._one(loop, body, spec, a, router) for a in moves), return_exceptions=True)
-            for outcome in done:
-                if isinstance(outcome, BaseException):
-                    raise outcome
-            actions = [a for a in actions if not isinstance(a, TRAFFIC_ACTIONS)]
+        await _together(*(self._one(loop, body, spec, a, router) for a in moves))
+        records = [a for a in actions if isinstance(a, core.RecordRevision)]
+        rest = [a for a in actions if not isinstance(a, (*TRAFFIC_ACTIONS, core.RecordRevision))]
+        await _together(
+            *(self._one(loop, body, spec, a, router) for a in records), self._in_order(loop, body, spec, rest, router)
+        )
+
+    async def _in_order(self, loop: Loop, body, spec, actions: list[core.Action], router) -> None:
         for action in actions:
             await self._one(loop, body, spec, action, router)
 
