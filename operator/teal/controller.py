@@ -24,7 +24,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
@@ -345,8 +345,8 @@ class Controller:
 
     def _remember_quiet(self, loop: Loop, requeue_after: float | None, now) -> None:
         reads = READS.get()
-        if reads is None or self.informers is None:
-            return
+        if reads is None or self.informers is None or None in reads.values():
+            return  # without informers, or it read something from the apiserver: nothing to compare
         wait = requeue_after if requeue_after is not None else IDLE_RESYNC_SECONDS
         loop.quiet = (reads, self.policies.version, now + dt.timedelta(seconds=wait))
 
@@ -395,23 +395,52 @@ class Controller:
             metrics.reconcile_error(metrics.error_kind(e, default="decide"))
             return await self._cannot_decide(loop, body, status, f"cannot decide: {type(e).__name__}: {e}", "ReconcileError", now)
         _set_claims(plan.status, held)
-        # The switch (a Deployment event -> this one decision -> its writes) puts the one write that
-        # moves traffic first, as Argo Rollouts does. A decision that moves traffic (Service
-        # selectors, a router's weights; each only to a colour decide() saw with ready pods; all at
-        # once) does only that, and the loop decides again at once on what it reads back (the cache
-        # holds the writes' answers). That decision, with nothing left to move, records the whole
-        # outcome in one status write guarded by resourceVersion (Healthy, if the release is done),
-        # then runs the other actions (Deployments, scaling, revisions: a status written first keeps
-        # them safe), and posts the Events last, never before what they report. A move that is not
-        # found done (someone undoes it) is recorded at once the second time.
-        # Why this order is safe: a crash after a move leaves the old status beside a selector that
-        # has moved; the next decision, on the same inputs, decides the same move, finds it done and
-        # records it, or (the new colour lost its pods, an abort came) points every Service back
-        # where status says: the stable colour. A decision on data a few milliseconds stale may move
-        # traffic to a colour that had ready pods when read; the decision that follows at once, on
-        # fresh data (its status write fails with 409 if the Rollout changed meanwhile), puts it
-        # where the fresh status says. A move that fails is retried with backoff; the status is
-        # written all the same (it says traffic is being moved, never Healthy).
+        posted = await self._carry_out(loop, body, spec, status, plan, router)
+        if posted is None:
+            return 0.0  # it moved traffic: the next decision, at once, reads it back and records it
+        metrics.observe_reconcile(time.monotonic() - started, body, status, plan.status)
+        if plan.actions or loop.rejection:
+            # look again at once: read back what we changed (from the cache, which holds the writes'
+            # answers); a decision that keeps acting (someone undoes it) looks again every MIN_REQUEUE
+            loop.acting += 1
+            return 0.0 if self.informers is not None and loop.acting <= 3 else MIN_REQUEUE
+        loop.acting = 0
+        unchanged = not plan.events and not posted and not merge_patch(status, plan.status)
+        if unchanged:
+            self._remember_quiet(loop, plan.requeue_after, now)
+        requeue = plan.requeue_after if plan.requeue_after is not None else RESYNC_SECONDS
+        if self.informers is not None and plan.requeue_after is None and (loop.quiet is not None or not unchanged):
+            # Quiet: only an event (or IDLE_RESYNC) wakes it. Else it wrote: look once more soon, on
+            # the cache, to find it quiet (an idle operator then decides nothing at all). A decision
+            # that read through the apiserver (a kind not cached) still looks every RESYNC_SECONDS.
+            requeue = IDLE_RESYNC_SECONDS if loop.quiet is not None else SETTLE_SECONDS
+        if router is not None and plan.status.get("release"):
+            # Mid-release, a route someone else edits gets Teal's weights back even if its
+            # watch event is missed (the route's CRD may have appeared after start-up).
+            requeue = min(requeue, ROUTE_RESYNC_SECONDS)
+        return requeue
+
+    async def _carry_out(self, loop: Loop, body, spec, status, plan: core.Plan, router) -> list[core.Event] | None:
+        """Carry out a decision; returns the Events posted, or None when it only moved traffic.
+
+        The switch (a Deployment event -> one decision -> its writes) puts the one write that moves
+        traffic first, as Argo Rollouts does. A decision that moves traffic (Service selectors, a
+        router's weights; each only to a colour decide() saw with ready pods; all at once) does
+        only that, and the loop decides again at once on what it reads back (the cache holds the
+        writes' answers). That decision, with nothing left to move, records the whole outcome in
+        one status write guarded by resourceVersion (Healthy, if the release is done), then runs
+        the other actions (Deployments, scaling, revisions: a status written first keeps them
+        safe), and posts the Events last, never before what they report. A move that is not found
+        done (someone undoes it) is recorded at once the second time.
+
+        Why this order is safe: a crash after a move leaves the old status beside a selector that
+        has moved; the next decision, on the same inputs, decides the same move, finds it done and
+        records it, or (the new colour lost its pods, an abort came) points every Service back
+        where status says: the stable colour. A decision on data a few milliseconds stale may move
+        traffic to a colour that had ready pods when read; the decision that follows at once, on
+        fresh data (its status write fails with 409 if the Rollout changed meanwhile), puts it
+        where the fresh status says. A move that fails is retried with backoff; the status is
+        written all the same (it says traffic is being moved, never Healthy)."""
         moves = [a for a in plan.actions if isinstance(a, TRAFFIC_ACTIONS)]
         if moves:
             try:
@@ -422,7 +451,7 @@ class Controller:
                 raise
             if loop.acting < 2:
                 loop.acting += 1
-                return 0.0
+                return None
         await self._write(body, status, plan.status)
         loop.rejection = None  # recorded in status (or no longer relevant)
         # The decision is recorded; its Events are posted once the actions are done, so
@@ -433,25 +462,7 @@ class Controller:
         await self._restart(body, plan.status)
         events, loop.pending_events = loop.pending_events, []
         await self._post(body, events)
-        metrics.observe_reconcile(time.monotonic() - started, body, status, plan.status)
-        if plan.actions or loop.rejection:
-            # look again at once: read back what we changed (from the cache, which holds the writes'
-            # answers); a decision that keeps acting (someone undoes it) looks again every MIN_REQUEUE
-            loop.acting += 1
-            return 0.0 if self.informers is not None and loop.acting <= 3 else MIN_REQUEUE
-        loop.acting = 0
-        if not plan.events and not events and not merge_patch(status, plan.status):
-            self._remember_quiet(loop, plan.requeue_after, now)
-        requeue = plan.requeue_after if plan.requeue_after is not None else RESYNC_SECONDS
-        if self.informers is not None and plan.requeue_after is None:
-            # Quiet: only an event (or IDLE_RESYNC) wakes it. Else it wrote: look once more soon, on
-            # the cache, to find it quiet (an idle operator then decides nothing at all).
-            requeue = IDLE_RESYNC_SECONDS if loop.quiet is not None else SETTLE_SECONDS
-        if router is not None and plan.status.get("release"):
-            # Mid-release, a route someone else edits gets Teal's weights back even if its
-            # watch event is missed (the route's CRD may have appeared after start-up).
-            requeue = min(requeue, ROUTE_RESYNC_SECONDS)
-        return requeue
+        return events
 
     async def _claim(self, body, status) -> tuple[list[str], dict[str, str]]:
         """Claim the Services and route the spec names; release those it no longer names
@@ -524,7 +535,7 @@ class Controller:
             log.info("%s/%s: %s: %s", body["metadata"]["namespace"], body["metadata"]["name"], ev.reason, ev.message)
             await self.call(self.kube.post_event, body, ev)
 
-    async def _act(self, loop: Loop, body, spec, actions: list[core.Action], router) -> None:
+    async def _act(self, loop: Loop, body, spec, actions: Sequence[core.Action], router) -> None:
         """Writes to different objects go out together: the traffic moves (several Services switch
         at once), then the revision record beside the colour changes, which run in order."""
         moves = [a for a in actions if isinstance(a, TRAFFIC_ACTIONS)]
@@ -535,7 +546,7 @@ class Controller:
             *(self._one(loop, body, spec, a, router) for a in records), self._in_order(loop, body, spec, rest, router)
         )
 
-    async def _in_order(self, loop: Loop, body, spec, actions: list[core.Action], router) -> None:
+    async def _in_order(self, loop: Loop, body, spec, actions: Sequence[core.Action], router) -> None:
         for action in actions:
             await self._one(loop, body, spec, action, router)
 
