@@ -116,3 +116,29 @@ def test_a_scale_answer_updates_the_stored_deployment_until_its_watch_event():
 )
 def test_requests_are_named_as_the_apiserver_audit_log_names_them(method, path, watch, want):
     assert request_kind(method, path, watch) == want
+
+
+@pytest.mark.parametrize(
+    ("reads", "quiet"),
+    [
+        ({("rollouts", "shop", "app"): "7", ("services", "shop", "app"): "3"}, True),
+        ({("rollouts", "shop", "app"): "7", ("namespaces", "", "shop"): None}, False),  # a GET: nothing to compare
+    ],
+)
+def test_only_a_decision_that_read_everything_from_memory_can_wait_quietly(reads, quiet) -> None:
+    """A quiet Rollout waits for an event or its timer (no periodic look): only safe when every
+    input it read is in an informer, whose events wake it; else it looks every RESYNC_SECONDS."""
+    import datetime as dt
+    import types
+
+    from teal.controller import Controller, Loop
+
+    ctl = types.SimpleNamespace(informers=object(), policies=types.SimpleNamespace(version=1))
+    loop = Loop.__new__(Loop)
+    loop.quiet = None
+    token = READS.set(dict(reads))
+    try:
+        Controller._remember_quiet(ctl, loop, None, dt.datetime(2026, 12, 1, tzinfo=dt.UTC))
+    finally:
+        READS.reset(token)
+    assert (loop.quiet is not None) == quiet
