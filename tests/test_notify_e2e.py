@@ -188,6 +188,8 @@ def test_notifications_arrive_once_in_order_with_retries_and_across_kills(
         }
         env.create_rollout(body)
         env.wait_phase("Healthy", stableRevision="1")
+        # revision 1's are sent in the background after the status that records them: all out first
+        wait_for(lambda: not pending(env) and len(receiver.accepted("hook")) == 2, timeout=30, what="revision 1's sent")
         # revision 2: the receiver fails the first two tries of its first notification
         receiver.script["hook"] = [503, 500]
         env.set_image("v2")
