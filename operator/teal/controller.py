@@ -142,6 +142,11 @@ async def _together(*calls) -> None:
             raise outcome
 
 
+def _measured(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Did the decision from `old` to `new` record an analysis measurement (its run's state)?"""
+    return any(old.get(k) != new.get(k) for k in ("analysisRun", "analysis"))
+
+
 def _set_claims(status: dict[str, Any], held: list[str]) -> None:
     if held:
         status["claims"] = sorted(held)
@@ -431,7 +436,9 @@ class Controller:
         one status write guarded by resourceVersion (Healthy, if the release is done), then runs
         the other actions (Deployments, scaling, revisions: a status written first keeps them
         safe), and posts the Events last, never before what they report. A move that is not found
-        done (someone undoes it) is recorded at once the second time.
+        done (someone undoes it) is recorded at once the second time, and so is a decision that
+        took an analysis measurement: a measurement is not taken again the same way, so it is
+        recorded with the move it caused, not left for the next decision to redo.
 
         Why this order is safe: a crash after a move leaves the old status beside a selector that
         has moved; the next decision, on the same inputs, decides the same move, finds it done and
@@ -449,7 +456,7 @@ class Controller:
                 await self._write(body, status, plan.status)
                 loop.pending_events.extend(plan.events)  # they go out after the next success
                 raise
-            if loop.acting < 2:
+            if loop.acting < 2 and not _measured(status, plan.status):
                 loop.acting += 1
                 return None
         await self._write(body, status, plan.status)
